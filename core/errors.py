@@ -1,0 +1,55 @@
+"""User-facing errors. Every layer raises these (never a bare traceback for bad input).
+
+A `StudioError` carries what was wrong (`str(err)`) and what to do about it (`err.hint`). They
+subclass ValueError so the public APIs that promise "ValueError on bad input" keep that promise.
+The UI, the HTTP API and the CLI show `err.user_message()`.
+"""
+from __future__ import annotations
+
+
+class StudioError(ValueError):
+    """Base class: a problem the user can fix. `hint` says how."""
+
+    code = "bad_input"  # machine-readable kind, used by the HTTP API
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def user_message(self) -> str:
+        return f"{self.message} {self.hint}" if self.hint else self.message
+
+
+class AudioError(StudioError):
+    code = "bad_audio"
+
+
+class TextError(StudioError):
+    code = "bad_text"
+
+
+class VoiceError(StudioError):
+    code = "bad_voice"
+
+
+class CheckpointError(StudioError):
+    """A model file is missing keys, has wrong shapes, is pickled or is not a checkpoint."""
+
+    code = "bad_checkpoint"
+
+
+class ModelMissingError(StudioError):
+    """Weights are not on disk and cannot be downloaded now (offline, no network)."""
+
+    code = "model_missing"
+
+
+class DownloadError(StudioError):
+    code = "download_failed"
+
+
+class BusyError(StudioError):
+    """The request queue is full; try again shortly."""
+
+    code = "busy"

@@ -1,0 +1,67 @@
+"""Shared test set-up: offline, two threads, the golden vectors and the tiny model folder.
+
+Fixtures other test modules use:
+- `golden`: Path of ../shared/golden (override with VALLEX_GOLDEN).
+- `tiny_models`: a session-wide models folder in the real formats with tiny random weights
+  (tests/tiny_models.py), loaded by the same code path as real weights.
+- `artifacts`: a folder kept after the run (screenshots, logs): test-artifacts/ at the repo root.
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+# Before anything imports huggingface_hub / transformers / gradio.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _threads():
+    import torch
+
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    random.seed(0)
+    np.random.seed(0)
+    try:
+        import torch
+
+        torch.manual_seed(0)
+    except ImportError:
+        pass
+    yield
+
+
+@pytest.fixture(scope="session")
+def golden() -> Path:
+    path = Path(os.environ.get("VALLEX_GOLDEN", ROOT.parent / "shared" / "golden"))
+    if not (path / "README.md").exists():
+        pytest.fail(f"golden vectors not found at {path} (set VALLEX_GOLDEN)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> Path:
+    from tests.tiny_models import make_models_folder
+
+    return make_models_folder(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    path = ROOT / "test-artifacts"
+    path.mkdir(exist_ok=True)
+    return path
