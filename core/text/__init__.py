@@ -1,0 +1,158 @@
+"""Text front-end: text -> the checkpoint's phoneme ids, one model language id per id.
+
+    from core.text import phonemize
+    p = phonemize("我今天去了 Starbucks and bought コーヒー", language="auto-mix")
+    p.ids, p.langs, p.phonemes, p.language
+
+With the defaults (`normalize=False`, `espeak_fallback=False`) the ids and langs are exactly those
+of the reference front-end (Plachtaa/VALL-E-X `utils/g2p` + `generate_audio`), see
+`../shared/golden/README.md` ("text"). Where the reference raised, we raise `TextError` for text
+with nothing to say, and otherwise return a well-formed result (stray tabs and similar
+whitespace are dropped from ids and langs alike instead of failing an assert).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+from core.errors import TextError
+from core.text import mix
+from core.text.en import EnglishG2P
+from core.text.ja import JapaneseG2P
+from core.text.split import split_sentences
+from core.text.symbols import LANG_IDS, N_SYMBOLS, SYMBOLS, encode
+from core.text.zh import MandarinG2P
+
+__all__ = ["Phonemes", "phonemize", "detect_language", "split_sentences", "get_frontend",
+           "LANGUAGES", "LANG_IDS", "N_SYMBOLS", "SYMBOLS"]
+
+log = logging.getLogger(__name__)
+
+LANGUAGES = ("auto-mix", "auto", "en", "zh", "ja", "mix")
+_ACCENT_OFF = (None, "", "keep", "none", "auto")
+
+
+@dataclass(frozen=True)
+class Phonemes:
+    """Phoneme tokens of one text.
+
+    ids: list[int] of length L, values 0..69 (no BOS/EOS).
+    langs: list[int] of length L, model language ids (en=0, zh=1, ja=2).
+    phonemes: the symbol string the ids encode (word boundaries as `_`; unknown symbols kept).
+    language: "en" | "zh" | "ja" for one-language text, "mix" when segments differ.
+    segments: ((language, text), ...) as tagged before G2P, for display and debugging.
+    """
+
+    ids: list[int]
+    langs: list[int]
+    phonemes: str
+    language: str
+    segments: tuple[tuple[str, str], ...] = field(default=())
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def get_frontend(language: str, espeak_fallback: bool = False) -> Callable[[str], str]:
+    """One language's G2P: a callable text -> IPA string in the checkpoint's symbols."""
+    if language == "en":
+        return EnglishG2P(espeak_fallback=espeak_fallback)
+    if language == "zh":
+        return MandarinG2P()
+    if language == "ja":
+        return JapaneseG2P()
+    raise TextError(f"No G2P for language {language!r}.", hint="Use 'en', 'zh' or 'ja'.")
+
+
+def detect_language(text: str) -> str:
+    """The reference's "auto" detection: langid over en/zh/ja for the whole text."""
+    return mix.langid_detect(_prepare(text))
+
+
+def _prepare(text: str) -> str:
+    """Reference step 1: drop `\\n`, strip ASCII spaces (only those)."""
+    return text.replace("\n", "").strip(" ")
+
+
+def _check_args(text, language, accent) -> None:
+    if not isinstance(text, str):
+        raise TextError(f"Text must be a string, not {type(text).__name__}.", hint="Pass str.")
+    if language not in LANGUAGES:
+        raise TextError(f"Unknown language {language!r}.", hint=f"Use one of {', '.join(LANGUAGES)}.")
+    if accent not in _ACCENT_OFF and accent not in LANG_IDS:
+        raise TextError(f"Unknown accent {accent!r}.", hint="Use None, 'en', 'zh' or 'ja'.")
+
+
+def _tagged_text(text: str, language: str) -> tuple[str, str]:
+    """-> (tagged text, language reported). Implements language choice and auto-mix."""
+    if language in ("en", "zh", "ja"):
+        return mix.tag([(language, text)]), language
+    if language == "mix":
+        return text, "mix"
+    if language == "auto-mix":
+        if mix.has_tags(text):
+            return text, "mix"
+        runs = mix.split_languages(mix.strip_stray_tags(text))
+        if len({lang for lang, _ in runs}) > 1:
+            return mix.tag(runs), "mix"
+    detected = mix.langid_detect(text)
+    return mix.tag([(detected, text)]), detected
+
+
+def phonemize(
+    text: str,
+    language: str = "auto",
+    accent: str | None = None,
+    normalize: bool = False,
+    espeak_fallback: bool = False,
+) -> Phonemes:
+    """Text -> phoneme ids and per-id model language ids.
+
+    Args:
+        text: the text to say.
+        language: "en" | "zh" | "ja" | "mix" (user-written `[EN]..[EN]` tags) | "auto" (one
+            language for the whole text, langid) | "auto-mix" (same-language runs, tagged
+            automatically; exactly "auto" on one-language text).
+        accent: None/"keep" keeps each segment's language id; "en" | "zh" | "ja" forces one.
+        normalize: expand numbers, dates, times, money, percentages and units first (not in the
+            reference, so off by default).
+        espeak_fallback: sound out English words missing from the CMU dictionary with espeak-ng
+            (the reference spells them, marked `*`).
+    Returns:
+        Phonemes with ids/langs as lists of int of equal length.
+    Raises:
+        TextError (a ValueError): bad arguments, or nothing pronounceable in the text.
+    """
+    _check_args(text, language, accent)
+    tagged, reported = _tagged_text(_prepare(text), language)
+    convert = _converter(normalize, espeak_fallback)
+    chars: list[str] = []
+    langs: list[int] = []
+    segments = []
+    for seg in mix.find_segments(tagged):
+        phon = mix.clean_segment(seg.raw, convert)
+        chars.append(phon)
+        langs.extend([LANG_IDS[seg.language]] * len(phon))
+        segments.append((seg.language, seg.raw[4:-4]))
+    ids, id_langs, kept = encode("".join(chars).replace(" ", "_"), langs)
+    if not ids:  # the reference's ValueError("Empty text is given")
+        raise TextError(
+            f"Nothing pronounceable in the text {text[:40]!r}.",
+            hint="Write words in English, Chinese or Japanese"
+            + (" inside [EN]..[EN], [ZH]..[ZH] or [JA]..[JA] tags." if language == "mix" else "."),
+        )
+    if accent in LANG_IDS:
+        id_langs = [LANG_IDS[accent]] * len(ids)
+    if reported == "mix" and len({s[0] for s in segments}) == 1:
+        reported = segments[0][0]
+    return Phonemes(ids, id_langs, kept, reported, tuple(segments))
+
+
+def _converter(normalize: bool, espeak_fallback: bool) -> mix.Converter:
+    g2p = {"en": EnglishG2P(espeak_fallback), "zh": MandarinG2P(), "ja": JapaneseG2P()}
+    if not normalize:
+        return lambda lang, text: g2p[lang](text)
+    from core.text.normalize import normalize_text
+
+    return lambda lang, text: g2p[lang](normalize_text(text, lang))
