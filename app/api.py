@@ -1,0 +1,144 @@
+"""OpenAI-compatible HTTP API, served by the same process and port as the page.
+
+    POST /v1/audio/speech   {"model", "input", "voice", "response_format", "speed",
+                             + extras "language", "accent", "instruction", "seed", "preset"}
+    GET  /v1/voices         saved voices
+    GET  /v1/models         the one model
+
+The official `openai` package works unchanged (`client.audio.speech.create(...)`). Errors come back
+in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, with 400 for bad input,
+401 for a wrong key, 429 when the queue is full and 503 when the weights are missing.
+"""
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from app.gate import Gate
+from core.errors import BusyError, DownloadError, ModelMissingError, StudioError
+
+log = logging.getLogger("vallex.api")
+
+MEDIA_TYPES = {"wav": "audio/wav", "mp3": "audio/mpeg", "flac": "audio/flac",
+               "opus": "audio/ogg", "pcm": "audio/pcm"}
+MAX_INPUT_CHARS = 4096
+
+
+class SpeechRequest(BaseModel):
+    """The body of POST /v1/audio/speech (unknown fields are ignored, as OpenAI's are optional)."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str = "vallex-x"
+    input: str = Field(min_length=1, max_length=MAX_INPUT_CHARS)
+    voice: str | None = None
+    response_format: Literal["wav", "mp3", "flac", "opus", "pcm"] = "mp3"
+    speed: float = Field(1.0, ge=0.5, le=2.0)
+    language: str = "auto-mix"
+    accent: str = "keep"
+    preset: str = "balanced"
+    instruction: str = ""
+    instructions: str = ""  # OpenAI's name for style directions; used when `instruction` is empty
+    seed: int | None = None
+
+
+def error(status: int, message: str, code: str, param: str | None = None) -> JSONResponse:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    if status == 429:
+        kind = "rate_limit_error"
+    if status == 401:
+        kind = "authentication_error"
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status)
+
+
+def studio_error(e: StudioError) -> JSONResponse:
+    status = 400
+    if isinstance(e, BusyError):
+        status = 429
+    elif isinstance(e, (ModelMissingError, DownloadError)):
+        status = 503
+    return error(status, e.user_message(), e.code)
+
+
+def _validation_message(e: ValidationError) -> tuple[str, str | None]:
+    first = e.errors()[0]
+    param = ".".join(str(p) for p in first.get("loc", ())) or None
+    return f"Invalid value for '{param}': {first.get('msg')}.", param
+
+
+def make_router(studio, gate: Gate, keys: set[str] | None = None) -> APIRouter:
+    """Routes over one Studio. `keys`: accepted bearer keys (None = no key needed)."""
+    router = APIRouter(prefix="/v1")
+
+    def authorised(request: Request) -> bool:
+        if not keys:
+            return True
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and any(hmac.compare_digest(token, k) for k in keys)
+
+    def denied() -> JSONResponse:
+        return error(401, "Missing or wrong API key. Send 'Authorization: Bearer KEY' with the "
+                          "key given to launch.py (--api-key, or a login's password).",
+                     "invalid_api_key")
+
+    @router.get("/models")
+    def models(request: Request):
+        if not authorised(request):
+            return denied()
+        return {"object": "list", "data": [{"id": "vallex-x", "object": "model",
+                                            "owned_by": "vallex-studio", "created": 0}]}
+
+    @router.get("/voices")
+    def voices(request: Request):
+        if not authorised(request):
+            return denied()
+        try:
+            listed = studio.voices.list()
+        except StudioError as e:
+            return studio_error(e)
+        data = [{"id": v.name, "object": "voice", "name": v.name, "language": v.language,
+                 "transcript": v.transcript, "created": str(v.created)} for v in listed]
+        return {"object": "list", "data": data}
+
+    @router.post("/audio/speech")
+    async def speech(request: Request):
+        if not authorised(request):
+            return denied()
+        try:
+            body = SpeechRequest.model_validate(await request.json())
+        except ValidationError as e:
+            message, param = _validation_message(e)
+            return error(400, message, "invalid_value", param)
+        except ValueError:
+            return error(400, "The body must be a JSON object.", "invalid_json")
+        try:
+            audio = await run_in_threadpool(synthesize_request, studio, gate, body)
+        except StudioError as e:
+            return studio_error(e)
+        except Exception:
+            log.exception("speech request failed")
+            return error(500, "Synthesis failed inside the studio; the server log has details.",
+                         "internal_error")
+        return Response(audio, media_type=MEDIA_TYPES[body.response_format])
+
+    return router
+
+
+def synthesize_request(studio, gate: Gate, body: SpeechRequest) -> bytes:
+    """Runs in a worker thread: wait for the Studio (bounded), synthesize, encode."""
+    from core.audio import encode_audio
+    from core.synth import SynthOptions
+
+    options = SynthOptions(language=body.language, accent=body.accent, preset=body.preset,
+                           seed=body.seed, speed=body.speed,
+                           instruction=body.instruction or body.instructions)
+    with gate.turn(bounded=True):
+        voice = studio.voices.load(body.voice) if body.voice else None
+        result = studio.synthesize(body.input, voice=voice, options=options)
+    return encode_audio(result.audio, result.sample_rate, body.response_format)

@@ -1,0 +1,84 @@
+"""Turning core results into what the page shows: markdown, table rows, int16 audio."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def to_int16(wav: np.ndarray) -> np.ndarray:
+    """float32 [N] in [-1, 1] -> int16 [N] (what gr.Audio streams and plays without rescaling)."""
+    return (np.clip(np.asarray(wav, dtype=np.float32), -1.0, 1.0) * 32767.0).astype(np.int16)
+
+
+def _size(n: int | None) -> str:
+    if not n:
+        return "unknown size"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def missing_notice(missing: list) -> str:
+    """Markdown for `core.store.missing_models` items: what is missing, how big, how to get it."""
+    if not missing:
+        return ""
+    total = sum(getattr(m, "size_bytes", 0) or 0 for m in missing)
+    lines = [
+        f"### ⚠️ Model weights missing ({len(missing)} of them, {_size(total)} in all)",
+        "The page works, but speaking, cloning and transcribing need these files. "
+        "Download them with the command shown (or put the files in the folder shown), "
+        "then use the studio again: models load on first use.",
+        "",
+        "| model | size | folder | how to get it |",
+        "|---|---|---|---|",
+    ]
+    for m in missing:
+        cmd = getattr(m, "command", "") or ""
+        repo = getattr(m, "repo", "") or ""
+        fname = getattr(m, "filename", "") or ""
+        source = f"`{cmd}`" if cmd else f"{repo}/{fname}"
+        lines.append(f"| {m.name} | {_size(getattr(m, 'size_bytes', 0))} | "
+                     f"`{getattr(m, 'folder', '')}` | {source} |")
+    lines += ["", "Or download all of them at once: `python launch.py download`"]
+    return "\n".join(lines)
+
+
+def report_markdown(report) -> str:
+    """A `PromptReport` as a short checklist."""
+    mark = "✅ Good prompt" if report.ok else "⚠️ This prompt may clone poorly"
+    lines = [
+        f"**{mark}** - using {report.start_s:.2f}-{report.end_s:.2f} s "
+        f"({report.end_s - report.start_s:.1f} s) of {report.duration:.1f} s",
+        f"- level {report.level_db:.1f} dB, peak {report.peak:.2f}, "
+        f"clipping {100 * report.clipping:.2f} %, SNR ≈ {report.snr_db:.0f} dB",
+    ]
+    lines += [f"- {a}" for a in report.advice]
+    return "\n".join(lines)
+
+
+def plan_markdown(plan) -> str:
+    """An `EditPlan` as one line: what will be done, clamps, words not understood."""
+    return f"**Plan:** {plan.describe()}" if plan is not None else ""
+
+
+SENTENCE_HEADERS = ["#", "sentence", "seconds", "seed", "stop", "notes"]
+
+
+def sentence_rows(result) -> list[list]:
+    """One table row per `SentenceResult` in a `SynthResult`."""
+    rows = []
+    for s in result.sentences:
+        secs = len(s.audio) / result.sample_rate
+        rows.append([s.index, s.text, round(secs, 2), s.seed, s.stop_reason, "; ".join(s.warnings)])
+    return rows
+
+
+VOICE_HEADERS = ["name", "language", "seconds", "transcript", "created"]
+
+
+def voice_rows(voices: list) -> list[list]:
+    from core.audio import FRAME_RATE
+
+    return [[v.name, v.language, round(len(v.audio_tokens) / FRAME_RATE, 1), v.transcript,
+             str(v.created)[:19]] for v in voices]

@@ -1,0 +1,48 @@
+"""One job at a time on the Studio, with a bounded waiting line.
+
+The models are shared by every user of the process, so the UI events and the /v1 API take turns
+through one `Gate`. The Gradio queue already bounds the UI; `/v1` requests beyond `max_waiting`
+get a `BusyError` (HTTP 429) at once instead of piling up threads.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from core.errors import BusyError
+
+
+class Gate:
+    """A lock around the Studio plus a count of callers waiting for it."""
+
+    def __init__(self, max_waiting: int = 16):
+        self.max_waiting = max_waiting
+        self._lock = threading.Lock()
+        self._count_lock = threading.Lock()
+        self._waiting = 0
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    @contextmanager
+    def turn(self, bounded: bool = True) -> Iterator[None]:
+        """Hold the Studio for the body. `bounded=False` waits however long the line is
+        (the Gradio queue bounds the UI already)."""
+        with self._count_lock:
+            if bounded and self._waiting >= self.max_waiting:
+                raise BusyError(
+                    f"The studio is busy: {self._waiting} requests are already waiting.",
+                    "Try again in a few seconds.",
+                )
+            self._waiting += 1
+        try:
+            self._lock.acquire()
+        finally:
+            with self._count_lock:
+                self._waiting -= 1
+        try:
+            yield
+        finally:
+            self._lock.release()

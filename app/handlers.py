@@ -1,0 +1,215 @@
+"""UI event handlers: one short method per event - validate, call the Studio, format.
+
+Per-user data travels in `gr.State` (the prompt being cloned, the last result); nothing per-user
+lives in this module. Every handler turns a `StudioError` into a `gr.Error` carrying its
+`user_message()`, and any other failure into a short message (the traceback goes to the log).
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+
+from app import format as fmt
+from app.gate import Gate
+from core.errors import StudioError
+
+log = logging.getLogger("vallex.ui")
+
+
+def user_errors(fn):
+    """Show `StudioError`s as their user message and hide tracebacks of anything else."""
+
+    def convert(e: Exception) -> gr.Error:
+        if isinstance(e, gr.Error):
+            return e
+        if isinstance(e, StudioError):
+            return gr.Error(e.user_message())
+        log.exception("handler %s failed", fn.__name__)
+        return gr.Error(f"Something went wrong inside the studio ({type(e).__name__}: {e}). "
+                        "The server log has the details.")
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen_wrapper(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as e:
+                raise convert(e) from e
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            raise convert(e) from e
+    return wrapper
+
+
+@dataclass
+class Prompt:
+    """The prompt a user is cloning from (kept in gr.State): the recording and the voice made."""
+
+    audio: tuple[int, np.ndarray] | None
+    voice: Any  # core.voices.Voice
+    report: Any = None  # core.audio.PromptReport
+
+
+def _require_audio(audio, what: str = "a prompt") -> tuple[int, np.ndarray]:
+    if audio is None:
+        raise gr.Error(f"Record or upload {what} first.")
+    sr, wav = audio
+    if wav is None or len(wav) == 0:
+        raise gr.Error(f"The recording is empty: record or upload {what} again.")
+    return int(sr), np.asarray(wav)
+
+
+def write_temp(wav: np.ndarray, sr: int, fmt_name: str = "wav", stem: str = "vallex") -> str:
+    """Encode audio into a temp file Gradio may serve; returns its path."""
+    from core.audio import encode_audio
+
+    folder = Path(tempfile.mkdtemp(prefix="vallex-"))
+    path = folder / f"{stem}.{fmt_name}"
+    path.write_bytes(encode_audio(wav, sr, fmt_name))
+    return str(path)
+
+
+def _same_audio(a, b) -> bool:
+    """Are two Gradio (sr, array) tuples the same recording?"""
+    if a is None or b is None:
+        return a is b
+    return int(a[0]) == int(b[0]) and np.array_equal(np.asarray(a[1]), np.asarray(b[1]))
+
+
+class Handlers:
+    """Binds the events of `app.ui.build_ui` to one Studio shared by all users."""
+
+    def __init__(self, studio, gate: Gate):
+        self.studio = studio
+        self.gate = gate
+
+    # --- status -----------------------------------------------------------------------------
+    def notice(self) -> str:
+        """Markdown saying which weights are missing (empty when all are there)."""
+        from core.store import missing_models
+
+        try:
+            return fmt.missing_notice(missing_models(self.studio.models_dir))
+        except StudioError as e:
+            return f"### ⚠️ {e.user_message()}"
+
+    # --- clone & speak ----------------------------------------------------------------------
+    @user_errors
+    def check_prompt(self, audio, language: str):
+        """Prompt audio -> (report markdown, chosen window, transcript, Prompt state)."""
+        sr, wav = _require_audio(audio)
+        lang = None if language in (None, "", "auto", "auto-mix", "mix") else language
+        with self.gate.turn(bounded=False):
+            voice, report = self.studio.make_voice(wav, sample_rate=sr, language=lang)
+        window = (report.sample_rate, fmt.to_int16(report.wav))
+        return fmt.report_markdown(report), window, voice.transcript, Prompt((sr, wav), voice, report)
+
+    def _voice_for(self, audio, prompt: Prompt | None, transcript: str) -> Prompt | None:
+        """The prompt to clone: the state's, remade if the recording changed since it was
+        checked (ASR again) or the user edited the transcript. None = no prompt."""
+        transcript = (transcript or "").strip()
+        if audio is not None and (prompt is None or not _same_audio(audio, prompt.audio)):
+            sr, wav = _require_audio(audio)
+            voice, report = self.studio.make_voice(wav, sample_rate=sr)
+            return Prompt((sr, wav), voice, report)
+        if prompt is not None and prompt.audio is not None and transcript \
+                and transcript != prompt.voice.transcript:
+            sr, wav = prompt.audio
+            voice, report = self.studio.make_voice(wav, sample_rate=sr, transcript=transcript)
+            return Prompt((sr, wav), voice, report)
+        return prompt
+
+    @user_errors
+    def parse_instruction(self, text: str) -> str:
+        from core.convert import parse_instruction
+
+        return fmt.plan_markdown(parse_instruction(text or ""))
+
+    @user_errors
+    def speak(self, text, audio, prompt, transcript, language, accent, preset, top_k, top_p,
+              temperature, rep_window, best_of, seed, speed, instruction, long_mode,
+              progress=gr.Progress()):
+        """Stream sentence audio as it is made, then the whole take, the table and the state.
+
+        Yields (stream chunk, full audio, sentence rows, result state, info markdown,
+        prompt state, transcript)."""
+        if not (text or "").strip():
+            raise gr.Error("Type the text to speak first.")
+        options = make_options(language, accent, preset, top_k, top_p, temperature, rep_window,
+                               best_of, seed, speed, instruction, long_mode)
+        with self.gate.turn(bounded=False):
+            prompt = self._voice_for(audio, prompt, transcript)
+            voice = prompt.voice if prompt is not None else None
+            progress(0.0, desc="loading models / starting")
+            sentences = []
+            for sent in self.studio.stream(text, voice=voice, options=options):
+                sentences.append(sent)
+                progress(len(sentences) / max(len(sentences) + 1, 1), desc=f"sentence {len(sentences)}")
+                yield ((self.studio.sample_rate, fmt.to_int16(sent.audio)),) + (gr.skip(),) * 6
+            result = self.studio.assemble(sentences, options=options)
+        transcript = voice.transcript if voice is not None else gr.skip()
+        yield self._result_outputs(result, stream_chunk=gr.skip()) + (prompt, transcript)
+
+    def _result_outputs(self, result, stream_chunk):
+        path = write_temp(result.audio, result.sample_rate, "wav", "vallex-speech")
+        info = " ".join(result.warnings) if result.warnings else ""
+        return stream_chunk, path, fmt.sentence_rows(result), result, info
+
+    @user_errors
+    def reroll(self, result, index, seed):
+        """Make one sentence again (new seed unless given) -> same outputs as `speak`."""
+        if result is None:
+            raise gr.Error("Generate something first, then re-roll one of its sentences.")
+        n = len(result.sentences)
+        if index is None or not 0 <= int(index) < n:
+            raise gr.Error(f"Pick a sentence number between 0 and {n - 1}.")
+        with self.gate.turn(bounded=False):
+            new = self.studio.reroll(result, int(index), seed=None if seed in (None, "") else int(seed))
+        return self._result_outputs(new, stream_chunk=None)
+
+    # --- convert / translate ------------------------------------------------------------------
+    @user_errors
+    def convert(self, audio, instruction: str):
+        sr, wav = _require_audio(audio, "a clip")
+        if not (instruction or "").strip():
+            raise gr.Error('Type an instruction first, e.g. "deeper and slower".')
+        with self.gate.turn(bounded=False):
+            out, plan = self.studio.convert(wav, sr, instruction)
+        return (sr, fmt.to_int16(out)), fmt.plan_markdown(plan)
+
+    @user_errors
+    def translate(self, audio, progress=gr.Progress()):
+        sr, wav = _require_audio(audio, "a clip")
+        with self.gate.turn(bounded=False):
+            result = self.studio.translate(wav, sample_rate=sr)
+        text = " ".join(s.text for s in result.sentences)
+        return (result.sample_rate, fmt.to_int16(result.audio)), text
+
+
+def make_options(language, accent, preset, top_k, top_p, temperature, rep_window, best_of, seed,
+                 speed, instruction, long_mode):
+    """UI values -> `SynthOptions`; empty advanced fields mean "the preset's value"."""
+    from core.synth import SynthOptions
+
+    def opt(v, cast):
+        return None if v in (None, "") else cast(v)
+
+    return SynthOptions(
+        language=language or "auto-mix", accent=accent or "keep", preset=preset or "balanced",
+        top_k=opt(top_k, int) or None, top_p=opt(top_p, float), temperature=opt(temperature, float),
+        repetition_window=opt(rep_window, int), best_of=opt(best_of, int), seed=opt(seed, int),
+        speed=float(speed or 1.0), instruction=instruction or "", prompt_mode=long_mode or "fixed",
+    )

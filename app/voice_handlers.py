@@ -1,0 +1,105 @@
+"""Voices tab handlers: save, list, preview, rename, delete, import, export, use."""
+from __future__ import annotations
+
+import dataclasses
+
+import gradio as gr
+
+from app import format as fmt
+from app.gate import Gate
+from app.handlers import Prompt, user_errors
+
+PREVIEW_TEXT = {
+    "en": "Hello! This is how I sound in the studio.",
+    "zh": "你好！这是我在工作室里的声音。",
+    "ja": "こんにちは！これがスタジオでの私の声です。",
+}
+
+
+class VoiceHandlers:
+    """Events of the Voices tab over `studio.voices` (a `core.voices.VoiceLibrary`)."""
+
+    def __init__(self, studio, gate: Gate):
+        self.studio = studio
+        self.gate = gate
+
+    def _listing(self, selected: str | None = None):
+        voices = self.studio.voices.list()
+        names = [v.name for v in voices]
+        if selected not in names:
+            selected = names[0] if names else None
+        return fmt.voice_rows(voices), gr.update(choices=names, value=selected)
+
+    @user_errors
+    def list_voices(self):
+        """-> (table rows, dropdown update)."""
+        return self._listing()
+
+    @user_errors
+    def save_voice(self, prompt: Prompt | None, transcript: str, name: str):
+        """Save the prompt being cloned under `name` -> (rows, dropdown)."""
+        if prompt is None:
+            raise gr.Error("Record or upload a prompt in the Clone & speak tab first "
+                           "(and press 'Check prompt').")
+        name = (name or "").strip()
+        if not name:
+            raise gr.Error("Type a name for the voice.")
+        voice = prompt.voice
+        transcript = (transcript or "").strip()
+        if transcript and transcript != voice.transcript and prompt.audio is not None:
+            with self.gate.turn(bounded=False):
+                voice, _ = self.studio.make_voice(prompt.audio[1], sample_rate=prompt.audio[0],
+                                                  transcript=transcript)
+        self.studio.voices.save(dataclasses.replace(voice, name=name))
+        gr.Info(f"Saved voice '{name}'.")
+        return self._listing(name)
+
+    @user_errors
+    def use_voice(self, name: str):
+        """Load a saved voice as the current prompt -> (Prompt state, transcript, message)."""
+        voice = self.studio.voices.load(self._name(name))
+        return Prompt(None, voice), voice.transcript, f"Using saved voice **{voice.name}**."
+
+    @user_errors
+    def preview_voice(self, name: str):
+        """A short sentence in the voice -> (sr, int16)."""
+        voice = self.studio.voices.load(self._name(name))
+        from core.synth import SynthOptions
+
+        text = PREVIEW_TEXT.get(voice.language, PREVIEW_TEXT["en"])
+        with self.gate.turn(bounded=False):
+            result = self.studio.synthesize(text, voice=voice, options=SynthOptions(seed=0))
+        return result.sample_rate, fmt.to_int16(result.audio)
+
+    @user_errors
+    def rename_voice(self, name: str, new_name: str):
+        new_name = (new_name or "").strip()
+        if not new_name:
+            raise gr.Error("Type the new name.")
+        self.studio.voices.rename(self._name(name), new_name)
+        return self._listing(new_name)
+
+    @user_errors
+    def delete_voice(self, name: str):
+        self.studio.voices.delete(self._name(name))
+        gr.Info(f"Deleted voice '{name}'.")
+        return self._listing()
+
+    @user_errors
+    def import_voice(self, file, name: str):
+        if not file:
+            raise gr.Error("Choose a reference .npz file to import.")
+        path = file if isinstance(file, str) else file.name
+        name = (name or "").strip() or None
+        voice = self.studio.voices.import_npz(path, name)
+        return self._listing(getattr(voice, "name", name))
+
+    @user_errors
+    def export_voice(self, name: str) -> str:
+        return str(self.studio.voices.export_npz(self._name(name)))
+
+    @staticmethod
+    def _name(name: str | None) -> str:
+        if not name:
+            raise gr.Error("Pick a saved voice first (save one from the Clone & speak tab).")
+        return name
