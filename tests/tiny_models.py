@@ -5,7 +5,7 @@
     dest/vallex/vallex-checkpoint.pt        {"model": state_dict}, reference key names
     dest/vocos/config.yaml + pytorch_model.bin   charactr/vocos-encodec-24khz layout
     dest/encodec/config.json + model.safetensors transformers EncodecModel (facebook/encodec_24khz)
-    dest/asr/                                faster-whisper (CTranslate2) folder, see tiny_asr.py
+    dest/asr/                                faster-whisper (CTranslate2) folder (tests/tiny_asr.py)
 
 Everything is drawn from fixed seeds, so two calls give identical files. Sizes are reduced (width,
 depth, FFN) but every vocabulary / codebook size is the real one, so code that checks those
@@ -328,7 +328,7 @@ def _fill_codebooks(model, seed: int) -> None:
 # ----------------------------------------------------------------------------- all of it
 
 
-def make_models_folder(dest: Path, *, asr: bool = False) -> Path:
+def make_models_folder(dest: Path, *, asr: bool = True) -> Path:
     """Write a complete tiny models folder (layout in docs/design.md) into `dest`; return `dest`."""
     dest = Path(dest)
     make_vallex_checkpoint(dest / "vallex" / "vallex-checkpoint.pt")
