@@ -108,7 +108,7 @@ class Handlers:
 
     # --- clone & speak ----------------------------------------------------------------------
     @user_errors
-    def check_prompt(self, audio, language: str):
+    def check_prompt(self, audio, language: str | None = None):
         """Prompt audio -> (report markdown, chosen window, transcript, Prompt state)."""
         sr, wav = _require_audio(audio)
         lang = None if language in (None, "", "auto", "auto-mix", "mix") else language
@@ -139,9 +139,9 @@ class Handlers:
         return fmt.plan_markdown(parse_instruction(text or ""))
 
     @user_errors
-    def speak(self, text, audio, prompt, transcript, language, accent, preset, top_k, top_p,
-              temperature, rep_window, best_of, seed, speed, instruction, long_mode,
-              progress=gr.Progress()):
+    def speak(self, text, audio=None, prompt=None, transcript=None, language=None, accent=None,
+              preset=None, top_k=None, top_p=None, temperature=None, rep_window=None, best_of=None,
+              seed=None, speed=None, instruction=None, long_mode=None, progress=gr.Progress()):
         """Stream sentence audio as it is made, then the whole take, the table and the state.
 
         Yields (stream chunk, full audio, sentence rows, result state, info markdown,
@@ -169,7 +169,7 @@ class Handlers:
         return stream_chunk, path, fmt.sentence_rows(result), result, info
 
     @user_errors
-    def reroll(self, result, index, seed):
+    def reroll(self, result, index=None, seed=None):
         """Make one sentence again (new seed unless given) -> same outputs as `speak`."""
         if result is None:
             raise gr.Error("Generate something first, then re-roll one of its sentences.")
@@ -182,7 +182,7 @@ class Handlers:
 
     # --- convert / translate ------------------------------------------------------------------
     @user_errors
-    def convert(self, audio, instruction: str):
+    def convert(self, audio, instruction: str | None = None):
         sr, wav = _require_audio(audio, "a clip")
         if not (instruction or "").strip():
             raise gr.Error('Type an instruction first, e.g. "deeper and slower".')

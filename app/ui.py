@@ -168,7 +168,7 @@ def _voices_tab() -> SimpleNamespace:
 
 def _wire_voices(vh: VoiceHandlers, v, c, prompt_state) -> None:
     listing = [v.table, v.pick]
-    v.save.click(vh.save_voice, [prompt_state, c.transcript, v.name], listing,
+    v.save.click(vh.save_voice, [prompt_state, v.name, c.transcript], listing,
                  api_name="save_voice", **STUDIO)
     v.use.click(vh.use_voice, v.pick, [prompt_state, c.transcript, v.message, c.audio],
                 api_name="use_voice")

@@ -36,7 +36,7 @@ class VoiceHandlers:
         return self._listing()
 
     @user_errors
-    def save_voice(self, prompt: Prompt | None, transcript: str, name: str):
+    def save_voice(self, prompt: Prompt | None, name: str, transcript: str | None = None):
         """Save the prompt being cloned under `name` -> (rows, dropdown)."""
         if prompt is None:
             raise gr.Error("Record or upload a prompt in the Clone & speak tab first "
@@ -86,7 +86,7 @@ class VoiceHandlers:
         return self._listing()
 
     @user_errors
-    def import_voice(self, file, name: str):
+    def import_voice(self, file, name: str | None = None):
         if not file:
             raise gr.Error("Choose a reference .npz file to import.")
         path = file if isinstance(file, str) else file.name

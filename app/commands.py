@@ -1,0 +1,216 @@
+"""CLI subcommands: `synth` (batch, resumable), `record`, `say`, `download`."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.errors import AudioError, StudioError
+
+log = logging.getLogger("vallex.cli")
+
+
+def run(args: argparse.Namespace) -> int:
+    return {"synth": synth, "record": record, "say": say, "download": download}[args.command](args)
+
+
+# --- synth -------------------------------------------------------------------------------------
+@dataclass
+class Job:
+    """One utterance of a batch: its text and where its audio goes."""
+
+    text: str
+    out: Path
+
+
+@dataclass
+class Summary:
+    done: int = 0
+    skipped: int = 0
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def batch_jobs(args: argparse.Namespace) -> list[Job]:
+    """--text-file: line N -> NNNN.<fmt>; --in-dir: name.txt -> name.<fmt>."""
+    out_dir = Path(args.out_dir)
+    if args.text_file:
+        path = Path(args.text_file)
+        if not path.is_file():
+            raise StudioError(f"No text file at {path}.", "Give --text-file an existing file.")
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+        width = max(4, len(str(len(lines))))
+        return [Job(t, out_dir / f"{i:0{width}d}.{args.format}")
+                for i, t in enumerate(lines, 1) if t]
+    folder = Path(args.in_dir)
+    if not folder.is_dir():
+        raise StudioError(f"No folder at {folder}.", "Give --in-dir a folder of .txt files.")
+    jobs = [Job(p.read_text(encoding="utf-8").strip(), out_dir / f"{p.stem}.{args.format}")
+            for p in sorted(folder.glob("*.txt"))]
+    jobs = [j for j in jobs if j.text]
+    if not jobs:
+        raise StudioError(f"No non-empty .txt files in {folder}.", "Put one utterance per .txt file.")
+    return jobs
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temp file beside `path`, then rename: a killed batch never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def options_from(args: argparse.Namespace):
+    from core.synth import SynthOptions
+
+    return SynthOptions(language=args.language, accent=args.accent, preset=args.preset,
+                        seed=args.seed, speed=args.speed, instruction=args.instruction)
+
+
+def voice_from(args: argparse.Namespace, studio):
+    """--voice NAME (saved) or --prompt AUDIO [--transcript] -> Voice, or None."""
+    if args.voice:
+        return studio.voices.load(args.voice)
+    if args.prompt:
+        from core.audio import load_audio
+
+        wav, sr = load_audio(args.prompt)
+        voice, report = studio.make_voice(wav, sample_rate=sr, transcript=args.transcript)
+        for advice in report.advice:
+            log.warning("prompt: %s", advice)
+        return voice
+    return None
+
+
+def synth(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from app.cli import make_studio
+    from core.audio import encode_audio
+
+    jobs = batch_jobs(args)
+    todo = [j for j in jobs if args.overwrite or not j.out.exists()]
+    summary = Summary(skipped=len(jobs) - len(todo))
+    if summary.skipped:
+        log.info("resuming: %d of %d outputs already exist (use --overwrite to redo them)",
+                 summary.skipped, len(jobs))
+    studio = make_studio(args)
+    voice = voice_from(args, studio) if todo else None
+    options = options_from(args)
+    start = time.perf_counter()
+    for job in tqdm(todo, desc="synth", unit="utt", disable=None):
+        try:
+            result = studio.synthesize(job.text, voice=voice, options=options)
+            write_atomic(job.out, encode_audio(result.audio, result.sample_rate, args.format))
+            summary.done += 1
+            summary.seconds += len(result.audio) / result.sample_rate
+        except StudioError as e:
+            if e.code in ("model_missing", "bad_checkpoint", "download_failed"):
+                raise  # every job would fail the same way
+            summary.failed.append((job.out, e.user_message()))
+            log.error("%s: %s", job.out.name, e.user_message())
+    took = time.perf_counter() - start
+    print(f"synth: {summary.done} made ({summary.seconds:.1f} s of audio in {took:.1f} s), "
+          f"{summary.skipped} already done, {len(summary.failed)} failed -> {args.out_dir}")
+    for out, msg in summary.failed:
+        print(f"  failed {out.name}: {msg}")
+    return 1 if summary.failed else 0
+
+
+# --- record / say --------------------------------------------------------------------------------
+def _sounddevice(kind: str):
+    """The sounddevice module with a usable `kind` ("input"/"output") device, or AudioError."""
+    hint = ("Plug in a microphone / speakers (or check the OS sound settings), or use the web page, "
+            "which records and plays through the browser.")
+    try:
+        import sounddevice as sd
+    except OSError as e:  # PortAudio library missing
+        raise AudioError(f"No audio system available ({e}).", hint) from e
+    try:
+        sd.query_devices(kind=kind)
+    except Exception as e:  # PortAudioError or ValueError when there is no such device
+        raise AudioError(f"No audio {kind} device found on this machine.", hint) from e
+    return sd
+
+
+def record(args: argparse.Namespace) -> int:
+    from core.audio import SAMPLE_RATE, save_audio
+
+    sd = _sounddevice("input")
+    if not 1 <= args.seconds <= 60:
+        raise AudioError(f"Cannot record {args.seconds} s.", "Use --seconds between 1 and 60.")
+    print(f"Recording {args.seconds:.0f} s... speak now.")
+    wav = sd.rec(int(args.seconds * SAMPLE_RATE), samplerate=SAMPLE_RATE, channels=1,
+                 dtype="float32")
+    sd.wait()
+    save_audio(args.out, wav[:, 0], SAMPLE_RATE)
+    print(f"Saved {args.out}")
+    if args.save_voice:
+        from app.cli import make_studio
+
+        studio = make_studio(args)
+        voice, report = studio.make_voice(wav[:, 0], sample_rate=SAMPLE_RATE,
+                                          transcript=args.transcript, name=args.save_voice)
+        for advice in report.advice:
+            print(f"  prompt: {advice}")
+        studio.voices.save(voice)
+        print(f"Saved voice '{args.save_voice}' ({voice.transcript!r})")
+    return 0
+
+
+def say(args: argparse.Namespace) -> int:
+    from app.cli import make_studio
+
+    sd = None if args.out else _sounddevice("output")
+    studio = make_studio(args)
+    result = studio.synthesize(args.text, voice=voice_from(args, studio), options=options_from(args))
+    if args.out:
+        from core.audio import save_audio
+
+        save_audio(args.out, result.audio, result.sample_rate)
+        print(f"Saved {args.out}")
+        try:
+            sd = _sounddevice("output")
+        except AudioError as e:
+            print(f"(not played: {e.message})")
+            return 0
+    sd.play(result.audio, result.sample_rate)
+    sd.wait()
+    return 0
+
+
+# --- download ------------------------------------------------------------------------------------
+def download(args: argparse.Namespace) -> int:
+    from core.store import download_model, missing_models
+
+    missing = missing_models(args.models)
+    names = args.names or [m.name for m in missing]
+    if not names:
+        print("All model weights are already there.")
+        return 0
+    if args.offline:
+        raise StudioError("--offline was given, so nothing can be downloaded.",
+                          "Drop --offline, or copy the files into the folders listed by the app.")
+    for name in names:
+        print(f"Downloading {name}...")
+        download_model(name, models_dir=args.models)
+    left = missing_models(args.models)
+    print("Done." if not left else f"Still missing: {', '.join(m.name for m in left)}")
+    return 0 if not left else 1
+
+
+if __name__ == "__main__":
+    from app.cli import main
+
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""CLI: options, logins, batch synthesis (resume, atomic writes, summary), record/say without a
+sound card, download, and the launch options reaching Gradio (share offline, auth, API key)."""
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from app import cli, commands
+from core.errors import AudioError, StudioError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_help_lists_every_option():
+    out = subprocess.run([sys.executable, "launch.py", "--help"], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    for opt in ["--host", "--port", "--share", "--auth", "--auth-file", "--api-key", "--models",
+                "--device", "--dtype", "--offline", "--voices", "--max-queue",
+                "synth", "record", "say", "download"]:
+        assert opt in out, opt
+    assert "127.0.0.1" in out and "fp32" in out
+
+
+def test_model_options_before_or_after_subcommand():
+    p = cli.build_parser()
+    a = p.parse_args(["--models", "/m", "--dtype", "int8", "synth", "--text-file", "t", "--out-dir", "o"])
+    b = p.parse_args(["synth", "--text-file", "t", "--out-dir", "o", "--models", "/m", "--dtype", "int8"])
+    for args in (a, b):
+        assert (args.models, args.dtype, args.command, args.device) == ("/m", "int8", "synth", "cpu")
+    assert p.parse_args([]).host == "127.0.0.1"
+    with pytest.raises(SystemExit):
+        p.parse_args(["--dtype", "fp8"])
+
+
+def test_parse_auth(tmp_path):
+    f = tmp_path / "logins"
+    f.write_text("# studio logins\nbob:pw2\n\ncarol:a:b\n")
+    assert cli.parse_auth(["alice:pw1"], str(f)) == [("alice", "pw1"), ("bob", "pw2"), ("carol", "a:b")]
+    assert cli.parse_auth(None, None) is None
+    with pytest.raises(StudioError, match="USER:PASS"):
+        cli.parse_auth(["nopassword"], None)
+    with pytest.raises(StudioError, match="auth file"):
+        cli.parse_auth(None, str(tmp_path / "missing"))
+
+
+def test_bad_auth_is_a_message_not_a_traceback():
+    r = subprocess.run([sys.executable, "launch.py", "--auth", "oops"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2
+    assert "USER:PASS" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_batch_jobs_from_file_and_folder(tmp_path):
+    text = tmp_path / "lines.txt"
+    text.write_text("First line.\n\nSecond line.\n")
+    args = cli.build_parser().parse_args(["synth", "--text-file", str(text), "--out-dir", str(tmp_path / "o")])
+    jobs = commands.batch_jobs(args)
+    assert [(j.text, j.out.name) for j in jobs] == [("First line.", "0001.wav"), ("Second line.", "0003.wav")]
+    d = tmp_path / "texts"
+    d.mkdir()
+    (d / "b.txt").write_text("Bee.")
+    (d / "a.txt").write_text("Ay.")
+    (d / "empty.txt").write_text("  ")
+    args = cli.build_parser().parse_args(["synth", "--in-dir", str(d), "--out-dir", "o", "--format", "flac"])
+    assert [(j.text, j.out.name) for j in commands.batch_jobs(args)] == [("Ay.", "a.flac"), ("Bee.", "b.flac")]
+
+
+def test_write_atomic_leaves_no_partial_file(tmp_path):
+    out = tmp_path / "sub" / "x.wav"
+    commands.write_atomic(out, b"abc")
+    assert out.read_bytes() == b"abc"
+
+    with pytest.raises(TypeError):
+        commands.write_atomic(tmp_path / "y.wav", object())  # type: ignore[arg-type]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sub"]
+
+
+def test_record_without_sound_card_says_so(monkeypatch, capsys):
+    import sounddevice as sd
+
+    def no_device(*a, **k):
+        raise sd.PortAudioError("Error querying device -1")
+
+    monkeypatch.setattr(sd, "query_devices", no_device)
+    rc = cli.main(["record", "--out", "x.wav"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "No audio input device found" in err and "web page" in err
+
+
+def test_say_without_sound_card_says_so():
+    # this machine really has no sound card; `say` must stop before loading any model
+    r = subprocess.run([sys.executable, "launch.py", "say", "hello", "--models", "/nonexistent"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "No audio output device found" in r.stderr or "No audio system" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_auth_keys_for_v1():
+    from app.server import ServerOptions, api_keys
+
+    assert api_keys(ServerOptions()) is None
+    assert api_keys(ServerOptions(auth=[("a", "pw")])) == {"pw"}
+    assert api_keys(ServerOptions(auth=[("a", "pw")], api_key="k")) == {"k"}
+
+
+def test_gate_bounds_the_line():
+    import threading
+    import time
+
+    from app.gate import Gate
+    from core.errors import BusyError
+
+    gate = Gate(max_waiting=1)
+    release, entered, ran = threading.Event(), threading.Event(), []
+
+    def hold():
+        with gate.turn():
+            entered.set()
+            release.wait(10)
+
+    def wait_turn():
+        with gate.turn():
+            ran.append(True)
+
+    t1 = threading.Thread(target=hold)
+    t1.start()
+    assert entered.wait(10)
+    t2 = threading.Thread(target=wait_turn)
+    t2.start()
+    for _ in range(500):
+        if gate.waiting == 1:
+            break
+        time.sleep(0.01)
+    with pytest.raises(BusyError, match="busy"):
+        with gate.turn():
+            pass
+    release.set()
+    t1.join(10)
+    t2.join(10)
+    assert ran == [True] and gate.waiting == 0
