@@ -1,0 +1,221 @@
+"""Text normalisation before G2P (ours; `phonemize(..., normalize=True)`).
+
+Expands times, dates, money, percentages, units, ordinals, decimals and plain numbers into words
+of the segment's language, so that the G2P sees words it can say:
+
+- English: words without hyphens (eng_to_ipa does not know "twenty-one" and would spell it).
+- Mandarin: Chinese numerals; years and long digit strings (phone numbers) digit by digit.
+- Japanese: OpenJTalk reads numbers itself, so only the notations around them are rewritten
+  (`3:30` -> `3時30分`, `$5` -> `5ドル`, `5km` -> `5キロメートル`, ...).
+
+The reference front-end does none of this; it is off by default for parity.
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+_NUM = r"\d+(?:\.\d+)?"
+_SEP_COMMAS = re.compile(r"(?<=\d),(?=\d{3}\b)")
+_TIME = re.compile(r"(?<![\d:：])([01]?\d|2[0-3])[:：]([0-5]\d)(?:[:：]([0-5]\d))?(?!\d)(?:\s*([ap])\.?\s?m\.?(?=\W|$))?",
+                   re.IGNORECASE)
+_ISO_DATE = re.compile(r"(?<![\d.])(\d{4})[-/.](0?[1-9]|1[0-2])[-/.](0?[1-9]|[12]\d|3[01])(?![\d.])")
+_US_DATE = re.compile(r"(?<![\d/])(0?[1-9]|1[0-2])/(0?[1-9]|[12]\d|3[01])/(\d{4})(?![\d/])")
+_PERCENT = re.compile(rf"(-?{_NUM})\s*[%％]")
+_NEGATIVE = re.compile(r"(?<![\dA-Za-z.])[-−](?=\d)")
+_TEMPERATURE = re.compile(rf"(-?{_NUM})\s*(?:°\s*([CF])|℃|℉)")
+
+_MONTHS = ("January February March April May June July August September October November "
+           "December").split()
+_CURRENCY_EN = {"$": ("dollar", "dollars", "cent", "cents"), "£": ("pound", "pounds", "penny", "pence"),
+                "€": ("euro", "euros", "cent", "cents"), "¥": ("yen", "yen", "", ""),
+                "￥": ("yen", "yen", "", ""), "₹": ("rupee", "rupees", "", "")}
+_UNITS_EN = {"km": "kilometers", "m": "meters", "cm": "centimeters", "mm": "millimeters",
+             "kg": "kilograms", "g": "grams", "mg": "milligrams", "lb": "pounds", "lbs": "pounds",
+             "oz": "ounces", "mi": "miles", "ft": "feet", "mph": "miles per hour",
+             "km/h": "kilometers per hour", "kph": "kilometers per hour", "ml": "milliliters",
+             "l": "liters", "gb": "gigabytes", "mb": "megabytes", "kb": "kilobytes", "tb": "terabytes",
+             "ghz": "giga hertz", "mhz": "mega hertz", "khz": "kilo hertz", "hz": "hertz",
+             "h": "hours", "hr": "hours", "hrs": "hours", "min": "minutes", "s": "seconds",
+             "sec": "seconds", "ms": "milliseconds"}
+_UNIT_RE = re.compile(rf"({_NUM})\s?({'|'.join(sorted(map(re.escape, _UNITS_EN), key=len, reverse=True))})"
+                      r"(?![\w/])", re.IGNORECASE)
+_CURRENCY_RE = re.compile(rf"([$£€¥￥₹])\s?({_NUM})(?:\s?(k|m|bn|million|billion|thousand)\b)?",
+                          re.IGNORECASE)
+_ORDINAL_EN = re.compile(r"\b(\d+)(st|nd|rd|th)\b", re.IGNORECASE)
+_DECIMAL = re.compile(r"(\d+)\.(\d+)")
+_INTEGER = re.compile(r"\d+")
+_FRACTIONS_EN = {"1/2": "one half", "1/3": "one third", "2/3": "two thirds", "1/4": "one quarter",
+                 "3/4": "three quarters"}
+_SYMBOLS_EN = [("&", " and "), ("@", " at "), ("+", " plus "), ("=", " equals "), ("#", " number ")]
+
+
+# ---- English ---------------------------------------------------------------------------------
+
+def _words_en(num: int, **kwargs) -> str:
+    from core.text.en import _inflect
+
+    if num >= 10**33:
+        return " ".join("zero one two three four five six seven eight nine".split()[int(d)] for d in str(num))
+    return _inflect().number_to_words(num, andword="", **kwargs).replace("-", " ").replace(",", "")
+
+
+def _year_en(y: int) -> str:
+    if y % 1000 == 0 or (2000 <= y < 2010):
+        return _words_en(y)
+    if y % 100 == 0:
+        return _words_en(y // 100) + " hundred"
+    hi, lo = divmod(y, 100)
+    return f"{_words_en(hi)} {'oh ' if lo < 10 else ''}{_words_en(lo)}"
+
+
+def _cardinal_en(text: str) -> str:
+    n = int(text) if len(text) < 40 else None
+    if n is None or (len(text) > 1 and text.startswith("0")):
+        return " ".join(_words_en(int(d)) for d in text)
+    if 1100 <= n <= 2099 and len(text) == 4:
+        return _year_en(n)
+    return _words_en(n)
+
+
+def _decimal_en(m: re.Match) -> str:
+    return f"{_cardinal_en(m.group(1))} point " + " ".join(_words_en(int(d)) for d in m.group(2))
+
+
+def _time_en(m: re.Match) -> str:
+    h, mins = int(m.group(1)), int(m.group(2))
+    out = _words_en(h) + (" o'clock" if mins == 0 and not m.group(4) else
+                          "" if mins == 0 else f" oh {_words_en(mins)}" if mins < 10 else f" {_words_en(mins)}")
+    if m.group(3):
+        out += f" and {_words_en(int(m.group(3)))} seconds"
+    if m.group(4):
+        out += " ay em" if m.group(4).lower() == "a" else " pee em"
+    return out
+
+
+def _money_en(m: re.Match) -> str:
+    one, many, sub_one, sub_many = _CURRENCY_EN[m.group(1)]
+    amount, scale = m.group(2), m.group(3)
+    if scale:
+        scale_word = {"k": "thousand", "m": "million", "bn": "billion"}.get(scale.lower(), scale.lower())
+        return f"{_number_en(amount)} {scale_word} {many}"
+    whole, _, frac = amount.partition(".")
+    out = f"{_cardinal_en(whole)} {one if whole == '1' else many}"
+    if frac and sub_one and int(frac[:2].ljust(2, '0')):
+        cents = int(frac[:2].ljust(2, "0"))
+        out += f" {_words_en(cents)} {sub_one if cents == 1 else sub_many}"
+    return out
+
+
+def _number_en(text: str) -> str:
+    return _DECIMAL.sub(_decimal_en, text) if "." in text else _cardinal_en(text)
+
+
+def _date_en(year: str, month: str, day: str) -> str:
+    from core.text.en import _inflect
+
+    ordinal = _inflect().number_to_words(_inflect().ordinal(int(day))).replace("-", " ")
+    return f"{_MONTHS[int(month) - 1]} {ordinal}, {_year_en(int(year))}"
+
+
+def normalize_en(text: str) -> str:
+    from core.text.en import _inflect
+
+    text = _SEP_COMMAS.sub("", text)
+    text = _ISO_DATE.sub(lambda m: _date_en(m.group(1), m.group(2), m.group(3)), text)
+    text = _US_DATE.sub(lambda m: _date_en(m.group(3), m.group(1), m.group(2)), text)
+    text = _TIME.sub(_time_en, text)
+    text = _TEMPERATURE.sub(lambda m: f"{m.group(1)} degrees "
+                            + ("fahrenheit" if m.group(2) == "F" or "℉" in m.group(0) else "celsius"), text)
+    text = _CURRENCY_RE.sub(_money_en, text)
+    text = _PERCENT.sub(lambda m: f"{m.group(1)} percent", text)
+    text = _UNIT_RE.sub(lambda m: f"{m.group(1)} {_UNITS_EN[m.group(2).lower()]}", text)
+    for frac, words in _FRACTIONS_EN.items():
+        text = re.sub(rf"(?<![\d/]){re.escape(frac)}(?![\d/])", words, text)
+    text = _ORDINAL_EN.sub(
+        lambda m: _inflect().number_to_words(_inflect().ordinal(int(m.group(1)))).replace("-", " ")
+        if len(m.group(1)) < 30 else m.group(0), text)
+    text = _NEGATIVE.sub("minus ", text)
+    text = _DECIMAL.sub(_decimal_en, text)
+    text = _INTEGER.sub(lambda m: _cardinal_en(m.group(0)), text)
+    for sym, word in _SYMBOLS_EN:
+        text = text.replace(sym, word)
+    return text
+
+
+# ---- Mandarin --------------------------------------------------------------------------------
+
+_DIGITS_ZH = "零一二三四五六七八九"
+_UNITS_ZH = {"km": "公里", "m": "米", "cm": "厘米", "mm": "毫米", "kg": "公斤", "g": "克", "mg": "毫克",
+             "ml": "毫升", "l": "升", "h": "小时", "min": "分钟", "s": "秒", "gb": "GB", "mb": "MB"}
+_CURRENCY_ZH = {"$": "美元", "£": "英镑", "€": "欧元", "¥": "元", "￥": "元", "₹": "卢比"}
+_UNIT_RE_ZH = re.compile(rf"({_NUM})\s?({'|'.join(sorted(_UNITS_ZH, key=len, reverse=True))})(?![A-Za-z/])",
+                         re.IGNORECASE)
+
+
+def _digits_zh(text: str, yao: bool = False) -> str:
+    return "".join(("幺" if yao and d == "1" else _DIGITS_ZH[int(d)]) for d in text)
+
+
+def _num_zh(text: str) -> str:
+    from core.text.zh import _an2cn
+
+    return _an2cn(text)
+
+
+def normalize_zh(text: str) -> str:
+    text = _SEP_COMMAS.sub("", text)
+    text = _ISO_DATE.sub(lambda m: f"{_digits_zh(m.group(1))}年{_num_zh(str(int(m.group(2))))}月"
+                         f"{_num_zh(str(int(m.group(3))))}日", text)
+    text = re.sub(r"(\d{4})(?=年)", lambda m: _digits_zh(m.group(1)), text)
+    text = _TIME.sub(lambda m: f"{_num_zh(str(int(m.group(1))))}点"
+                     + (f"{_num_zh(m.group(2).lstrip('0') or '0')}分" if int(m.group(2)) else "")
+                     + (f"{_num_zh(str(int(m.group(3))))}秒" if m.group(3) and int(m.group(3)) else ""), text)
+    text = _TEMPERATURE.sub(lambda m: f"{m.group(1)}" + ("华氏度" if m.group(2) == "F" or "℉" in m.group(0)
+                                                          else "摄氏度"), text)
+    text = _CURRENCY_RE.sub(lambda m: m.group(2) + {"k": "千", "m": "百万", "bn": "十亿"}.get(
+        (m.group(3) or "").lower(), m.group(3) or "") + _CURRENCY_ZH[m.group(1)], text)
+    text = _PERCENT.sub(lambda m: "百分之" + m.group(1), text)
+    text = _UNIT_RE_ZH.sub(lambda m: m.group(1) + _UNITS_ZH[m.group(2).lower()], text)
+    text = re.sub(r"(?<!\d)(\d+)\s*[~～]\s*(?=\d)", r"\1到", text)
+    text = re.sub(r"(?<![\d.])\d{7,}(?![\d.])", lambda m: _digits_zh(m.group(0), yao=True), text)
+    text = _NEGATIVE.sub("负", text)
+    return text.replace("%", "").replace("％", "")
+
+
+# ---- Japanese --------------------------------------------------------------------------------
+
+_UNITS_JA = {"km": "キロメートル", "m": "メートル", "cm": "センチメートル", "mm": "ミリメートル",
+             "kg": "キログラム", "g": "グラム", "mg": "ミリグラム", "ml": "ミリリットル", "l": "リットル",
+             "gb": "ギガバイト", "mb": "メガバイト", "h": "時間", "min": "分", "s": "秒"}
+_CURRENCY_JA = {"$": "ドル", "£": "ポンド", "€": "ユーロ", "¥": "円", "￥": "円", "₹": "ルピー"}
+_UNIT_RE_JA = re.compile(rf"({_NUM})\s?({'|'.join(sorted(_UNITS_JA, key=len, reverse=True))})(?![A-Za-z/])",
+                         re.IGNORECASE)
+
+
+def normalize_ja(text: str) -> str:
+    text = _SEP_COMMAS.sub("", text)
+    text = _ISO_DATE.sub(lambda m: f"{m.group(1)}年{int(m.group(2))}月{int(m.group(3))}日", text)
+    text = _TIME.sub(lambda m: f"{int(m.group(1))}時" + (f"{int(m.group(2))}分" if int(m.group(2)) else "")
+                     + (f"{int(m.group(3))}秒" if m.group(3) and int(m.group(3)) else ""), text)
+    text = _TEMPERATURE.sub(lambda m: m.group(1) + ("華氏" if m.group(2) == "F" else "") + "度", text)
+    text = _CURRENCY_RE.sub(lambda m: m.group(2) + {"k": "千", "m": "百万", "bn": "十億"}.get(
+        (m.group(3) or "").lower(), m.group(3) or "") + _CURRENCY_JA[m.group(1)], text)
+    text = _PERCENT.sub(lambda m: m.group(1) + "パーセント", text)
+    text = _UNIT_RE_JA.sub(lambda m: m.group(1) + _UNITS_JA[m.group(2).lower()], text)
+    return _NEGATIVE.sub("マイナス", text)
+
+
+_BY_LANGUAGE: dict[str, Callable[[str], str]] = {"en": normalize_en, "zh": normalize_zh, "ja": normalize_ja}
+
+
+def normalize_text(text: str, language: str) -> str:
+    """Expand numbers, dates, times, money, percentages and units of one language's text.
+
+    Args:
+        text: one segment's text.
+        language: "en" | "zh" | "ja".
+    Returns:
+        the text with those notations written out in words of that language.
+    """
+    return _BY_LANGUAGE[language](text)
