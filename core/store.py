@@ -1,0 +1,362 @@
+"""Model files on disk: where they are, what is missing, and downloading them.
+
+Where a model is looked for, in order:
+1. a local models folder (argument `models_dir`, else env `VALLEX_MODELS`, else `models/` at the
+   repository root) in the layout `vallex/vallex-checkpoint.pt`, `vocos/{config.yaml,
+   pytorch_model.bin}`, `encodec/{config.json,model.safetensors}`, `asr/` (faster-whisper folder);
+2. the Hugging Face cache (`HF_HUB_CACHE` / `HF_HOME`), where `download_model` puts files.
+
+Downloads go through `huggingface_hub.hf_hub_download`: progress bar (tqdm in a terminal, or a
+`progress(fraction, desc)` callback), resume with HTTP Range after a dropped connection, mirrors
+via `HF_ENDPOINT`, `HF_HUB_OFFLINE` respected. Every downloaded file is then checked: its size
+against the registry / the hub's metadata, and its sha256 against the registry or, for LFS files,
+the hub's ETag (which is the file's sha256). A file that fails is deleted from the cache and
+`DownloadError` is raised.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from core.errors import DownloadError, ModelMissingError
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODELS_DIR = ROOT / "models"
+DOWNLOAD_COMMAND = "python launch.py download"
+
+Progress = Callable[[float, str], None]  # (fraction 0..1, description)
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    filename: str
+    approx_bytes: int  # for messages; the real size is checked against `size` or the hub
+    size: int | None = None  # exact size in bytes, when known
+    sha256: str | None = None  # hex digest, when known
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str  # key, also the sub-folder of the local models folder
+    title: str
+    repo: str
+    files: tuple[ModelFile, ...]
+    revision: str = "main"
+    optional: bool = False  # the studio works without it (ASR: the user types the transcript)
+
+    @property
+    def approx_bytes(self) -> int:
+        return sum(f.approx_bytes for f in self.files)
+
+
+REGISTRY: dict[str, ModelSpec] = {
+    "vallex": ModelSpec("vallex", "VALL-E X checkpoint", "Plachta/VALL-E-X",
+                        (ModelFile("vallex-checkpoint.pt", 1_482_200_000),)),
+    "vocos": ModelSpec("vocos", "Vocos vocoder", "charactr/vocos-encodec-24khz",
+                       (ModelFile("config.yaml", 500), ModelFile("pytorch_model.bin", 40_400_000))),
+    "encodec": ModelSpec("encodec", "EnCodec 24 kHz", "facebook/encodec_24khz",
+                         (ModelFile("config.json", 1_500), ModelFile("model.safetensors", 93_200_000))),
+    "asr": ModelSpec("asr", "Whisper ASR (faster-whisper small)", "Systran/faster-whisper-small",
+                     (ModelFile("config.json", 2_400), ModelFile("model.bin", 484_000_000),
+                      ModelFile("tokenizer.json", 2_200_000), ModelFile("vocabulary.txt", 460_000)),
+                     optional=True),
+}
+REQUIRED = ("vallex", "vocos", "encodec")
+
+
+@dataclass(frozen=True)
+class ModelPaths:
+    """Resolved locations. `vallex` is the checkpoint file; the others are folders."""
+
+    vallex: Path
+    vocos: Path
+    encodec: Path
+    asr: Path | None
+
+
+@dataclass(frozen=True)
+class MissingModel:
+    name: str
+    title: str
+    repo: str
+    filename: str  # the files, comma-separated
+    size_bytes: int  # approximate download size
+    folder: Path  # where to put the files by hand
+    command: str  # the command that downloads it
+    optional: bool = False
+
+    def describe(self) -> str:
+        return (f"{self.title} ({self.repo}: {self.filename}, about {_human(self.size_bytes)}) -> "
+                f"run `{self.command}` or put the files in {self.folder}")
+
+
+# ---------------------------------------------------------------------------------- locating
+
+
+def models_folder(models_dir: str | Path | None = None) -> Path:
+    """The local models folder: the argument, else env VALLEX_MODELS, else `models/` at the repo root."""
+    if models_dir is not None:
+        return Path(models_dir).expanduser()
+    env = os.environ.get("VALLEX_MODELS")
+    return Path(env).expanduser() if env else DEFAULT_MODELS_DIR
+
+
+def is_offline(offline: bool | None = None) -> bool:
+    """`offline` if given, else env HF_HUB_OFFLINE (read now, not at import)."""
+    if offline is not None:
+        return offline
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _spec(name: str) -> ModelSpec:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise DownloadError(f"Unknown model {name!r}.", f"Choose one of: {', '.join(REGISTRY)}.") from None
+
+
+def _result_path(spec: ModelSpec, folder: Path) -> Path:
+    return folder / spec.files[0].filename if spec.name == "vallex" else folder
+
+
+def _local_path(spec: ModelSpec, models_dir: Path) -> Path | None:
+    folder = models_dir / spec.name
+    if spec.name == "asr":  # any faster-whisper folder will do (other sizes too)
+        return folder if (folder / "model.bin").is_file() and (folder / "config.json").is_file() else None
+    if all((folder / f.filename).is_file() for f in spec.files):
+        return _result_path(spec, folder)
+    return None
+
+
+def _cache_dir() -> str | None:
+    """The hub cache as the environment says now (huggingface_hub reads it once, at import)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return str(Path(os.environ["HF_HOME"]) / "hub")
+    return None
+
+
+def _cached_path(spec: ModelSpec) -> Path | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    folders = set()
+    for f in spec.files:
+        hit = try_to_load_from_cache(spec.repo, f.filename, cache_dir=_cache_dir(), revision=spec.revision)
+        if not isinstance(hit, str):
+            return None
+        folders.add(Path(hit).parent)
+    if len(folders) != 1:  # files from different snapshots: treat as not (consistently) cached
+        return None
+    return _result_path(spec, folders.pop())
+
+
+def find_model(name: str, models_dir: str | Path | None = None) -> Path | None:
+    """Where model `name` is on disk now (local folder first, then the hub cache), or None."""
+    spec = _spec(name)
+    return _local_path(spec, models_folder(models_dir)) or _cached_path(spec)
+
+
+def _command(name: str) -> str:
+    return f"{DOWNLOAD_COMMAND} {name}"
+
+
+def missing_models(models_dir: str | Path | None = None, *, include_optional: bool = True) -> list[MissingModel]:
+    """The models not on disk (never touches the network), for the UI's notice and the CLI."""
+    folder = models_folder(models_dir)
+    out = []
+    for name, spec in REGISTRY.items():
+        if (spec.optional and not include_optional) or find_model(name, models_dir) is not None:
+            continue
+        out.append(MissingModel(name, spec.title, spec.repo, ", ".join(f.filename for f in spec.files),
+                                spec.approx_bytes, folder / name, _command(name), spec.optional))
+    return out
+
+
+def missing_error(missing: list[MissingModel], offline: bool) -> ModelMissingError:
+    """One error naming every missing model, its size, the command and the folder."""
+    total = sum(m.size_bytes for m in missing)
+    why = " (offline: HF_HUB_OFFLINE is set or --offline was given)" if offline else ""
+    msg = f"Model weights missing{why}: " + "; ".join(m.describe() for m in missing) + "."
+    hint = (f"Download them ({_human(total)} in all) with `{DOWNLOAD_COMMAND}` while online "
+            f"(set HF_ENDPOINT to use a mirror), or copy the files into those folders.")
+    return ModelMissingError(msg, hint)
+
+
+# ---------------------------------------------------------------------------------- resolving
+
+
+def resolve_model(name: str, models_dir: str | Path | None = None, *, offline: bool | None = None,
+                  download: bool = True, progress: Progress | None = None) -> Path:
+    """The path of one model (checkpoint file for "vallex", folder otherwise), downloading it when
+    allowed. Raises ModelMissingError when it is not on disk and cannot be fetched now."""
+    path = find_model(name, models_dir)
+    if path is not None:
+        return path
+    off = is_offline(offline)
+    if off or not download:
+        missing = [m for m in missing_models(models_dir) if m.name == name]
+        raise missing_error(missing, off)
+    return download_model(name, progress=progress)
+
+
+def resolve_models(models_dir: str | Path | None = None, *, offline: bool | None = None,
+                   download: bool = True, progress: Progress | None = None,
+                   asr: bool = False) -> ModelPaths:
+    """Locate (and, online, download) the models. The ASR model is optional: its path is filled in
+    when it is on disk, and it is downloaded only with `asr=True`. Raises ModelMissingError naming
+    every missing required model, its size and the command or folder to fix it."""
+    off = is_offline(offline)
+    names = list(REQUIRED) + (["asr"] if asr else [])
+    missing = [m for m in missing_models(models_dir) if m.name in names]
+    if missing and (off or not download):
+        raise missing_error(missing, off)
+    total = sum(m.size_bytes for m in missing) or 1
+    done = 0
+    for m in missing:
+        sub = _sub_progress(progress, done / total, m.size_bytes / total)
+        download_model(m.name, progress=sub)
+        done += m.size_bytes
+    paths = {name: find_model(name, models_dir) for name in REGISTRY}
+    if any(paths[n] is None for n in names):  # e.g. files vanished meanwhile
+        raise missing_error([m for m in missing_models(models_dir) if m.name in names], off)
+    return ModelPaths(paths["vallex"], paths["vocos"], paths["encodec"], paths["asr"])
+
+
+def _sub_progress(progress: Progress | None, start: float, span: float) -> Progress | None:
+    if progress is None:
+        return None
+    return lambda frac, desc: progress(start + span * frac, desc)
+
+
+# ---------------------------------------------------------------------------------- download
+
+
+def download_model(name: str, models_dir: str | Path | None = None, *, progress: Progress | None = None,
+                   endpoint: str | None = None, attempts: int = 3, force: bool = False) -> Path:
+    """Download model `name` into the Hugging Face cache and verify it; return its path.
+
+    `models_dir` is accepted for the CLI's sake: a model already in that local folder is not
+    downloaded again (unless `force`). `endpoint` defaults to env HF_ENDPOINT (read now).
+    Raises DownloadError (network, corrupt file) or ModelMissingError (offline).
+    """
+    spec = _spec(name)
+    if not force and models_dir is not None and (local := _local_path(spec, models_folder(models_dir))):
+        return local
+    if is_offline(None) and not force:
+        cached = _cached_path(spec)
+        if cached:
+            return cached
+        raise missing_error([m for m in missing_models(models_dir) if m.name == name], True)
+    endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None
+    total = sum(f.approx_bytes for f in spec.files)
+    done, folder = 0, None
+    for f in spec.files:
+        sub = _sub_progress(progress, done / total, f.approx_bytes / total)
+        path = _download_file(spec, f, endpoint, sub, attempts, force)
+        folder = path.parent
+        done += f.approx_bytes
+    if progress:
+        progress(1.0, f"{spec.title}: done")
+    return _result_path(spec, folder)
+
+
+def _download_file(spec: ModelSpec, f: ModelFile, endpoint: str | None, progress: Progress | None,
+                   attempts: int, force: bool) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    tqdm_class = _tqdm_with_callback(progress, f"{spec.title}: {f.filename}") if progress else None
+    last: Exception | None = None
+    for attempt in range(1, attempts + 1):
+        try:
+            path = Path(hf_hub_download(spec.repo, f.filename, revision=spec.revision, cache_dir=_cache_dir(),
+                                        endpoint=endpoint, tqdm_class=tqdm_class, force_download=force))
+            verify_file(path, f)
+            return path
+        except DownloadError:
+            raise
+        except Exception as e:  # network errors come as httpx / OSError / HfHubHTTPError subclasses
+            if _is_permanent(e):
+                raise DownloadError(f"Cannot download {spec.repo}/{f.filename}: {type(e).__name__}: {e}",
+                                    "Check the repo name and HF_ENDPOINT.") from e
+            last = e
+            log.warning("download of %s/%s failed (attempt %d/%d): %s", spec.repo, f.filename, attempt, attempts, e)
+            if attempt < attempts:
+                time.sleep(min(2.0 * attempt, 10.0))
+    raise DownloadError(
+        f"Downloading {spec.repo}/{f.filename} failed after {attempts} attempts: {type(last).__name__}: {last}",
+        f"Check the network (or set HF_ENDPOINT to a mirror) and run `{DOWNLOAD_COMMAND} {spec.name}` again; "
+        f"or put the file in {models_folder() / spec.name}.") from last
+
+
+def _is_permanent(e: Exception) -> bool:
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    return isinstance(e, (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError))
+
+
+def _tqdm_with_callback(progress: Progress, desc: str):
+    from huggingface_hub.utils import tqdm as hub_tqdm
+
+    class CallbackTqdm(hub_tqdm):
+        """The hub's bar (terminal), also reporting each update to `progress` (UI)."""
+
+        def update(self, n=1):
+            out = super().update(n)
+            if self.total:
+                progress(min(1.0, self.n / self.total), f"{desc}: {_human(self.n)} of {_human(self.total)}")
+            return out
+
+    return CallbackTqdm
+
+
+# ---------------------------------------------------------------------------------- integrity
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_file(path: Path, f: ModelFile) -> None:
+    """Check a downloaded file's size and sha256; delete it from the cache and raise DownloadError
+    when it does not match. The expected sha256 is the registry's, else the blob's name when that is
+    a sha256 (the hub names LFS blobs by their ETag, which is the content's sha256)."""
+    blob = path.resolve()
+    size = blob.stat().st_size
+    want_sha = f.sha256 or (blob.name if _SHA256.match(blob.name) else None)
+    problem = None
+    if f.size is not None and size != f.size:
+        problem = f"size {size} bytes, expected {f.size}"
+    elif want_sha is not None and (got := sha256_file(blob)) != want_sha:
+        problem = f"sha256 {got[:16]}..., expected {want_sha[:16]}..."
+    if problem is None:
+        return
+    for p in {path, blob}:
+        try:
+            p.unlink()
+        except OSError:
+            pass
+    raise DownloadError(f"Downloaded file {f.filename} is corrupt ({problem}); it was deleted.",
+                        f"Run `{DOWNLOAD_COMMAND}` again; if it keeps failing, the mirror (HF_ENDPOINT) may be serving a bad copy.")
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
