@@ -360,3 +360,9 @@ def _human(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n} B"
+
+
+def default_voices_dir() -> Path:
+    """Where user voices are saved: env VALLEX_VOICES, else `voices/` at the repo root."""
+    env = os.environ.get("VALLEX_VOICES")
+    return Path(env).expanduser() if env else ROOT / "voices"

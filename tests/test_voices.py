@@ -1,0 +1,172 @@
+"""core.voices: reference .npz format, validation, safe names, atomic saves."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.errors import VoiceError
+from core.voices import Voice, VoiceLibrary, read_npz
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _voice(name="alice", frames=120, language="en", seed=0) -> Voice:
+    rng = np.random.default_rng(seed)
+    return Voice(name=name, audio_tokens=rng.integers(0, 1024, (frames, 8)), text_ids=list(rng.integers(0, 70, 30)),
+                 language=language, transcript="hello there")
+
+
+@pytest.fixture
+def lib(tmp_path) -> VoiceLibrary:
+    return VoiceLibrary(tmp_path / "voices", presets_dir=None)
+
+
+def test_save_load_roundtrip_in_reference_format(lib):
+    v = _voice(language="zh")
+    lib.save(v)
+    got = lib.load("alice")
+    assert got.audio_tokens.dtype == np.int64 and got.audio_tokens.shape == (120, 8)
+    np.testing.assert_array_equal(got.audio_tokens, v.audio_tokens)
+    assert got.text_ids == [int(t) for t in v.text_ids]
+    assert (got.language, got.transcript, got.created) == ("zh", "hello there", v.created)
+    # The file is exactly the reference prompt layout, readable without pickle.
+    with np.load(lib.root / "alice.npz", allow_pickle=False) as d:
+        assert sorted(d.files) == ["audio_tokens", "lang_code", "text_tokens"]
+        assert d["audio_tokens"].shape == (1, 120, 8) and d["text_tokens"].shape == (1, 30)
+        assert int(d["lang_code"]) == 0  # prompt mapping: zh=0 (the model's id for zh is 1)
+
+
+def test_list_rename_delete_export(lib):
+    lib.save(_voice("a", language="en"))
+    lib.save(_voice("b", language="ja"))
+    assert sorted(v.name for v in lib.list()) == ["a", "b"]
+    lib.rename("a", "c")
+    assert sorted(v.name for v in lib.list()) == ["b", "c"]
+    assert lib.load("c").transcript == "hello there" and not (lib.root / "a.json").exists()
+    with pytest.raises(VoiceError, match="already exists"):
+        lib.rename("b", "c")
+    path = lib.export_npz("c")
+    assert read_npz(path)[2] == "en"
+    lib.delete("c")
+    assert [v.name for v in lib.list()] == ["b"]
+    with pytest.raises(VoiceError, match="No saved voice"):
+        lib.load("c")
+
+
+def test_import_reference_presets(lib, golden):
+    for npz in sorted((golden / "presets").glob("*.npz")):
+        v = lib.import_npz(npz)
+        assert v.audio_tokens.ndim == 2 and v.audio_tokens.shape[1] == 8
+    babara = lib.load("babara")  # int64 lang_code in this one file
+    assert babara.language == "zh" and babara.audio_tokens.shape == (162, 8) and len(babara.text_ids) == 46
+    assert lib.load("alan").language == "ja" and lib.load("acou_1").language == "en"
+    with pytest.raises(VoiceError, match="already exists"):
+        lib.import_npz(golden / "presets" / "alan.npz")
+
+
+def _write(path: Path, **arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+GOOD = dict(audio_tokens=np.zeros((1, 10, 8), np.int64), text_tokens=np.ones((1, 5), np.int64),
+            lang_code=np.array(2))
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"audio_tokens": np.zeros((10, 8), np.int64)}, "shape"),
+    ({"audio_tokens": np.zeros((1, 10, 4), np.int64)}, "shape"),
+    ({"audio_tokens": np.zeros((1, 0, 8), np.int64)}, "shape"),
+    ({"audio_tokens": np.full((1, 10, 8), 1024, np.int64)}, "0..1023"),
+    ({"audio_tokens": np.zeros((1, 10, 8), np.float32)}, "dtype"),
+    ({"text_tokens": np.full((1, 5), 70, np.int64)}, "0..69"),
+    ({"text_tokens": np.ones((5,), np.int64)}, "shape"),
+    ({"lang_code": np.array(3)}, "lang_code"),
+    ({"lang_code": np.array(1.0)}, "dtype"),
+])
+def test_malformed_files_are_rejected(tmp_path, lib, change, match):
+    path = _write(tmp_path / "bad.npz", **{**GOOD, **change})
+    with pytest.raises(VoiceError, match=match):
+        lib.import_npz(path)
+    assert lib.list() == []
+
+
+def test_missing_keys_pickles_and_junk_are_rejected(tmp_path, lib):
+    with pytest.raises(VoiceError, match="missing lang_code"):
+        lib.import_npz(_write(tmp_path / "k.npz", audio_tokens=GOOD["audio_tokens"], text_tokens=GOOD["text_tokens"]))
+    pickled = _write(tmp_path / "p.npz", **{**GOOD, "lang_code": np.array([{"evil": 1}], dtype=object)})
+    with pytest.raises(VoiceError, match="pickled"):
+        lib.import_npz(pickled)
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not a zip at all")
+    with pytest.raises(VoiceError, match="not a readable"):
+        lib.import_npz(junk)
+    truncated = tmp_path / "trunc.npz"
+    truncated.write_bytes(_write(tmp_path / "ok.npz", **GOOD).read_bytes()[:200])
+    with pytest.raises(VoiceError):
+        lib.import_npz(truncated)
+
+
+@pytest.mark.parametrize("name", ["", "   ", "../evil", "a/b", "a\\b", "/etc/passwd", ".hidden", "nul\x00x",
+                                  "x" * 101, "..", "tab\tname", None])
+def test_unsafe_names_are_rejected(lib, tmp_path, name):
+    with pytest.raises(VoiceError):
+        lib.save(_voice(name))
+    assert not any(tmp_path.rglob("*.npz"))
+
+
+def test_unicode_names_are_fine(lib):
+    lib.save(_voice("派蒙 voice-2"))
+    assert lib.load("派蒙 voice-2").name == "派蒙 voice-2"
+
+
+def test_failed_write_keeps_the_old_version(lib, monkeypatch):
+    lib.save(_voice(seed=1))
+    before = (lib.root / "alice.npz").read_bytes()
+
+    def crash(src, dst):
+        raise OSError("disk unplugged")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        lib.save(_voice(seed=2))
+    monkeypatch.undo()
+    assert (lib.root / "alice.npz").read_bytes() == before
+    assert sorted(p.name for p in lib.root.iterdir()) == ["alice.json", "alice.npz"]  # no temp files left
+
+
+_SAVER = """
+import sys, numpy as np
+sys.path.insert(0, sys.argv[1])
+from core.voices import Voice, VoiceLibrary
+lib = VoiceLibrary(sys.argv[2], presets_dir=None)
+i = 0
+print("ready", flush=True)
+while True:
+    i += 1
+    tokens = np.full((9000, 8), i % 1000, dtype=np.int64)
+    lib.save(Voice("big", tokens, [i % 70] * 50, "en", transcript=f"version {i}"))
+"""
+
+
+def test_kill_mid_save_loses_nothing(lib):
+    lib.save(Voice("big", np.zeros((9000, 8), np.int64), [0] * 50, "en", transcript="version 0"))
+    proc = subprocess.Popen([sys.executable, "-c", _SAVER, str(ROOT), str(lib.root)], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline().strip() == b"ready"
+        time.sleep(0.6)  # several saves of ~0.6 MB each are under way
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    v = lib.load("big")  # whatever version won, it is complete and consistent
+    assert v.audio_tokens.shape == (9000, 8)
+    value = int(v.audio_tokens[0, 0])
+    assert (v.audio_tokens == value).all() and all(t == value % 70 for t in v.text_ids)
+    assert [x.name for x in lib.list()] == ["big"]
