@@ -19,28 +19,30 @@ def _size(n: int | None) -> str:
     return f"{n} B"
 
 
-def missing_notice(missing: list) -> str:
+def missing_notice(missing: list, folder=None) -> str:
     """Markdown for `core.store.missing_models` items: what is missing, how big, how to get it."""
+    required = [m for m in missing if not getattr(m, "optional", False)]
+    optional = [m for m in missing if getattr(m, "optional", False)]
     if not missing:
         return ""
-    total = sum(getattr(m, "size_bytes", 0) or 0 for m in missing)
-    lines = [
-        f"### ⚠️ Model weights missing ({len(missing)} of them, {_size(total)} in all)",
-        "The page works, but speaking, cloning and transcribing need these files. "
-        "Download them with the command shown (or put the files in the folder shown), "
-        "then use the studio again: models load on first use.",
-        "",
-        "| model | size | folder | how to get it |",
-        "|---|---|---|---|",
-    ]
-    for m in missing:
-        cmd = getattr(m, "command", "") or ""
-        repo = getattr(m, "repo", "") or ""
-        fname = getattr(m, "filename", "") or ""
-        source = f"`{cmd}`" if cmd else f"{repo}/{fname}"
-        lines.append(f"| {m.name} | {_size(getattr(m, 'size_bytes', 0))} | "
-                     f"`{getattr(m, 'folder', '')}` | {source} |")
-    lines += ["", "Or download all of them at once: `python launch.py download`"]
+    lines = []
+    if required:
+        total = sum(m.size_bytes or 0 for m in required)
+        lines += [f"### ⚠️ Model weights missing: {', '.join(m.name for m in required)} "
+                  f"({_size(total)} in all)",
+                  "The page works, but speaking and cloning need these files. Download them with "
+                  "`python launch.py download` (or the command on each row), or put the files in the "
+                  "folder shown; models load on first use, no restart needed."]
+    else:
+        lines += ["#### Optional model missing",
+                  "Everything works; without speech recognition, type the prompt's transcript yourself."]
+    lines += ["", "| model | size | files | folder | command |", "|---|---|---|---|---|"]
+    for m in required + optional:
+        tag = " (optional)" if getattr(m, "optional", False) else ""
+        lines.append(f"| {getattr(m, 'title', m.name)}{tag} | {_size(m.size_bytes)} | "
+                     f"{m.repo}: `{m.filename}` | `{m.folder}` | `{m.command}` |")
+    if folder is not None:
+        lines += ["", f"Models folder: `{folder}`"]
     return "\n".join(lines)
 
 
@@ -74,11 +76,10 @@ def sentence_rows(result) -> list[list]:
     return rows
 
 
-VOICE_HEADERS = ["name", "language", "seconds", "transcript", "created"]
+VOICE_HEADERS = ["name", "language", "seconds", "transcript", "created", "kind"]
 
 
 def voice_rows(voices: list) -> list[list]:
-    from core.audio import FRAME_RATE
-
-    return [[v.name, v.language, round(len(v.audio_tokens) / FRAME_RATE, 1), v.transcript,
-             str(v.created)[:19]] for v in voices]
+    """`core.voices.Voice` metadata -> table rows (bundled presets are marked read-only)."""
+    return [[v.name, v.language, round(v.duration_s, 1), v.transcript, str(v.created)[:19].replace("T", " "),
+             "bundled (read-only)" if getattr(v, "preset", False) else "yours"] for v in voices]

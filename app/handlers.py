@@ -89,6 +89,13 @@ def _same_audio(a, b) -> bool:
     return int(a[0]) == int(b[0]) and np.array_equal(np.asarray(a[1]), np.asarray(b[1]))
 
 
+def _progress_reporter(progress):
+    """core's progress(fraction, message) -> Gradio's progress bar."""
+    def report(fraction: float, message: str) -> None:
+        progress(fraction, desc=message)
+    return report
+
+
 class Handlers:
     """Binds the events of `app.ui.build_ui` to one Studio shared by all users."""
 
@@ -99,31 +106,34 @@ class Handlers:
     # --- status -----------------------------------------------------------------------------
     def notice(self) -> str:
         """Markdown saying which weights are missing (empty when all are there)."""
-        from core.store import missing_models
+        from core.store import missing_models, models_folder
 
         try:
-            return fmt.missing_notice(missing_models(self.studio.models_dir))
+            folder = models_folder(self.studio.models_dir)
+            return fmt.missing_notice(missing_models(self.studio.models_dir), folder)
         except StudioError as e:
             return f"### ⚠️ {e.user_message()}"
 
     # --- clone & speak ----------------------------------------------------------------------
     @user_errors
-    def check_prompt(self, audio, language: str | None = None):
-        """Prompt audio -> (report markdown, chosen window, transcript, Prompt state)."""
+    def check_prompt(self, audio, language: str | None = None, transcript: str | None = None):
+        """Prompt audio (+ optional transcript; empty = ASR) -> (report markdown, chosen window,
+        transcript, Prompt state)."""
         sr, wav = _require_audio(audio)
         lang = None if language in (None, "", "auto", "auto-mix", "mix") else language
         with self.gate.turn(bounded=False):
-            voice, report = self.studio.make_voice(wav, sample_rate=sr, language=lang)
+            voice, report = self.studio.make_voice(wav, sample_rate=sr, language=lang,
+                                                   transcript=(transcript or "").strip() or None)
         window = (report.sample_rate, fmt.to_int16(report.wav))
         return fmt.report_markdown(report), window, voice.transcript, Prompt((sr, wav), voice, report)
 
     def _voice_for(self, audio, prompt: Prompt | None, transcript: str) -> Prompt | None:
         """The prompt to clone: the state's, remade if the recording changed since it was
-        checked (ASR again) or the user edited the transcript. None = no prompt."""
+        checked or the user edited the transcript (empty transcript = ASR). None = no prompt."""
         transcript = (transcript or "").strip()
         if audio is not None and (prompt is None or not _same_audio(audio, prompt.audio)):
             sr, wav = _require_audio(audio)
-            voice, report = self.studio.make_voice(wav, sample_rate=sr)
+            voice, report = self.studio.make_voice(wav, sample_rate=sr, transcript=transcript or None)
             return Prompt((sr, wav), voice, report)
         if prompt is not None and prompt.audio is not None and transcript \
                 and transcript != prompt.voice.transcript:
@@ -131,6 +141,14 @@ class Handlers:
             voice, report = self.studio.make_voice(wav, sample_rate=sr, transcript=transcript)
             return Prompt((sr, wav), voice, report)
         return prompt
+
+    def preset_values(self, preset: str | None = None):
+        """The knobs a preset sets -> (top-k (0 = off), top-p, temperature, repetition window, best of)."""
+        from core.synth import PRESETS
+
+        p = PRESETS.get(preset or "balanced", PRESETS["balanced"])
+        return (p.get("top_k") or 0, p.get("top_p"), p.get("temperature"),
+                p.get("repetition_window"), p.get("best_of"))
 
     @user_errors
     def parse_instruction(self, text: str) -> str:
@@ -150,18 +168,30 @@ class Handlers:
             raise gr.Error("Type the text to speak first.")
         options = make_options(language, accent, preset, top_k, top_p, temperature, rep_window,
                                best_of, seed, speed, instruction, long_mode)
+        report = _progress_reporter(progress)
+        report(0.0, self._loading_message())
         with self.gate.turn(bounded=False):
             prompt = self._voice_for(audio, prompt, transcript)
             voice = prompt.voice if prompt is not None else None
-            progress(0.0, desc="loading models / starting")
             sentences = []
-            for sent in self.studio.stream(text, voice=voice, options=options):
+            for sent in self.studio.stream(text, voice=voice, options=options, progress=report):
                 sentences.append(sent)
-                progress(len(sentences) / max(len(sentences) + 1, 1), desc=f"sentence {len(sentences)}")
-                yield ((self.studio.sample_rate, fmt.to_int16(sent.audio)),) + (gr.skip(),) * 6
+                if len(sent.audio):
+                    chunk = (self.studio.sample_rate, fmt.to_int16(sent.audio))
+                    yield (chunk,) + (gr.skip(),) * 6
             result = self.studio.assemble(sentences, options=options)
         transcript = voice.transcript if voice is not None else gr.skip()
         yield self._result_outputs(result, stream_chunk=gr.skip()) + (prompt, transcript)
+
+    def _loading_message(self) -> str:
+        """What the first call is waiting for: loading, or downloading missing weights."""
+        status = self.studio.status()
+        if status.get("loaded"):
+            return "starting"
+        missing = status.get("missing") or []
+        if isinstance(missing, list) and set(missing) - {"asr"}:
+            return f"downloading missing weights ({', '.join(missing)}), then loading"
+        return "loading the models (first use)"
 
     def _result_outputs(self, result, stream_chunk):
         path = write_temp(result.audio, result.sample_rate, "wav", "vallex-speech")
@@ -192,10 +222,13 @@ class Handlers:
 
     @user_errors
     def translate(self, audio, progress=gr.Progress()):
+        """Speech in en/zh/ja -> (the same voice speaking the English translation, text)."""
         sr, wav = _require_audio(audio, "a clip")
         with self.gate.turn(bounded=False):
             result = self.studio.translate(wav, sample_rate=sr)
-        text = " ".join(s.text for s in result.sentences)
+        english = " ".join(s.text for s in result.sentences)
+        heard = [w for w in result.warnings if w.startswith("heard")]
+        text = "\n".join(heard + [f"English: {english}"])
         return (result.sample_rate, fmt.to_int16(result.audio)), text
 
 
@@ -209,7 +242,7 @@ def make_options(language, accent, preset, top_k, top_p, temperature, rep_window
 
     return SynthOptions(
         language=language or "auto-mix", accent=accent or "keep", preset=preset or "balanced",
-        top_k=opt(top_k, int) or None, top_p=opt(top_p, float), temperature=opt(temperature, float),
+        top_k=opt(top_k, int), top_p=opt(top_p, float), temperature=opt(temperature, float),
         repetition_window=opt(rep_window, int), best_of=opt(best_of, int), seed=opt(seed, int),
         speed=float(speed or 1.0), instruction=instruction or "", prompt_mode=long_mode or "fixed",
     )

@@ -58,6 +58,8 @@ def build_ui(studio, gate: Gate | None = None) -> gr.Blocks:
         cv.instruction.change(h.parse_instruction, cv.instruction, cv.plan, queue=False, **PRIVATE)
         tr.btn.click(h.translate, tr.audio, [tr.out, tr.text], api_name="translate", **STUDIO)
         demo.load(h.notice, None, notice, api_name="status", queue=False)
+        demo.load(h.preset_values, c.preset, [c.top_k, c.top_p, c.temperature, c.rep_window,
+                                              c.best_of], queue=False, **PRIVATE)
         demo.load(vh.list_voices, None, [v.table, v.pick], api_name="list_voices", queue=False)
         gr.Timer(10).tick(h.notice, None, notice, queue=False, show_progress="hidden", **PRIVATE)
     return demo
@@ -88,9 +90,9 @@ def _clone_tab() -> SimpleNamespace:
             c.instruction = gr.Textbox(label="Instruction (optional)", elem_id="instruction",
                                        placeholder="e.g. deeper, a little slower, louder")
             c.plan = gr.Markdown(elem_id="plan")
-            with gr.Accordion("Advanced sampling (empty = the preset's value)", open=False):
+            with gr.Accordion("Advanced sampling (set by the preset; change to override)", open=False):
                 with gr.Row():
-                    c.top_k = gr.Number(None, label="top-k", precision=0, minimum=0)
+                    c.top_k = gr.Number(None, label="top-k (0 = off)", precision=0, minimum=0)
                     c.top_p = gr.Number(None, label="top-p", minimum=0, maximum=1)
                     c.temperature = gr.Number(None, label="temperature", minimum=0.05, maximum=3)
                 with gr.Row():
@@ -118,12 +120,14 @@ def _clone_tab() -> SimpleNamespace:
 
 def _wire_clone(h: Handlers, c, prompt_state, result_state) -> None:
     check_out = [c.report, c.window, c.transcript, prompt_state]
-    c.check.click(h.check_prompt, [c.audio, c.prompt_lang], check_out, api_name="check_prompt",
-                  **STUDIO)
+    c.check.click(h.check_prompt, [c.audio, c.prompt_lang, c.transcript], check_out,
+                  api_name="check_prompt", **STUDIO)
+    # A new recording: forget the old prompt and transcript, then check it (ASR fills the text).
+    reset_out = [prompt_state, c.transcript, c.report, c.window]
     for event in (c.audio.upload, c.audio.stop_recording):
-        event(h.check_prompt, [c.audio, c.prompt_lang], check_out, **STUDIO, **PRIVATE)
-    c.audio.clear(lambda: (None, "", "", None), None, [prompt_state, c.transcript, c.report, c.window],
-                  queue=False, **PRIVATE)
+        event(_reset, None, reset_out, queue=False, **PRIVATE).then(
+            h.check_prompt, [c.audio, c.prompt_lang], check_out, **STUDIO, **PRIVATE)
+    c.audio.clear(_reset, None, reset_out, queue=False, **PRIVATE)
     c.instruction.change(h.parse_instruction, c.instruction, c.plan, api_name="parse_instruction",
                          queue=False, show_progress="hidden")
     take = [c.stream, c.full, c.sentences, result_state, c.info, prompt_state, c.transcript]
@@ -131,8 +135,14 @@ def _wire_clone(h: Handlers, c, prompt_state, result_state) -> None:
                             c.preset, c.top_k, c.top_p, c.temperature, c.rep_window, c.best_of,
                             c.seed, c.speed, c.instruction, c.long_mode], take, api_name="speak",
                   **STUDIO)
+    knobs = [c.top_k, c.top_p, c.temperature, c.rep_window, c.best_of]
+    c.preset.change(h.preset_values, c.preset, knobs, api_name="preset_values", queue=False)
     c.reroll.click(h.reroll, [result_state, c.reroll_index, c.reroll_seed], take[:5],
                    api_name="reroll", **STUDIO)
+
+
+def _reset():
+    return None, "", "", None
 
 
 def _voices_tab() -> SimpleNamespace:
@@ -204,6 +214,6 @@ def _translate_tab() -> SimpleNamespace:
                                 elem_id="translate_in")
             tr.btn = gr.Button("Translate", variant="primary", elem_id="translate_btn")
         with gr.Column():
-            tr.text = gr.Textbox(label="English text", interactive=False, elem_id="translate_text")
+            tr.text = gr.Textbox(label="What was heard, and the English", lines=3, interactive=False, elem_id="translate_text")
             tr.out = gr.Audio(label="You, in English", interactive=False, elem_id="translate_out")
     return tr

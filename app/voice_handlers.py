@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
+import tempfile
+from pathlib import Path
 
 import gradio as gr
 
@@ -56,9 +59,11 @@ class VoiceHandlers:
 
     @user_errors
     def use_voice(self, name: str):
-        """Load a saved voice as the current prompt -> (Prompt state, transcript, message)."""
+        """Load a saved voice as the current prompt -> (Prompt state, transcript, message, prompt
+        audio cleared so that Speak uses this voice)."""
         voice = self.studio.voices.load(self._name(name))
-        return Prompt(None, voice), voice.transcript, f"Using saved voice **{voice.name}**."
+        return (Prompt(None, voice), voice.transcript,
+                f"Using saved voice **{voice.name}** - go to Clone & speak and press Speak.", None)
 
     @user_errors
     def preview_voice(self, name: str):
@@ -96,7 +101,12 @@ class VoiceHandlers:
 
     @user_errors
     def export_voice(self, name: str) -> str:
-        return str(self.studio.voices.export_npz(self._name(name)))
+        """-> path of a copy of the voice's reference `.npz` (a temp file Gradio may serve)."""
+        name = self._name(name)
+        src = self.studio.voices.export_npz(name)
+        dest = Path(tempfile.mkdtemp(prefix="vallex-voice-")) / f"{name}.npz"
+        shutil.copyfile(src, dest)
+        return str(dest)
 
     @staticmethod
     def _name(name: str | None) -> str:
