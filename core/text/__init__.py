@@ -13,6 +13,7 @@ whitespace are dropped from ids and langs alike instead of failing an assert).
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -70,9 +71,14 @@ def detect_language(text: str) -> str:
     return mix.langid_detect(_prepare(text))
 
 
+# Control characters that are not whitespace (NUL, ESC, DEL, C1...) carry nothing to say; the
+# reference would turn each into an [UNK] id. Whitespace controls stay: they change word splits.
+_CONTROL = re.compile("[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f]")
+
+
 def _prepare(text: str) -> str:
-    """Reference step 1: drop `\\n`, strip ASCII spaces (only those)."""
-    return text.replace("\n", "").strip(" ")
+    """Reference step 1: drop `\\n`, strip ASCII spaces (only those); plus drop control characters."""
+    return _CONTROL.sub("", text).replace("\n", "").strip(" ")
 
 
 def _check_args(text, language, accent) -> None:
