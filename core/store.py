@@ -251,8 +251,8 @@ def download_model(name: str, models_dir: str | Path | None = None, *, progress:
     spec = _spec(name)
     if not force and models_dir is not None and (local := _local_path(spec, models_folder(models_dir))):
         return local
-    if is_offline(None) and not force:
-        cached = _cached_path(spec)
+    if is_offline(None):
+        cached = None if force else _cached_path(spec)
         if cached:
             return cached
         raise missing_error([m for m in missing_models(models_dir) if m.name == name], True)
