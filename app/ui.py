@@ -155,7 +155,8 @@ def _voices_tab() -> SimpleNamespace:
     v.table = gr.Dataframe(headers=VOICE_HEADERS, interactive=False, label="Saved voices",
                            elem_id="voices_table")
     with gr.Row():
-        v.pick = gr.Dropdown([], label="Saved voice", elem_id="voice_pick", scale=3)
+        v.pick = gr.Dropdown([], label="Saved voice", elem_id="voice_pick", scale=3,
+                             allow_custom_value=True)
         v.use = gr.Button("Use this voice", variant="primary", elem_id="use_voice_btn", scale=1)
         v.preview = gr.Button("Preview", elem_id="preview_voice_btn", scale=1)
         v.delete = gr.Button("Delete", variant="stop", elem_id="delete_voice_btn", scale=1)

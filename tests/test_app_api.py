@@ -1,0 +1,194 @@
+"""Every named Gradio endpoint through `gradio_client`, against `launch.py` on the tiny models."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import requests
+import soundfile as sf
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+
+from tests.app_server import running_app, speech_wav
+
+TRANSCRIPT = "Hello, this is a test of the voice cloning studio."
+LONG_TEXT = ("The quick brown fox jumps over the lazy dog near the river bank today. " * 2
+             + "She sells sea shells by the sea shore every single summer morning.")
+
+
+@pytest.fixture(scope="module")
+def app(tiny_models, tmp_path_factory):
+    work = tmp_path_factory.mktemp("app")
+    with running_app(tiny_models, work) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def wav(tmp_path_factory):
+    return speech_wav(tmp_path_factory.mktemp("speech") / "speech.wav", TRANSCRIPT)
+
+
+@pytest.fixture
+def client(app):
+    return Client(app.url, verbose=False)
+
+
+def duration(path) -> float:
+    info = sf.info(path)
+    return info.frames / info.samplerate
+
+
+def rows(table) -> list[list]:
+    return table["data"] if isinstance(table, dict) else table
+
+
+def value(update):
+    """A component's value from an update the client returns as a dict."""
+    return update["value"] if isinstance(update, dict) else update
+
+
+def test_every_action_is_a_named_endpoint(client):
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    for name in ["/check_prompt", "/speak", "/reroll", "/parse_instruction", "/preset_values", "/convert",
+                 "/translate", "/save_voice", "/use_voice", "/preview_voice", "/rename_voice", "/delete_voice",
+                 "/import_voice", "/export_voice", "/list_voices", "/status"]:
+        assert name in api, name
+
+
+def test_page_and_status(app, client):
+    page = requests.get(app.url, timeout=10)
+    assert page.status_code == 200
+    assert client.predict(api_name="/status") == ""  # the tiny folder has every model
+
+
+def test_check_prompt_reports_the_window_and_transcribes(client, wav):
+    report, window, transcript = client.predict(handle_file(str(wav)), api_name="/check_prompt")
+    total = duration(wav)
+    assert f"of {total:.1f} s" in report and "level" in report
+    assert 1.0 < duration(window) <= min(total, 10.0) + 0.05
+    assert transcript.strip()  # the tiny Whisper's words, but words
+    # a typed transcript wins over ASR
+    _, _, typed = client.predict(handle_file(str(wav)), "en", TRANSCRIPT, api_name="/check_prompt")
+    assert typed == TRANSCRIPT
+
+
+def test_speak_same_seed_same_audio_and_reroll(client, wav):
+    client.predict(handle_file(str(wav)), "en", TRANSCRIPT, api_name="/check_prompt")
+    _, full, table, info, transcript = client.predict(LONG_TEXT, seed=11, api_name="/speak")
+    assert transcript == TRANSCRIPT
+    data = rows(table)
+    assert len(data) == 2 and [r[3] for r in data] == [11, 12]  # sentence i uses seed + i
+    first, sr = sf.read(full)
+    assert sr == 24000 and len(first) > 0
+    again, _ = sf.read(client.predict(LONG_TEXT, seed=11, api_name="/speak")[1])
+    np.testing.assert_array_equal(first, again)
+    _, rerolled, table2, _ = client.predict(0, 99, api_name="/reroll")
+    data2 = rows(table2)
+    assert data2[0][3] == 99 and data2[1][3] == 12 and data2[1][1] == data[1][1]
+    assert sf.read(rerolled)[0].shape != first.shape or not np.array_equal(sf.read(rerolled)[0], first)
+
+
+def test_speak_streams_chunks_before_the_end(client):
+    job = client.submit(LONG_TEXT, None, seed=3, api_name="/speak")
+    outputs = list(job)
+    assert len(outputs) >= 3  # two sentence chunks, then the whole take
+    streamed = [o[0] for o in outputs[:-1]]
+    assert all(isinstance(p, str) and p.endswith(".m3u8") for p in streamed), streamed
+    assert outputs[-1][1].endswith(".wav")
+
+
+def test_speak_errors_are_messages(client):
+    with pytest.raises(AppError, match="Type the text to speak"):
+        client.predict("   ", api_name="/speak")
+    fresh = Client(client.src, verbose=False)
+    with pytest.raises(AppError, match="Generate something first"):
+        fresh.predict(0, api_name="/reroll")
+    with pytest.raises(AppError, match="Record or upload"):
+        fresh.predict(None, api_name="/check_prompt")
+
+
+def test_instruction_plan_and_presets(client):
+    plan = client.predict("twice as fast and louder", api_name="/parse_instruction")
+    assert "speed x2.00" in plan and "dB" in plan
+    top_k, top_p, temperature, window, best_of = client.predict("stable", api_name="/preset_values")
+    assert (top_k, top_p, temperature, best_of) == (20, 0.8, 0.8, 3)
+    assert client.predict("greedy", api_name="/preset_values")[0] == 1
+
+
+def test_speak_applies_speed_and_instruction(client):
+    base = duration(client.predict(LONG_TEXT, seed=5, api_name="/speak")[1])
+    fast = client.predict(LONG_TEXT, seed=5, speed=2.0, api_name="/speak")
+    assert duration(fast[1]) == pytest.approx(base / 2, rel=0.15)
+    slow = client.predict(LONG_TEXT, seed=5, instruction="much slower", api_name="/speak")
+    assert duration(slow[1]) > base * 1.2
+
+
+def test_convert(client, wav):
+    out, plan = client.predict(handle_file(str(wav)), "twice as fast", api_name="/convert")
+    assert "speed x2.00" in plan
+    assert duration(out) == pytest.approx(duration(wav) / 2, rel=0.1)
+    with pytest.raises(AppError, match="instruction"):
+        client.predict(handle_file(str(wav)), "", api_name="/convert")
+
+
+def test_translate(client, wav):
+    out, text = client.predict(handle_file(str(wav)), api_name="/translate")
+    assert "English:" in text and "heard" in text
+    assert duration(out) > 0
+
+
+def test_voice_library_round_trip(client, wav, tmp_path):
+    client.predict(handle_file(str(wav)), "en", TRANSCRIPT, api_name="/check_prompt")
+    table, pick = client.predict("api-voice", api_name="/save_voice")
+    names = [r[0] for r in rows(table)]
+    assert "api-voice" in names and value(pick) == "api-voice"
+    saved = next(r for r in rows(table) if r[0] == "api-voice")
+    assert saved[1] == "en" and saved[3] == TRANSCRIPT and 1.0 < saved[2] <= 10.0
+
+    exported = client.predict("api-voice", api_name="/export_voice")
+    with np.load(exported, allow_pickle=False) as npz:
+        assert set(npz.files) >= {"audio_tokens", "text_tokens", "lang_code"}
+        assert 8 in npz["audio_tokens"].shape
+    table, pick = client.predict(handle_file(exported), "imported-voice", api_name="/import_voice")
+    assert "imported-voice" in [r[0] for r in rows(table)]
+
+    table, pick = client.predict("api-voice", "renamed-voice", api_name="/rename_voice")
+    names = [r[0] for r in rows(table)]
+    assert "renamed-voice" in names and "api-voice" not in names and value(pick) == "renamed-voice"
+
+    preview = client.predict("renamed-voice", api_name="/preview_voice")
+    assert duration(preview) > 0
+
+    transcript, message, _ = client.predict("renamed-voice", api_name="/use_voice")
+    assert transcript == TRANSCRIPT and "renamed-voice" in message
+    _, full, _, _, used = client.predict("Speaking with my saved voice now.", seed=1, api_name="/speak")
+    assert used == TRANSCRIPT and duration(full) > 0
+
+    for name in ("renamed-voice", "imported-voice"):
+        client.predict(name, api_name="/delete_voice")
+    table, _ = client.predict(api_name="/list_voices")
+    assert not {"renamed-voice", "imported-voice"} & {r[0] for r in rows(table)}
+    with pytest.raises(AppError, match="No saved voice"):
+        client.predict("renamed-voice", api_name="/use_voice")
+
+
+def test_eight_clients_at_once_each_get_their_own_result(app):
+    """Same seed and text alone and under load -> the same audio; the queue keeps them apart."""
+    texts = [f"Client number {i} says hello to the studio." for i in range(8)]
+    solo = Client(app.url, verbose=False)
+    expected = [sf.read(solo.predict(t, seed=i, api_name="/speak")[1])[0] for i, t in enumerate(texts)]
+    results: dict[int, np.ndarray] = {}
+
+    def run(i):
+        c = Client(app.url, verbose=False)
+        results[i] = sf.read(c.predict(texts[i], seed=i, api_name="/speak")[1])[0]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sorted(results) == list(range(8))
+    for i in range(8):
+        np.testing.assert_array_equal(results[i], expected[i])
