@@ -107,7 +107,8 @@ def _check_info(info: AudioInfo, name: str, max_seconds: float) -> None:
     if not 1 <= info.channels <= MAX_CHANNELS:
         raise AudioError(f"{name} declares {info.channels} channels.", "Export it as mono or stereo.")
     if info.seconds is not None and info.seconds > max_seconds:
-        raise AudioError(f"{name} declares a length of {_fmt_seconds(info.seconds)}; the limit is {_fmt_seconds(max_seconds)}.",
+        raise AudioError(f"{name} declares a length of {_fmt_seconds(info.seconds)}; "
+                         f"the limit is {_fmt_seconds(max_seconds)}.",
                          "Trim it to the part you need (a voice prompt needs only 3-10 s of speech).")
     if info.seconds is not None and info.seconds * info.sample_rate * info.channels > MAX_DECODED_SAMPLES:
         raise AudioError(f"{name} would decode to more than {MAX_DECODED_SAMPLES // 2**20} M samples.",
@@ -140,7 +141,8 @@ def _read_bytes(src, max_bytes: int) -> tuple[bytes | None, Path | None, str]:
         if size == 0:
             raise AudioError(f"{path.name} is empty (0 bytes).", "Record or upload the file again.")
         if size > max_bytes:
-            raise AudioError(f"{path.name} is {size / 2**20:.0f} MiB; the limit is {max_bytes / 2**20:.0f} MiB.",
+            raise AudioError(f"{path.name} is {size / 2**20:.0f} MiB; "
+                             f"the limit is {max_bytes / 2**20:.0f} MiB.",
                              "Upload a shorter clip (a voice prompt needs only 3-10 s of speech).")
         return None, path, path.name
     if isinstance(src, (bytes, bytearray, memoryview)):
@@ -149,7 +151,8 @@ def _read_bytes(src, max_bytes: int) -> tuple[bytes | None, Path | None, str]:
         data = src.read(max_bytes + 1)
     else:
         raise AudioError(f"cannot read audio from a {type(src).__name__}.",
-                         "Pass a file path, bytes, a file object, (sample_rate, array) or an array with a rate.")
+                         "Pass a file path, bytes, a file object, (sample_rate, array) "
+                         "or an array with sample_rate.")
     if len(data) == 0:
         raise AudioError("the uploaded audio is empty (0 bytes).", "Record or upload the file again.")
     if len(data) > max_bytes:
@@ -208,14 +211,16 @@ def _decode_ffmpeg(path: Path, name: str, max_seconds: float) -> tuple[np.ndarra
     x = np.frombuffer(done.stdout, dtype="<f4")
     if done.returncode != 0 and x.size == 0:
         why = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["unknown error"]
-        raise AudioError(f"{name} could not be decoded ({why[0][:160]}); the file may be damaged.", _FORMAT_HINT)
+        raise AudioError(f"{name} could not be decoded ({why[0][:160]}); the file may be damaged.",
+                         _FORMAT_HINT)
     if done.returncode != 0:
         log.warning("%s decoded with errors (damaged or truncated?): kept %d samples", name, x.size)
     x = x[: x.size - x.size % info.channels].reshape(-1, info.channels)
     return x.astype(np.float32), info.sample_rate
 
 
-def _decode_file(data: bytes | None, path: Path | None, name: str, max_seconds: float) -> tuple[np.ndarray, int]:
+def _decode_file(data: bytes | None, path: Path | None, name: str,
+                 max_seconds: float) -> tuple[np.ndarray, int]:
     got = _decode_soundfile(io.BytesIO(data) if data is not None else str(path), name, max_seconds)
     if got is not None:
         return got
@@ -241,9 +246,11 @@ def load_audio(src, *, sample_rate: int | None = None, max_seconds: float = MAX_
         sample_rate, src = int(src[0]), src[1]
     if isinstance(src, np.ndarray) or _is_tensor(src):
         if sample_rate is None:
-            raise AudioError("an audio array came without its sample rate.", "Pass sample_rate=... with the array.")
+            raise AudioError("an audio array came without its sample rate.",
+                             "Pass sample_rate=... with the array.")
         x = _array_to_2d(src)
-        _check_info(AudioInfo(int(sample_rate), x.shape[1], x.shape[0] / int(sample_rate)), "the audio", max_seconds)
+        info = AudioInfo(int(sample_rate), x.shape[1], x.shape[0] / int(sample_rate))
+        _check_info(info, "the audio", max_seconds)
         return _check_samples(x, "the audio"), int(sample_rate)
     data, path, name = _read_bytes(src, max_bytes)
     try:
@@ -251,7 +258,8 @@ def load_audio(src, *, sample_rate: int | None = None, max_seconds: float = MAX_
     except (sf.LibsndfileError, RuntimeError) as e:  # libsndfile opened it but failed mid-read
         log.info("libsndfile failed on %s (%s); trying ffmpeg", name, e)
         if path is None:
-            raise AudioError(f"{name} could not be decoded ({e}); the file may be damaged.", _FORMAT_HINT) from e
+            raise AudioError(f"{name} could not be decoded ({e}); the file may be damaged.",
+                             _FORMAT_HINT) from e
         x, sr = _decode_ffmpeg(path, name, max_seconds)
     if x.shape[0] > max_seconds * sr + 1:
         raise AudioError(f"{name} is longer than the {_fmt_seconds(max_seconds)} limit.",

@@ -53,9 +53,11 @@ def _as_mono_float32(wav, sample_rate: int) -> torch.Tensor:
     if x.numel() == 0:
         raise AudioError("the audio is empty.", "Record or upload a few seconds of speech.")
     if not bool(torch.isfinite(x).all()):
-        raise AudioError("the audio contains NaN or infinite samples.", "Re-export the recording; it is corrupt.")
+        raise AudioError("the audio contains NaN or infinite samples.",
+                         "Re-export the recording; it is corrupt.")
     if not 1 <= int(sample_rate) <= 384_000:
-        raise AudioError(f"sample rate {sample_rate} Hz is not valid.", "Pass the recording's real sample rate.")
+        raise AudioError(f"sample rate {sample_rate} Hz is not valid.",
+                         "Pass the recording's real sample rate.")
     peak = x.abs().max()
     if peak > 1:
         x = x / peak
@@ -77,7 +79,8 @@ class Codec:
         self.n_codebooks = int(1000 * self.bandwidth // (self.frame_rate * bits))
 
     @classmethod
-    def from_pretrained(cls, folder_or_repo: str | Path = ENCODEC_REPO, device: str | torch.device = "cpu") -> "Codec":
+    def from_pretrained(cls, folder_or_repo: str | Path = ENCODEC_REPO,
+                        device: str | torch.device = "cpu") -> "Codec":
         """Load a `config.json` + `model.safetensors` folder (either weight-norm spelling works:
         legacy `weight_g/weight_v` is renamed by transformers on load). Weight norm is then folded
         into plain weights: the same numbers, computed once instead of on every call."""

@@ -87,7 +87,8 @@ def speech_frames(x16: np.ndarray, power: np.ndarray, mode: int = 2) -> np.ndarr
     """bool [F]: WebRTC VAD decision AND enough energy (absolute and relative to the loudest frame)."""
     vad = webrtcvad.Vad(mode)
     peak = float(np.abs(x16).max(initial=0.0))
-    scale = 0.9 / peak if peak > 0 else 1.0  # the VAD misses speech in very quiet int16; level is judged later
+    # the VAD misses speech in very quiet int16, so it hears a normalised copy; level is judged later
+    scale = 0.9 / peak if peak > 0 else 1.0
     pcm = (np.clip(x16 * scale, -1, 1) * 32767).astype("<i2")
     voiced = np.array([vad.is_speech(pcm[i * FRAME_LEN:(i + 1) * FRAME_LEN].tobytes(), VAD_RATE)
                        for i in range(len(power))], dtype=bool)
@@ -154,17 +155,22 @@ def _clipping(x: np.ndarray, peak: float) -> float:
 def _as_mono(wav, name: str = "the prompt") -> np.ndarray:
     x = np.asarray(wav.detach().cpu().numpy() if hasattr(wav, "detach") else wav)
     if x.dtype.kind in "iu":
-        raise AudioError(f"{name} has integer samples.", "Load it with core.audio.load_mono (float32 in [-1, 1]).")
+        raise AudioError(f"{name} has integer samples.",
+                         "Load it with core.audio.load_mono (float32 in [-1, 1]).")
     x = x.astype(np.float32, copy=False)
     x = x.mean(axis=1, dtype=np.float32) if x.ndim == 2 else x
     if x.ndim != 1 or x.size == 0:
-        raise AudioError(f"{name} is empty or has shape {x.shape}.", "Record or upload a few seconds of speech.")
+        raise AudioError(f"{name} is empty or has shape {x.shape}.",
+                         "Record or upload a few seconds of speech.")
     if not np.isfinite(x).all():
-        raise AudioError(f"{name} contains NaN or infinite samples.", "Re-export the recording; it is corrupt.")
+        raise AudioError(f"{name} contains NaN or infinite samples.",
+                         "Re-export the recording; it is corrupt.")
     return x
 
 
-def _advice(speech_s: float, level_db: float, clip: float, snr_db: float, lim: PromptLimits) -> list[tuple[str, str]]:
+def _advice(speech_s: float, level_db: float, clip: float, snr_db: float,
+            lim: PromptLimits) -> list[tuple[str, str]]:
+    """(issue code, advice sentence) pairs for the UI."""
     out = []
     if speech_s < lim.short_s:
         out.append(("too_short", f"Too short: only {speech_s:.1f} s of speech; 3-10 s clones much better."))

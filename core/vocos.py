@@ -60,7 +60,8 @@ class VocosConfig:
             dim=int(bb["dim"]),
             intermediate_dim=int(bb["intermediate_dim"]),
             num_layers=int(bb["num_layers"]),
-            adanorm_num_embeddings=int(bb.get("adanorm_num_embeddings") or len(fe.get("bandwidths", cls.bandwidths))),
+            adanorm_num_embeddings=int(bb.get("adanorm_num_embeddings")
+                                       or len(fe.get("bandwidths", cls.bandwidths))),
             n_fft=int(hd["n_fft"]),
             hop_length=int(hd["hop_length"]),
             padding=str(hd.get("padding", "same")),
@@ -115,7 +116,8 @@ class VocosBackbone(nn.Module):
         self.embed = nn.Conv1d(cfg.input_channels, cfg.dim, kernel_size=7, padding=3)
         self.norm = AdaLayerNorm(cfg.adanorm_num_embeddings, cfg.dim)
         self.convnext = nn.ModuleList(
-            ConvNeXtBlock(cfg.dim, cfg.intermediate_dim, cfg.adanorm_num_embeddings) for _ in range(cfg.num_layers)
+            ConvNeXtBlock(cfg.dim, cfg.intermediate_dim, cfg.adanorm_num_embeddings)
+            for _ in range(cfg.num_layers)
         )
         self.final_layer_norm = nn.LayerNorm(cfg.dim, eps=LN_EPS)
 
@@ -195,31 +197,31 @@ class VocosModel(nn.Module):
 
 
 def resolve_model_folder(folder_or_repo: str | Path, name: str, repo: str) -> Path:
-    """A local folder as given, or the store's folder for the default hub repo `repo`."""
+    """A local folder as given, or, for the default hub repo id `repo`, the model store's folder
+    for model `name` (downloaded into the hub cache when allowed; ModelMissingError otherwise)."""
     path = Path(folder_or_repo)
     if path.is_dir():
         return path
     if str(folder_or_repo) != repo:
         raise ModelMissingError(f"Model folder {folder_or_repo} does not exist.",
                                 f"Pass a folder holding the {name} files, or the repo id {repo!r}.")
-    try:
-        from core.store import resolve_models
-    except ImportError as e:  # the store module is optional for folder-only use
-        raise ModelMissingError(f"Cannot download {repo}: the model store is not available ({e}).",
-                                f"Download {repo} and pass its folder instead.") from e
-    return Path(getattr(resolve_models(), name))
+    from core.store import resolve_model  # imported late: the store pulls in huggingface_hub
+
+    return Path(resolve_model(name))
 
 
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except FileNotFoundError as e:
-        raise ModelMissingError(f"Vocos weights not found: {path}.", f"Download pytorch_model.bin from {VOCOS_REPO}.") from e
+        raise ModelMissingError(f"Vocos weights not found: {path}.",
+                                f"Download pytorch_model.bin from {VOCOS_REPO}.") from e
     except Exception as e:  # unpickling refused or a corrupt zip: both mean a bad file
         raise CheckpointError(f"{path} is not a loadable Vocos checkpoint ({type(e).__name__}: {e}).",
                               f"Download pytorch_model.bin from {VOCOS_REPO} again.") from e
     if not isinstance(sd, dict):
-        raise CheckpointError(f"{path} does not hold a state dict.", f"Use pytorch_model.bin from {VOCOS_REPO}.")
+        raise CheckpointError(f"{path} does not hold a state dict.",
+                              f"Use pytorch_model.bin from {VOCOS_REPO}.")
     # Vocos.from_pretrained adds the EnCodec model's weights under this prefix; decoding never uses them.
     return {k: v for k, v in sd.items() if not k.startswith("feature_extractor.encodec.")}
 
@@ -235,25 +237,27 @@ class Vocos:
         self.sample_rate = SAMPLE_RATE
 
     @classmethod
-    def from_pretrained(cls, folder_or_repo: str | Path = VOCOS_REPO, device: str | torch.device = "cpu") -> "Vocos":
+    def from_pretrained(cls, folder_or_repo: str | Path = VOCOS_REPO,
+                        device: str | torch.device = "cpu") -> "Vocos":
         """Load `config.yaml` + `pytorch_model.bin` (hub layout). Strict: every key and shape must match."""
         folder = resolve_model_folder(folder_or_repo, "vocos", VOCOS_REPO)
         cfg = VocosConfig.from_yaml(folder / "config.yaml")
         sd = _load_state_dict(folder / "pytorch_model.bin")
         rows = sd.get("feature_extractor.codebook_weights")
         if rows is None or rows.ndim != 2:
-            raise CheckpointError(f"{folder / 'pytorch_model.bin'} has no feature_extractor.codebook_weights.",
+            raise CheckpointError(f"{folder / 'pytorch_model.bin'} has no codebook_weights.",
                                   f"Download pytorch_model.bin from {VOCOS_REPO} again.")
         model = VocosModel(cfg, rows.shape[0])
         try:
             model.load_state_dict(sd, strict=True)
         except RuntimeError as e:
             raise CheckpointError(f"Vocos weights do not match config.yaml: {str(e)[:400]}",
-                                  f"Use config.yaml and pytorch_model.bin from the same {VOCOS_REPO} download.") from e
+                                  f"Use config.yaml and pytorch_model.bin of one {VOCOS_REPO} copy.") from e
         return cls(model, device)
 
     @torch.inference_mode()
-    def decode(self, codes: torch.Tensor, bandwidth_id: int = BANDWIDTH_ID, chunk_frames: int = 2048) -> torch.Tensor:
+    def decode(self, codes: torch.Tensor, bandwidth_id: int = BANDWIDTH_ID,
+               chunk_frames: int = 2048) -> torch.Tensor:
         """codes [T, K] or [B, T, K] int (K = 8 at 6 kbps) -> float32 [hop*T] or [B, hop*T] on CPU.
 
         Long inputs are decoded in chunks of `chunk_frames` with enough context on each side that
@@ -263,8 +267,9 @@ class Vocos:
         single = codes.ndim == 2
         if single:
             codes = codes[None]
-        if codes.ndim != 3 or codes.shape[-1] * CODEBOOK_SIZE > self.model.feature_extractor.codebook_weights.shape[0]:
-            raise ValueError(f"codes must be [T, K] or [B, T, K] with K <= 16, got {tuple(codes.shape)}")
+        max_books = self.model.feature_extractor.codebook_weights.shape[0] // CODEBOOK_SIZE
+        if codes.ndim != 3 or codes.shape[-1] > max_books:
+            raise ValueError(f"codes must be [T, K] or [B, T, K], K <= {max_books}; got {tuple(codes.shape)}")
         if codes.numel() and (codes.min() < 0 or codes.max() >= CODEBOOK_SIZE):
             raise ValueError(f"codes must lie in 0..{CODEBOOK_SIZE - 1}")
         codes = codes.to(self.device, torch.long)

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from core.audio import (FRAME_RATE, HOP_LENGTH, SAMPLE_RATE, check_prompt, encode_audio, load_audio, load_mono,
-                        resample, save_audio)
+from core.audio import (FRAME_RATE, HOP_LENGTH, SAMPLE_RATE, check_prompt, encode_audio, load_audio,
+                        load_mono, resample, save_audio)
 from core.errors import AudioError, StudioError
 
-pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is needed for format conversion")
+pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg converts the test files")
 
 # format -> ffmpeg output arguments
 CONVERSIONS = {
@@ -42,14 +42,16 @@ def prompts(golden) -> Path:
 @pytest.fixture(scope="module")
 def converted(prompts, tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("formats")
-    files = {fmt: ffmpeg(prompts / "en-1.wav", out / f"en-1.{fmt}", *args) for fmt, args in CONVERSIONS.items()}
+    files = {fmt: ffmpeg(prompts / "en-1.wav", out / f"en-1.{fmt}", *args)
+             for fmt, args in CONVERSIONS.items()}
     # a browser-style webm: written to a pipe, so the container declares no duration
     with open(out / "stream.webm", "wb") as f:
-        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(prompts / "ja-1.wav"), "-c:a", "libopus",
-                        "-f", "webm", "pipe:1"], stdout=f, check=True)
+        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(prompts / "ja-1.wav"),
+                        "-c:a", "libopus", "-f", "webm", "pipe:1"], stdout=f, check=True)
     files["stream.webm"] = out / "stream.webm"
     files["zh-1.m4a"] = ffmpeg(prompts / "zh-1.wav", out / "zh-1.m4a", "-c:a", "aac")
-    files["ja-1-stereo44.mp3"] = ffmpeg(prompts / "ja-1.wav", out / "ja-1-stereo44.mp3", "-ac", "2", "-ar", "44100")
+    files["ja-1-stereo44.mp3"] = ffmpeg(prompts / "ja-1.wav", out / "ja-1-stereo44.mp3",
+                                        "-ac", "2", "-ar", "44100")
     return files
 
 
@@ -73,7 +75,8 @@ def test_constants():
 
 # ----------------------------------------------------------------------------------- real files
 def test_wav_files_keep_rate_channels_and_values(prompts):
-    for name, rate, n in [("en-1.wav", 16000, 106627), ("zh-1.wav", 22050, 44100), ("ja-1.wav", 22050, 97281)]:
+    expected = [("en-1.wav", 16000, 106627), ("zh-1.wav", 22050, 44100), ("ja-1.wav", 22050, 97281)]
+    for name, rate, n in expected:
         x, sr = load_audio(prompts / name)
         ref, _ = sf.read(prompts / name, dtype="float32", always_2d=True)
         assert sr == rate and x.shape == (n, 1) and x.dtype == np.float32
@@ -165,7 +168,6 @@ def test_truncated_files_give_what_is_there(prompts, converted, tmp_path):
 
 def test_limits_are_checked_on_the_header_before_decoding(prompts, tmp_path):
     # FLAC whose STREAMINFO declares 2**36 samples (~50 days): refused from the header alone
-    flac = bytearray((prompts / "en-1.wav").read_bytes())
     sf.write(tmp_path / "a.flac", sf.read(prompts / "en-1.wav")[0], 16000)
     flac = bytearray((tmp_path / "a.flac").read_bytes())
     field = int.from_bytes(flac[18:26], "big") | ((1 << 36) - 1)
@@ -173,8 +175,9 @@ def test_limits_are_checked_on_the_header_before_decoding(prompts, tmp_path):
     e = err(load_audio, bytes(flac))
     assert "declares" in str(e) and " h" in str(e)
     # WAV whose data chunk claims 4 GB but holds 1000 samples: the real samples come back
-    hdr = (b"RIFF" + struct.pack("<I", 0xFFFFFFF0) + b"WAVEfmt " + struct.pack("<IHHIIHH", 16, 1, 2, 48000, 192000, 4, 16)
-           + b"data" + struct.pack("<I", 0xFFFFFFE0))
+    fmt = struct.pack("<IHHIIHH", 16, 1, 2, 48000, 192000, 4, 16)
+    hdr = b"RIFF" + struct.pack("<I", 0xFFFFFFF0) + b"WAVEfmt " + fmt
+    hdr += b"data" + struct.pack("<I", 0xFFFFFFE0)
     x, sr = load_audio(hdr + np.zeros(1000, "<i2").tobytes())
     assert x.shape == (500, 2) and sr == 48000
     big = tmp_path / "big.wav"
@@ -190,7 +193,7 @@ def test_one_hour_file_and_undeclared_length_are_refused(tmp_path, converted):
         for _ in range(60):
             f.write(block)
     assert hour.stat().st_size < 2_000_000
-    assert "60 min" in str(err(load_audio, hour))
+    assert "60 min" in str(err(load_audio, hour))  # refused from the header: nothing decoded
     e = err(load_audio, converted["stream.webm"], max_seconds=2.0)  # ffmpeg stops at the limit
     assert "longer than" in str(e)
 

@@ -97,3 +97,11 @@ def test_bad_codes(vocos):
         vocos.decode(torch.full((4, 8), 1024))
     with pytest.raises(ValueError):
         vocos.decode(torch.zeros(8))
+
+
+def test_repo_id_goes_through_the_store(tmp_path, monkeypatch):
+    monkeypatch.setenv("VALLEX_MODELS", str(tmp_path))  # an empty models folder, offline (conftest)
+    with pytest.raises(ModelMissingError, match="vocos"):
+        Vocos.from_pretrained("charactr/vocos-encodec-24khz")
+    with pytest.raises(ModelMissingError):
+        Vocos.from_pretrained("someone/else")
