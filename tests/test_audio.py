@@ -198,7 +198,11 @@ def test_one_hour_file_and_undeclared_length_are_refused(tmp_path, converted):
     assert "longer than" in str(e)
 
 
-def test_bad_arrays_and_rates():
+def test_bad_arrays_and_rates(tmp_path):
+    bad = np.full(16000, 0.1, np.float32)
+    bad[500] = np.nan
+    sf.write(tmp_path / "nan.wav", bad, 16000, subtype="FLOAT")
+    assert "NaN" in str(err(load_audio, tmp_path / "nan.wav"))
     assert "NaN" in str(err(load_audio, np.array([0.1, np.nan, 0.2], np.float32), sample_rate=16000))
     assert "NaN" in str(err(load_audio, (16000, np.array([0.1, np.inf], np.float32))))
     assert "sample rate" in str(err(load_audio, np.zeros(100, np.float32)))
