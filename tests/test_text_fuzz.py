@@ -51,7 +51,7 @@ def test_fuzz_ran_enough_examples():
     assert _CHECKED["n"] >= 10_000 or _CHECKED["n"] == 0
 
 
-@settings(max_examples=300, deadline=None, derandomize=True)
+@settings(max_examples=150, deadline=None, derandomize=True)
 @given(text=_TEXT, max_chars=st.sampled_from([None, 20, 60]))
 def test_split_sentences_keeps_text(text, max_chars):
     chunks = split_sentences(text, max_chars=max_chars)

@@ -25,7 +25,7 @@ from core.text.split import split_sentences
 from core.text.symbols import LANG_IDS, N_SYMBOLS, SYMBOLS, encode
 from core.text.zh import MandarinG2P
 
-__all__ = ["Phonemes", "phonemize", "detect_language", "split_sentences", "get_frontend",
+__all__ = ["Phonemes", "phonemize", "detect_language", "split_sentences", "get_frontend", "warmup",
            "LANGUAGES", "LANG_IDS", "N_SYMBOLS", "SYMBOLS"]
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,15 @@ def get_frontend(language: str, espeak_fallback: bool = False) -> Callable[[str]
     if language == "ja":
         return JapaneseG2P()
     raise TextError(f"No G2P for language {language!r}.", hint="Use 'en', 'zh' or 'ja'.")
+
+
+def warmup(languages: tuple[str, ...] = ("en", "zh", "ja")) -> None:
+    """Load the heavy resources now (langid model, CMU dictionary, jieba, OpenJTalk), once per
+    process, so that the first synthesis does not pay for them (several seconds in all)."""
+    mix.langid_detect("warm up")
+    samples = {"en": "Hello, 1st 2 $3.", "zh": "你好，1。", "ja": "こんにちは、1。"}
+    for lang in languages:
+        phonemize(samples[lang], language=lang)
 
 
 def detect_language(text: str) -> str:
