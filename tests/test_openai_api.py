@@ -1,0 +1,164 @@
+"""The OpenAI-compatible /v1 API with the official `openai` package and plain HTTP, on a studio
+started with a page login and an API key (so auth is on for both)."""
+from __future__ import annotations
+
+import io
+import threading
+
+import numpy as np
+import openai
+import pytest
+import requests
+import soundfile as sf
+from gradio_client import Client, handle_file
+
+from tests.app_server import running_app, speech_wav
+
+KEY = "test-key-123"
+LOGIN = ("ann", "secret-pw")
+TEXT = "The quick brown fox jumps over the lazy dog near the river bank today."
+
+
+@pytest.fixture(scope="module")
+def app(tiny_models, tmp_path_factory):
+    work = tmp_path_factory.mktemp("openai")
+    with running_app(tiny_models, work, "--auth", ":".join(LOGIN), "--api-key", KEY, "--max-queue", "10",
+                     headers={"Authorization": f"Bearer {KEY}"}) as server:
+        # a saved voice to speak with, made through the (logged-in) page API
+        c = Client(server.url, auth=LOGIN, verbose=False)
+        wav = speech_wav(work / "speech.wav")
+        c.predict(handle_file(str(wav)), "en", "Hello, this is a test of the voice cloning studio.",
+                  api_name="/check_prompt")
+        c.predict("me", api_name="/save_voice")
+        yield server
+
+
+@pytest.fixture
+def oai(app):
+    return openai.OpenAI(base_url=app.url + "v1", api_key=KEY, max_retries=0, timeout=120)
+
+
+def post(app, body, key=KEY, **kw):
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return requests.post(app.url + "v1/audio/speech", json=body, headers=headers, timeout=120, **kw)
+
+
+def wav_of(data: bytes) -> tuple[np.ndarray, int]:
+    return sf.read(io.BytesIO(data))
+
+
+def test_voices_and_models(app, oai):
+    r = requests.get(app.url + "v1/voices", headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
+    voices = {v["id"]: v for v in r.json()["data"]}
+    assert voices["me"]["language"] == "en" and voices["me"]["transcript"].startswith("Hello")
+    assert [m.id for m in oai.models.list()] == ["vallex-x"]
+
+
+def test_speech_create_every_format(oai):
+    from core.audio import load_audio
+
+    out = {fmt: oai.audio.speech.create(model="tts-1", voice="me", input=TEXT, response_format=fmt,
+                                        extra_body={"seed": 4}).content
+           for fmt in ("wav", "mp3", "flac", "opus", "pcm")}
+    pcm = np.frombuffer(out["pcm"], dtype="<i2")  # raw 24 kHz int16 LE, as OpenAI's pcm
+    wav, sr = sf.read(io.BytesIO(out["wav"]), dtype="int16")
+    assert sr == 24000 and pcm.size > 0
+    np.testing.assert_array_equal(wav, pcm)  # same take (same seed) in both containers
+    flac, sr = sf.read(io.BytesIO(out["flac"]), dtype="int16")
+    assert sr == 24000 and len(flac) == len(pcm)
+    for fmt in ("mp3", "opus"):  # lossy: same length give or take codec padding
+        audio, sr = load_audio(out[fmt])
+        assert abs(audio.shape[0] / sr - pcm.size / 24000) < 0.1, fmt
+
+
+def test_streaming_response_matches_plain_response(oai, tmp_path):
+    body = dict(model="vallex-x", voice="me", input=TEXT, response_format="wav", extra_body={"seed": 9})
+    plain = oai.audio.speech.create(**body).content
+    out = tmp_path / "streamed.wav"
+    with oai.audio.speech.with_streaming_response.create(**body) as resp:
+        assert resp.headers["content-type"] == "audio/wav"
+        resp.stream_to_file(out)
+    assert out.read_bytes() == plain
+
+
+def test_extras_speed_seed_language_instruction(app):
+    def seconds(**extra):
+        r = post(app, {"input": TEXT, "voice": "me", "response_format": "wav", "seed": 2, **extra})
+        assert r.status_code == 200, r.text
+        wav, sr = wav_of(r.content)
+        return len(wav) / sr, wav
+
+    base, _ = seconds()
+    assert seconds(speed=2.0)[0] == pytest.approx(base / 2, rel=0.15)
+    assert seconds(instruction="much slower")[0] > base * 1.2
+    assert seconds(language="en", voice=None)[0] > 0  # no voice: the model invents one
+
+
+def test_bad_requests_are_openai_errors(app, oai):
+    with pytest.raises(openai.BadRequestError, match="No saved voice"):
+        oai.audio.speech.create(model="tts-1", voice="alloy", input=TEXT)
+    for body, param in [({"input": TEXT, "response_format": "aac"}, "response_format"),
+                        ({"input": TEXT, "speed": 4.0}, "speed"),
+                        ({"input": ""}, "input"),
+                        ({"input": TEXT, "language": "fr"}, None)]:
+        r = post(app, body)
+        assert r.status_code == 400, body
+        err = r.json()["error"]
+        assert err["type"] == "invalid_request_error" and err["message"]
+        if param:
+            assert err["param"] == param
+    r = requests.post(app.url + "v1/audio/speech", data="not json", timeout=10,
+                      headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
+
+
+def test_auth_on_v1_and_on_the_page(app):
+    for key in (None, "wrong"):
+        r = post(app, {"input": TEXT}, key=key)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        assert requests.get(app.url + "v1/voices", timeout=10,
+                            headers={"Authorization": f"Bearer {key}"} if key else {}).status_code == 401
+    bad = openai.OpenAI(base_url=app.url + "v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.audio.speech.create(model="tts-1", voice="me", input=TEXT)
+    # the page itself wants the login
+    assert requests.get(app.url + "config", timeout=10).status_code == 401
+    s = requests.Session()
+    assert s.post(app.url + "login", data={"username": LOGIN[0], "password": LOGIN[1]}, timeout=10).ok
+    assert s.get(app.url + "config", timeout=10).status_code == 200
+
+
+def test_eight_requests_at_once_and_busy_beyond_the_queue(app):
+    texts = [f"Request number {i} wants its own words spoken." for i in range(8)]
+    bodies = [{"input": t, "voice": "me", "response_format": "pcm", "seed": i} for i, t in enumerate(texts)]
+    expected = [post(app, b).content for b in bodies]
+    got: dict[int, bytes] = {}
+
+    def run(i):
+        r = post(app, bodies[i])
+        assert r.status_code == 200, r.text
+        got[i] = r.content
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert [got.get(i) == expected[i] for i in range(8)] == [True] * 8
+
+    # 30 at once with room for 10 in the line: the rest are told "busy" (429), none fail otherwise
+    codes: list[int] = []
+    long_body = {"input": texts[0], "voice": "me", "response_format": "pcm", "seed": 1}
+
+    def flood():
+        r = post(app, long_body)
+        codes.append(r.status_code)
+        if r.status_code == 429:
+            assert r.json()["error"]["code"] == "busy" and "busy" in r.json()["error"]["message"]
+
+    threads = [threading.Thread(target=flood) for _ in range(30)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert set(codes) <= {200, 429} and codes.count(200) >= 10 and codes.count(429) >= 1, codes
