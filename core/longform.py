@@ -1,0 +1,113 @@
+"""Long text for `core.synth`: prompts, per-sentence requests, the two prompt modes, batching.
+
+The reference generates each sentence on its own and concatenates the codes before one decode.
+Fixed mode gives every sentence the same voice prompt (sentences are independent, so they are
+batched); sliding mode makes the previous sentence's output codes and phonemes the next prompt
+(sequential). Prompt + output stay under ~22 s, the longest clips the model was trained on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from core.audio import FRAME_RATE, N_CODEBOOKS
+
+MAX_CONTEXT_S = 22.0  # prompt + generated audio, seconds (training clips were at most 22 s)
+MIN_OUTPUT_S = 4.0  # never cap a sentence below this, however long its prompt
+SLIDING_MAX_PROMPT_S = 10.0  # a longer previous sentence is not used as the next prompt
+FIRST_GROUP = 1  # stream: the first sentence alone so that audio starts early
+GROUP_SIZE = 8  # then up to this many sentences per batch
+
+LANG_IDS = {"en": 0, "zh": 1, "ja": 2}  # model language ids (not the .npz lang_code order)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """What the LM continues from. codes int64 [T, 8]; text_ids/text_langs of equal length."""
+
+    codes: np.ndarray
+    text_ids: tuple[int, ...] = ()
+    text_langs: tuple[int, ...] = ()
+
+    @staticmethod
+    def empty() -> "Prompt":
+        return Prompt(np.zeros((0, N_CODEBOOKS), dtype=np.int64))
+
+    @staticmethod
+    def from_voice(voice) -> "Prompt":
+        codes = np.asarray(voice.audio_tokens, dtype=np.int64).reshape(-1, N_CODEBOOKS)
+        ids = tuple(int(i) for i in voice.text_ids)
+        return Prompt(codes, ids, (LANG_IDS[voice.language],) * len(ids))
+
+    @property
+    def seconds(self) -> float:
+        return self.codes.shape[0] / FRAME_RATE
+
+
+@dataclass
+class Request:
+    """One sentence to generate: engine inputs plus bookkeeping."""
+
+    index: int
+    text: str
+    ids: list[int]
+    langs: list[int]
+    phonemes: str
+    prompt: Prompt
+    seed: int
+    warnings: list[str] = field(default_factory=list)
+    cap_s: float | None = None  # the user's cap on this sentence's audio
+
+    def engine_args(self) -> dict:
+        """Keyword arguments of `VallEX.generate` (tensors on CPU)."""
+        p = self.prompt
+        return {
+            "text_ids": torch.tensor(list(p.text_ids) + self.ids, dtype=torch.long),
+            "text_langs": torch.tensor(list(p.text_langs) + self.langs, dtype=torch.long),
+            "prompt_text_len": len(p.text_ids),
+            "prompt_codes": torch.from_numpy(np.ascontiguousarray(p.codes, dtype=np.int64)),
+        }
+
+    def max_frames(self) -> int:
+        """Frames this sentence may generate so that prompt + output stay under MAX_CONTEXT_S."""
+        room = max(MAX_CONTEXT_S - self.prompt.seconds, MIN_OUTPUT_S)
+        if self.cap_s is not None:
+            room = min(room, self.cap_s)
+        return max(1, int(round(room * FRAME_RATE)))
+
+
+def sliding_prompt(first: Prompt, prev: Request, prev_codes: np.ndarray) -> tuple[Prompt, str | None]:
+    """The prompt after sentence `prev` in sliding mode, and a note when it falls back to `first`.
+
+    prev_codes: int64 [N, 8] generated for `prev`. A sentence that came out empty or longer than
+    SLIDING_MAX_PROMPT_S would leave too little room (or nothing) to continue from, so the original
+    prompt is used again for the next sentence.
+    """
+    n = int(prev_codes.shape[0])
+    if n < FRAME_RATE // 2:
+        return first, f"sentence {prev.index + 1} was too short to continue from; used the voice prompt"
+    if n / FRAME_RATE > SLIDING_MAX_PROMPT_S:
+        return first, (f"sentence {prev.index + 1} is {n / FRAME_RATE:.1f} s long; "
+                       "used the voice prompt for the next one")
+    return Prompt(np.asarray(prev_codes, dtype=np.int64), tuple(prev.ids), tuple(prev.langs)), None
+
+
+def groups(n: int, batch: bool) -> list[list[int]]:
+    """Sentence indices in the order they are generated: one group = one engine batch."""
+    if not batch:
+        return [[i] for i in range(n)]
+    out, start = [], 0
+    size = FIRST_GROUP
+    while start < n:
+        out.append(list(range(start, min(n, start + size))))
+        start += size
+        size = GROUP_SIZE
+    return out
+
+
+def concat_codes(codes: list[np.ndarray]) -> np.ndarray:
+    """[N_i, 8] int64 pieces -> [sum N_i, 8] (empty pieces allowed)."""
+    parts = [np.asarray(c, dtype=np.int64).reshape(-1, N_CODEBOOKS) for c in codes]
+    return np.concatenate(parts, axis=0) if parts else np.zeros((0, N_CODEBOOKS), dtype=np.int64)

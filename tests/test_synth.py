@@ -1,0 +1,302 @@
+"""The synthesis pipeline end to end on the tiny random models folder.
+
+Tiny random weights speak noise, so the tests check the plumbing that real weights rely on: which
+prompt and text reach the engine (a spy records every call), seeds, sentence order, batching,
+re-rolls, speed and instructions measured on the audio, prompt-mode transforms measured on the
+prompt audio that gets encoded, exports and error handling.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from core.convert import EditPlan, apply_plan
+from core.errors import StudioError, TextError, VoiceError
+from core.synth import PRESETS, Studio, SynthOptions, SynthResult
+from tests.test_convert import f0_stats, level_db
+
+SR = 24000
+HOP = 320
+# short sentences keep the tiny model quick: at most 1 s of audio per sentence
+GREEDY = SynthOptions(preset="greedy", seed=7, max_sentence_s=1.0)
+LONG = "Hello there. This is a test. 你好，世界。Good bye now."
+
+
+class Spy:
+    """Wraps the engine and records (prompt_codes, text_ids, text_langs, prompt_text_len) per sentence;
+    raises for the calls `fail_if(call)` picks."""
+
+    def __init__(self, lm, fail_if=None):
+        self.lm, self.calls, self.batches, self.fail_if = lm, [], [], fail_if
+
+    def _record(self, args):
+        call = {k: (v.numpy().copy() if hasattr(v, "numpy") else v) for k, v in args.items()}
+        self.calls.append(call)
+        if self.fail_if is not None and self.fail_if(call):
+            raise RuntimeError("boom")
+
+    def generate(self, text_ids, text_langs, prompt_text_len=0, prompt_codes=None, sampling=None):
+        self._record(dict(text_ids=text_ids, text_langs=text_langs, prompt_text_len=prompt_text_len,
+                          prompt_codes=prompt_codes))
+        return self.lm.generate(text_ids, text_langs, prompt_text_len, prompt_codes, sampling=sampling)
+
+    def generate_batch(self, requests, sampling=None):
+        self.batches.append(len(requests))
+        for r in requests:
+            self._record(dict(text_ids=r.text_ids, text_langs=r.text_langs, prompt_text_len=r.prompt_text_len,
+                              prompt_codes=r.prompt_codes))
+        return self.lm.generate_batch(requests, sampling)
+
+
+@pytest.fixture(scope="module")
+def studio(tiny_models, tmp_path_factory):
+    return Studio(tiny_models, offline=True, voices_dir=tmp_path_factory.mktemp("voices"))
+
+
+@pytest.fixture
+def spy(studio, monkeypatch):
+    models = studio._load()
+    s = Spy(models.lm)
+    monkeypatch.setattr(models, "lm", s)
+    return s
+
+
+@pytest.fixture(scope="module")
+def en_voice(studio, golden):
+    return studio.make_voice(golden / "prompts" / "en-1.wav", transcript="I know, I know. It's just.",
+                             language="en", name="en-one")
+
+
+def frames(result: SynthResult) -> int:
+    return sum(len(s.codes) for s in result.sentences if s.ok)
+
+
+# ---------------------------------------------------------------- voices
+
+def test_no_voice(studio, spy):
+    result = studio.synthesize("Hello world.", None, GREEDY)
+    assert result.sample_rate == SR and result.audio.dtype == np.float32
+    assert len(result.audio) == HOP * frames(result) > 0
+    assert [s.seed for s in result.sentences] == [7]
+    call = spy.calls[0]
+    assert call["prompt_codes"].shape == (0, 8) and call["prompt_text_len"] == 0
+    assert set(call["text_langs"].tolist()) == {0}
+    again = studio.synthesize("Hello world.", None, GREEDY)
+    assert np.array_equal(again.audio, result.audio)
+
+
+def test_clone_from_recording(studio, spy, en_voice):
+    voice, report = en_voice
+    assert voice.audio_tokens.dtype == np.int64 and voice.audio_tokens.shape[1] == 8
+    assert abs(len(voice.audio_tokens) / 75 - report.window_s) < 0.05 and report.window_s <= 15
+    assert voice.language == "en" and voice.text_ids and voice.transcript.startswith("I know")
+    result = studio.synthesize("你好，世界。", voice, GREEDY)  # cross-lingual: English voice, Chinese text
+    call = spy.calls[0]
+    assert np.array_equal(call["prompt_codes"], voice.audio_tokens)
+    n = len(voice.text_ids)
+    assert call["prompt_text_len"] == n and call["text_ids"][:n].tolist() == voice.text_ids
+    assert set(call["text_langs"][:n].tolist()) == {0} and set(call["text_langs"][n:].tolist()) == {1}
+    assert len(result.audio) == HOP * frames(result)
+
+
+def test_accent_forces_target_language(studio, spy, en_voice):
+    voice, _ = en_voice
+    studio.synthesize("你好，世界。", voice, replace(GREEDY, accent="en"))
+    n = len(voice.text_ids)
+    assert set(spy.calls[0]["text_langs"][n:].tolist()) == {0}
+
+
+def test_saved_voice_by_name_and_object(studio, spy, en_voice):
+    voice, _ = en_voice
+    studio.voices.save(voice)
+    by_obj = studio.synthesize("Good morning.", voice, GREEDY)
+    by_name = studio.synthesize("Good morning.", "en-one", GREEDY)
+    loaded = studio.synthesize("Good morning.", studio.voices.load("en-one"), GREEDY)
+    assert np.array_equal(by_obj.audio, by_name.audio) and np.array_equal(by_obj.audio, loaded.audio)
+    assert np.array_equal(spy.calls[1]["prompt_codes"], voice.audio_tokens)
+    with pytest.raises(StudioError):
+        studio.synthesize("Hi.", "no-such-voice", GREEDY)
+
+
+def test_make_voice_needs_speech(studio):
+    with pytest.raises(StudioError):
+        studio.make_voice(np.zeros(SR * 3, np.float32), sample_rate=SR, transcript="hello")
+
+
+# ---------------------------------------------------------------- long text
+
+def test_fixed_mode_batched_equals_one_by_one(studio, spy, en_voice):
+    voice, _ = en_voice
+    seen = []
+    opts = SynthOptions(seed=11, max_chars=20, max_sentence_s=1.0)  # "balanced": sampled, seeded
+    batched = studio.synthesize(LONG, voice, opts, progress=lambda f, msg: seen.append(f))
+    assert len(batched.sentences) >= 4 and max(spy.batches) > 1
+    single = studio.synthesize(LONG, voice, replace(opts, batch=False))
+    for a, b in zip(batched.sentences, single.sentences):
+        assert np.array_equal(a.codes, b.codes)
+    assert [s.seed for s in batched.sentences] == list(range(11, 11 + len(batched.sentences)))
+    assert seen == pytest.approx([(i + 1) / len(batched.sentences) for i in range(len(batched.sentences))])
+    for call in spy.calls:  # fixed: every sentence gets the voice prompt
+        assert np.array_equal(call["prompt_codes"], voice.audio_tokens)
+    assert len(batched.audio) == HOP * frames(batched)
+
+
+def test_sliding_mode_continues_from_previous_sentence(studio, spy):
+    result = studio.synthesize("Hello there. Good bye now. See you soon. Take care.", None,
+                               replace(GREEDY, prompt_mode="sliding", max_chars=15))
+    sents = result.sentences
+    assert len(sents) == len(spy.calls) >= 3
+    continued = 0
+    for i in range(1, len(sents)):
+        prev, call = sents[i - 1], spy.calls[i]
+        if 37 <= len(prev.codes) <= 750:  # long enough to continue from, short enough to keep < 22 s
+            assert np.array_equal(call["prompt_codes"], prev.codes)
+            assert call["text_ids"][:call["prompt_text_len"]].tolist() == spy.calls[i - 1]["text_ids"][
+                spy.calls[i - 1]["prompt_text_len"]:].tolist()
+            continued += 1
+        else:
+            assert call["prompt_codes"].shape[0] == 0  # back to the (empty) voice prompt, with a note
+            assert any("used the voice prompt" in w for w in result.warnings)
+    assert continued >= 1
+
+
+def test_stream_yields_in_order_then_assembles(studio):
+    opts = replace(GREEDY, max_chars=20)
+    streamed = list(studio.stream(LONG, None, opts))
+    assert [s.index for s in streamed] == list(range(len(streamed))) and len(streamed) >= 4
+    for s in streamed:
+        assert len(s.audio) == HOP * len(s.codes)
+    whole = studio.assemble(streamed, options=opts)
+    direct = studio.synthesize(LONG, None, opts)
+    assert np.array_equal(whole.audio, direct.audio)
+
+
+def test_reroll_changes_only_that_sentence(studio):
+    result = studio.synthesize(LONG, None, SynthOptions(seed=3, max_chars=20, max_sentence_s=1.0))
+    new = studio.reroll(result, 1)
+    assert new.sentences[1].seed != result.sentences[1].seed
+    for i, (a, b) in enumerate(zip(result.sentences, new.sentences)):
+        if i != 1:
+            assert np.array_equal(a.codes, b.codes) and a.seed == b.seed
+    same = studio.reroll(new, 1, seed=result.sentences[1].seed)
+    assert np.array_equal(same.sentences[1].codes, result.sentences[1].codes)
+    assert np.array_equal(same.audio, result.audio)
+    with pytest.raises(StudioError):
+        studio.reroll(result, 99)
+
+
+# ---------------------------------------------------------------- speed and instructions
+
+def test_speed_keeps_codes_changes_duration(studio):
+    base = studio.synthesize("Hello world.", None, GREEDY)
+    fast = studio.synthesize("Hello world.", None, replace(GREEDY, speed=2.0))
+    slow = studio.synthesize("Hello world.", None, replace(GREEDY, speed=0.5))
+    assert np.array_equal(base.sentences[0].codes, fast.sentences[0].codes)
+    assert len(fast.audio) / len(base.audio) == pytest.approx(0.5, rel=0.03)
+    assert len(slow.audio) / len(base.audio) == pytest.approx(2.0, rel=0.03)
+    with pytest.raises(StudioError, match="speed"):
+        SynthOptions(speed=3)
+
+
+@pytest.mark.parametrize("instruction,db,speed", [("quieter, 2x speed", -4, 2.0), ("声音小一点，慢一点", -2, 0.8 ** 0.5),
+                                                  ("音量を下げて", -4, 1.0)])
+def test_dsp_instruction_measured_on_output(studio, instruction, db, speed):
+    base = studio.synthesize("Hello world.", None, GREEDY)
+    out = studio.synthesize("Hello world.", None, replace(GREEDY, instruction=instruction))
+    assert out.instruction_mode == "dsp" and out.plan.unknown_words == []
+    assert out.plan.gain_db == pytest.approx(db) and out.plan.speed == pytest.approx(speed)
+    assert np.array_equal(out.sentences[0].codes, base.sentences[0].codes)
+    assert len(out.audio) / len(base.audio) == pytest.approx(1 / speed, rel=0.03)
+    # level against the same take time-stretched alone (stretching noise-like audio moves its RMS)
+    stretched = apply_plan(base.audio, SR, EditPlan(speed=out.plan.speed))
+    assert level_db(out.audio) - level_db(stretched) == pytest.approx(db, abs=0.1)
+
+
+def test_unknown_instruction_words_are_reported(studio):
+    out = studio.synthesize("Hello world.", None, replace(GREEDY, instruction="banana voice, louder"))
+    assert out.plan.unknown_words == ["banana"] and any("banana" in w for w in out.warnings)
+
+
+def test_prompt_mode_transforms_the_prompt_before_encoding(studio, spy, en_voice):
+    voice, report = en_voice
+    out = studio.synthesize("Hello world.", voice, replace(GREEDY, instruction="+3 semitones, slower",
+                                                            instruction_mode="prompt"))
+    assert out.instruction_mode == "prompt"
+    prompt = out.prompt_audio
+    assert len(prompt) / len(report.wav) == pytest.approx(1 / 0.8, rel=0.03)
+    assert f0_stats(prompt)[0] / f0_stats(report.wav)[0] == pytest.approx(2 ** (3 / 12), rel=0.04)
+    # what the LM saw is that audio, encoded; the voice's own codes were not used
+    codes = spy.calls[0]["prompt_codes"]
+    assert np.array_equal(codes, studio._load().codec.encode(prompt, SR).numpy())
+    assert len(codes) == pytest.approx(len(voice.audio_tokens) / 0.8, abs=2)
+    # the output itself gets no DSP: same codes -> audio length is exactly the frames
+    assert len(out.audio) == HOP * frames(out)
+
+
+def test_prompt_mode_on_saved_voice_and_leftover_effects(studio, en_voice):
+    voice, _ = en_voice
+    studio.voices.save(replace(voice, name="saved-one"))
+    saved = studio.voices.load("saved-one")
+    studio._prompt_wavs.clear()  # as after a restart: only the codes are known -> Vocos decode first
+    out = studio.synthesize("Hello world.", saved, replace(GREEDY, instruction="much louder, add reverb",
+                                                            instruction_mode="prompt"))
+    assert out.instruction_mode == "prompt+dsp"
+    decoded = studio._load().vocos.decode(__import__("torch").from_numpy(saved.audio_tokens)).numpy()
+    assert len(out.prompt_audio) == len(decoded)
+    assert level_db(out.prompt_audio) - level_db(decoded) == pytest.approx(8, abs=1.5)  # limiter may trim peaks
+    assert len(out.audio) > HOP * frames(out)  # the reverb tail: applied on the output
+
+
+def test_prompt_mode_without_voice_falls_back_to_dsp(studio):
+    out = studio.synthesize("Hello world.", None, replace(GREEDY, instruction="quieter", instruction_mode="prompt"))
+    assert out.instruction_mode == "dsp" and any("needs a voice" in w for w in out.warnings)
+
+
+# ---------------------------------------------------------------- output and errors
+
+@pytest.mark.parametrize("fmt", ["wav", "flac", "mp3", "ogg"])
+def test_export_formats(studio, fmt):
+    result = studio.synthesize("Hi.", None, GREEDY)
+    data, sr = sf.read(io.BytesIO(result.export(fmt)), dtype="float32")
+    assert sr == SR and abs(len(data) - len(result.audio)) <= 2400
+
+
+def test_bad_input_is_one_clear_error(studio):
+    with pytest.raises(TextError):
+        studio.synthesize("   ", None, GREEDY)
+    with pytest.raises(StudioError, match="preset"):
+        SynthOptions(preset="wild")
+    with pytest.raises(StudioError, match="language"):
+        SynthOptions(language="fr")
+    with pytest.raises(VoiceError):
+        studio.synthesize("Hi.", 42, GREEDY)
+    assert set(PRESETS) >= {"stable", "balanced", "expressive", "reference", "greedy"}
+
+
+def test_one_failing_sentence_keeps_the_others(studio, spy):
+    opts = replace(GREEDY, max_chars=20)
+    studio.synthesize(LONG, None, replace(opts, batch=False))
+    bad_ids = spy.calls[1]["text_ids"]  # no voice: the text ids are the sentence's own
+    spy.fail_if = lambda call: np.array_equal(call["text_ids"], bad_ids)
+    for batch in (False, True):  # a failed batch is retried one by one: only the bad sentence is lost
+        result = studio.synthesize(LONG, None, replace(opts, batch=batch))
+        bad = result.sentences[1]
+        assert not bad.ok and bad.stop_reason == "error" and "boom" in bad.warnings[0]
+        assert all(s.ok for i, s in enumerate(result.sentences) if i != 1)
+        assert any("sentence 2: generation failed" in w for w in result.warnings)
+        assert len(result.audio) == HOP * frames(result) > 0
+    spy.fail_if = lambda call: True
+    with pytest.raises(StudioError, match="every sentence"):
+        studio.synthesize("Hello.", None, GREEDY)
+
+
+def test_convert_clip_without_models(golden):
+    studio = Studio("/nonexistent-models", offline=True)
+    wav, sr = sf.read(golden / "prompts" / "ja-1.wav", dtype="float32")
+    out, plan = studio.convert(wav, sr, "2倍速")
+    assert plan.speed == 2.0 and len(out) / len(wav) == pytest.approx(0.5, rel=0.02)
+    assert studio.status()["loaded"] is False
