@@ -149,6 +149,8 @@ def _read_bytes(src, max_bytes: int) -> tuple[bytes | None, Path | None, str]:
         data = bytes(src)
     elif hasattr(src, "read"):
         data = src.read(max_bytes + 1)
+        if not isinstance(data, (bytes, bytearray)):
+            raise AudioError("the audio file object was opened in text mode.", "Open it with mode 'rb'.")
     else:
         raise AudioError(f"cannot read audio from a {type(src).__name__}.",
                          "Pass a file path, bytes, a file object, (sample_rate, array) "
@@ -176,7 +178,7 @@ def _decode_soundfile(source, name: str, max_seconds: float) -> tuple[np.ndarray
 
 def _probe_ffmpeg(path: Path, name: str) -> AudioInfo:
     cmd = ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
-           "stream=sample_rate,channels,duration:format=duration", "-of", "json", str(path)]
+           "stream=sample_rate,channels,duration:format=duration", "-of", "json", str(path.resolve())]
     try:
         done = subprocess.run(cmd, capture_output=True, timeout=FFMPEG_TIMEOUT_S, check=False)
         meta = json.loads(done.stdout or b"{}")
@@ -202,8 +204,10 @@ def _decode_ffmpeg(path: Path, name: str, max_seconds: float) -> tuple[np.ndarra
     info = _probe_ffmpeg(path, name)
     _check_info(info, name, max_seconds)
     # -t caps decoding just past the limit, so an undeclared 1-hour webm is never fully decoded.
-    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", "-vn",
-           "-t", f"{max_seconds + 0.05:.3f}", "-f", "f32le", "-acodec", "pcm_f32le", "pipe:1"]
+    # An undeclared length is bounded by the sample budget too (rate x channels x seconds).
+    cap_s = min(max_seconds, MAX_DECODED_SAMPLES / (info.sample_rate * info.channels))
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path.resolve()), "-map", "0:a:0", "-vn",
+           "-t", f"{cap_s + 0.05:.3f}", "-f", "f32le", "-acodec", "pcm_f32le", "pipe:1"]
     try:
         done = subprocess.run(cmd, capture_output=True, timeout=FFMPEG_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired as e:
@@ -216,6 +220,9 @@ def _decode_ffmpeg(path: Path, name: str, max_seconds: float) -> tuple[np.ndarra
     if done.returncode != 0:
         log.warning("%s decoded with errors (damaged or truncated?): kept %d samples", name, x.size)
     x = x[: x.size - x.size % info.channels].reshape(-1, info.channels)
+    if cap_s < max_seconds and x.shape[0] > cap_s * info.sample_rate:
+        raise AudioError(f"{name} would decode to more than {MAX_DECODED_SAMPLES // 2**20} M samples.",
+                         "Export a shorter mono clip at 48 kHz or less.")
     return x.astype(np.float32), info.sample_rate
 
 
