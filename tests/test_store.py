@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -13,11 +18,16 @@ from core import store
 from core.errors import DownloadError, ModelMissingError
 
 COMMIT = "a" * 40
+ROOT = Path(__file__).resolve().parent.parent
+BLOCK = 16 * 1024  # the fake hub writes bodies in blocks of this size
 
 
 class FakeHub(BaseHTTPRequestHandler):
     """Serves `/{repo}/resolve/{revision}/{filename}` like the Hub: ETag, X-Repo-Commit,
-    Content-Length, X-Linked-Etag/Size (LFS: sha256), and byte ranges."""
+    Content-Length, X-Linked-Etag/Size (LFS: sha256), and byte ranges. Test knobs in
+    `server.hub`: `cut_once` (drop the connection half-way once), `corrupt`, `ignore_range`
+    (answer 200 with the whole file), `throttle` (seconds per block); `served` counts body bytes
+    sent per file."""
 
     protocol_version = "HTTP/1.1"
 
@@ -69,34 +79,43 @@ class FakeHub(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
-        start = int(rng.split("=")[1].split("-")[0]) if rng else 0
+        start = int(rng.split("=")[1].split("-")[0]) if rng and key not in hub["ignore_range"] else 0
         self._headers(key, data, 206 if start else 200, start)
         body = data[start:]
         if key in hub["corrupt"]:
             body = bytes(b ^ 0xFF for b in body[:10]) + body[10:]
-        if key in hub["cut_once"]:  # drop the connection half-way, the first time only
+        cut = key in hub["cut_once"]
+        if cut:  # drop the connection half-way, the first time only
             hub["cut_once"].discard(key)
-            self.wfile.write(body[: len(body) // 2])
+            body = body[: len(body) // 2]
+        try:
+            for i in range(0, len(body), BLOCK):
+                if hub["throttle"].get(key):
+                    time.sleep(hub["throttle"][key])
+                self.wfile.write(body[i:i + BLOCK])
+                hub["served"][key] = hub["served"].get(key, 0) + len(body[i:i + BLOCK])
             self.wfile.flush()
+        except OSError:  # the client went away (killed)
+            self.close_connection = True
+            return
+        if cut:
             self.close_connection = True
             self.connection.shutdown(2)
-            return
-        self.wfile.write(body)
 
 
 @pytest.fixture
 def hub(tmp_path, monkeypatch):
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeHub)
-    server.hub = {"files": {}, "log": [], "cut_once": set(), "corrupt": set()}
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    server.hub = {"files": {}, "log": [], "cut_once": set(), "corrupt": set(), "ignore_range": set(),
+                  "throttle": {}, "served": {}}
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     import huggingface_hub.constants as hc
 
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setattr(hc, "HF_HUB_OFFLINE", False)  # conftest set it before the import
-    # Bytes reach the file in chunks of this size; small chunks let a cut land after some of them.
-    monkeypatch.setattr(hc, "DOWNLOAD_CHUNK_SIZE", 16 * 1024)
+    monkeypatch.setattr(store, "BACKOFF_SECONDS", 0.05)  # retries after a cut: no need to wait 1 s here
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("VALLEX_MODELS", str(tmp_path / "models"))
     monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -143,6 +162,112 @@ def test_interrupted_download_resumes_with_range(hub):
     assert int(ranges[1].split("=")[1].split("-")[0]) > 0
 
 
+def _gets(hub, key):
+    return [rng for method, k, rng in hub["log"] if method == "GET" and k == key]
+
+
+def _range_start(rng: str) -> int:
+    return int(rng.split("=")[1].split("-")[0])
+
+
+def test_killed_download_resumes_in_a_new_process(hub):
+    """A download in another process is SIGKILLed mid-file; the next call continues the partial
+    file with a Range request instead of starting from zero."""
+    size = 1_000_000
+    files = _add(hub, "vallex", size=size)
+    key = (store.REGISTRY["vallex"].repo, "vallex-checkpoint.pt")
+    hub["throttle"][key] = 0.02  # ~1.3 s for the file: time to kill it on the way
+    part, side = store.partial_paths("vallex", "vallex-checkpoint.pt")
+    child = subprocess.Popen([sys.executable, "-c", "from core import store; store.download_model('vallex')"],
+                             cwd=ROOT, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while _size(part) < size // 4:
+            assert child.poll() is None, child.communicate()[0].decode(errors="replace")
+            assert time.monotonic() < deadline, "the child never got a quarter of the file"
+            time.sleep(0.01)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+    kept = _size(part)
+    assert size // 4 <= kept < size and side.is_file()
+    assert json.loads(side.read_text())["etag"] == hashlib.sha256(files["vallex-checkpoint.pt"]).hexdigest()
+    assert store.find_model("vallex") is None  # not in the cache until complete and verified
+
+    hub["throttle"].clear()
+    seen = []
+    path = store.download_model("vallex", progress=lambda frac, desc: seen.append(frac))
+    assert path.read_bytes() == files["vallex-checkpoint.pt"]
+    assert store.find_model("vallex") == path
+    ranges = _gets(hub, key)
+    assert ranges[0] is None and len(ranges) == 2 and _range_start(ranges[1]) == kept > 0
+    assert hub["served"][key] < 2 * size
+    assert seen[0] >= kept / size - 1e-9  # progress counts the resumed bytes
+    assert not part.exists() and not side.exists()
+
+
+def _sidecar(name: str, filename: str, data: bytes, etag: str | None = None) -> dict:
+    spec = store.REGISTRY[name]
+    return {"repo": spec.repo, "filename": filename, "etag": etag or hashlib.sha256(data).hexdigest(),
+            "size": len(data)}
+
+
+def test_partial_of_another_revision_is_discarded(hub):
+    files = _add(hub, "vallex", size=200_000)
+    data = files["vallex-checkpoint.pt"]
+    key = (store.REGISTRY["vallex"].repo, "vallex-checkpoint.pt")
+    part, side = store.partial_paths("vallex", "vallex-checkpoint.pt")
+    part.parent.mkdir(parents=True)
+    part.write_bytes(os.urandom(50_000))  # bytes of some older file
+    side.write_text(json.dumps(_sidecar("vallex", "vallex-checkpoint.pt", data, etag="b" * 64)))
+    path = store.download_model("vallex")
+    assert path.read_bytes() == data
+    assert _gets(hub, key) == [None]  # started from zero
+    assert not part.exists() and not side.exists()
+
+
+def test_partial_without_sidecar_is_discarded(hub):
+    files = _add(hub, "vallex", size=100_000)
+    key = (store.REGISTRY["vallex"].repo, "vallex-checkpoint.pt")
+    part, _ = store.partial_paths("vallex", "vallex-checkpoint.pt")
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"\0" * 10_000)
+    assert store.download_model("vallex").read_bytes() == files["vallex-checkpoint.pt"]
+    assert _gets(hub, key) == [None]
+
+
+def test_matching_partial_resumes_and_server_ignoring_range_restarts(hub):
+    files = _add(hub, "vallex", size=200_000)
+    data = files["vallex-checkpoint.pt"]
+    key = (store.REGISTRY["vallex"].repo, "vallex-checkpoint.pt")
+    part, side = store.partial_paths("vallex", "vallex-checkpoint.pt")
+    part.parent.mkdir(parents=True)
+    part.write_bytes(data[:50_000])
+    side.write_text(json.dumps(_sidecar("vallex", "vallex-checkpoint.pt", data)))
+    seen = []
+    assert store.download_model("vallex", progress=lambda frac, desc: seen.append(frac)).read_bytes() == data
+    assert _gets(hub, key) == ["bytes=50000-"] and hub["served"][key] == len(data) - 50_000
+    assert seen[0] == pytest.approx(0.25) and seen == sorted(seen)
+
+    # Same again (force: past the cached copy) against a server that ignores Range: the partial
+    # is rewritten from byte 0 with the 200 answer's body.
+    hub["ignore_range"].add(key)
+    part.write_bytes(data[:50_000])
+    side.write_text(json.dumps(_sidecar("vallex", "vallex-checkpoint.pt", data)))
+    hub["log"].clear()
+    hub["served"].clear()
+    assert store.download_model("vallex", force=True).read_bytes() == data
+    assert _gets(hub, key) == ["bytes=50000-"] and hub["served"][key] == len(data)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
 def test_corrupt_download_is_rejected_and_deleted(hub, tmp_path):
     _add(hub, "encodec")
     key = (store.REGISTRY["encodec"].repo, "model.safetensors")
@@ -150,6 +275,7 @@ def test_corrupt_download_is_rejected_and_deleted(hub, tmp_path):
     with pytest.raises(DownloadError, match="corrupt.*sha256"):
         store.download_model("encodec", attempts=1)
     assert store.find_model("encodec") is None
+    assert not any(p.exists() for p in store.partial_paths("encodec", "model.safetensors"))
     blobs = list((tmp_path / "cache").rglob("blobs/*"))
     assert all(hashlib.sha256(b.read_bytes()).hexdigest() == b.name for b in blobs if b.is_file())
 
