@@ -84,6 +84,7 @@ class Codec:
         """Load a `config.json` + `model.safetensors` folder (either weight-norm spelling works:
         legacy `weight_g/weight_v` is renamed by transformers on load). Weight norm is then folded
         into plain weights: the same numbers, computed once instead of on every call."""
+        from safetensors import SafetensorError
         from transformers import EncodecModel  # heavy import, only when a codec is loaded
 
         folder = resolve_model_folder(folder_or_repo, "encodec", ENCODEC_REPO)
@@ -92,7 +93,7 @@ class Codec:
                                     f"Download {ENCODEC_REPO} (config.json and model.safetensors) into it.")
         try:
             model = EncodecModel.from_pretrained(folder, local_files_only=True)
-        except (OSError, ValueError, RuntimeError) as e:
+        except (OSError, ValueError, RuntimeError, SafetensorError) as e:  # corrupt/pickled weights
             raise CheckpointError(f"Cannot load EnCodec from {folder}: {str(e)[:300]}",
                                   f"Download {ENCODEC_REPO} again into that folder.") from e
         if model.config.audio_channels != 1 or model.config.normalize or model.config.chunk_length_s:
