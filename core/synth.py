@@ -14,153 +14,29 @@ voice prompt before it is encoded (core/convert.py).
 """
 from __future__ import annotations
 
-import json
 import logging
 import random
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 
 from core import longform
-from core.audio import SAMPLE_RATE, check_prompt, encode_audio, load_audio, load_mono, to_mono
+from core.audio import SAMPLE_RATE, check_prompt, load_audio, load_mono, to_mono
 from core.convert import EditPlan, apply_plan, change_speed, output_plan, parse_instruction, transform_prompt
 from core.errors import StudioError, TextError, VoiceError
 from core.longform import Prompt, Request
+from core.synth_types import ACCENTS, LANGUAGES, PRESETS, Job, SentenceResult, SynthOptions, SynthResult, load_presets
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Studio", "SynthOptions", "SynthResult", "SentenceResult", "PRESETS", "load_presets"]
-
-PRESETS_FILE = Path(__file__).resolve().parent.parent / "presets" / "sampling.json"
-LANGUAGES = ("auto-mix", "auto", "en", "zh", "ja", "mix")
-ACCENTS = ("keep", "en", "zh", "ja")
-KNOBS = ("top_k", "top_p", "temperature", "best_of", "repetition_window", "repetition_threshold")
 PROMPT_MAX_S = 15.0  # the reference refuses longer prompt recordings
 
-
-def load_presets(path: Path = PRESETS_FILE) -> dict[str, dict]:
-    """Preset name -> Sampling field values (the "description" key removed)."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    return {name: {k: v for k, v in spec.items() if k != "description"}
-            for name, spec in data.items() if not name.startswith("_")}
-
-
-PRESETS = load_presets()
-
-
-@dataclass(frozen=True)
-class SynthOptions:
-    """Per-request choices. Override with `dataclasses.replace(options, seed=3)`."""
-
-    language: str = "auto-mix"  # auto-mix | auto | en | zh | ja | mix ([EN]..[EN] tags written by the user)
-    accent: str = "keep"  # keep each segment's language id, or force en | zh | ja on all target ids
-    preset: str = "balanced"  # a name from presets/sampling.json
-    top_k: int | None = None  # raw knobs: None = the preset's value
-    top_p: float | None = None
-    temperature: float | None = None
-    best_of: int | None = None
-    repetition_window: int | None = None
-    repetition_threshold: float | None = None
-    seed: int | None = None  # sentence i uses seed + i; None = a fresh random seed per sentence
-    speed: float = 1.0  # 0.5-2, time-stretch of the output with pitch kept
-    instruction: str = ""  # e.g. "slower and deeper", "加点混响"
-    instruction_mode: str = "dsp"  # dsp: on the output | prompt: on the voice prompt before encoding
-    prompt_mode: str = "fixed"  # fixed: one prompt for all sentences | sliding: continue from the last one
-    batch: bool = True  # generate fixed-mode sentences in batches
-    max_chars: int | None = None  # sentence length limit for splitting (None: the splitter's default)
-    max_sentence_s: float | None = None  # cap on each sentence's generated audio (None: prompt + output <= 22 s)
-
-    def __post_init__(self):
-        checks = [
-            (self.language in LANGUAGES, f"language {self.language!r}", f"one of {', '.join(LANGUAGES)}"),
-            (self.accent in ACCENTS, f"accent {self.accent!r}", f"one of {', '.join(ACCENTS)}"),
-            (self.preset in PRESETS, f"preset {self.preset!r}", f"one of {', '.join(PRESETS)}"),
-            (0.5 <= float(self.speed) <= 2.0, f"speed {self.speed}", "a value from 0.5 to 2"),
-            (self.instruction_mode in ("dsp", "prompt"), f"instruction_mode {self.instruction_mode!r}",
-             '"dsp" or "prompt"'),
-            (self.prompt_mode in ("fixed", "sliding"), f"prompt_mode {self.prompt_mode!r}", '"fixed" or "sliding"'),
-            (self.max_sentence_s is None or 0 < self.max_sentence_s <= 60, f"max_sentence_s {self.max_sentence_s}",
-             "None or 0-60 seconds"),
-        ]
-        for ok, what, allowed in checks:
-            if not ok:
-                raise StudioError(f"Unknown or out-of-range {what}.", f"Use {allowed}.")
-
-    def sampling(self, seed: int, max_frames: int | None = None):
-        """The `core.sampling.Sampling` for one sentence: preset values, then raw knob overrides."""
-        from core.sampling import Sampling
-
-        values = dict(PRESETS[self.preset])
-        values.update({k: getattr(self, k) for k in KNOBS if getattr(self, k) is not None})
-        if values.get("top_k") is not None and values["top_k"] <= 0:
-            values["top_k"] = None
-        known = {f.name for f in fields(Sampling)}
-        return Sampling(**{k: v for k, v in values.items() if k in known}, seed=int(seed), max_frames=max_frames)
-
-
-@dataclass
-class SentenceResult:
-    """One sentence. audio float32 [M] at 24 kHz (speed and a DSP instruction applied);
-    codes int64 [N, 8] as generated; seed: the seed used (pass it back to get the same take)."""
-
-    index: int
-    text: str
-    audio: np.ndarray
-    codes: np.ndarray
-    seed: int
-    stop_reason: str
-    warnings: list[str] = field(default_factory=list)
-    phonemes: str = ""
-    ok: bool = True  # False: generation failed, audio is empty and warnings say why
-    context: object | None = field(default=None, repr=False, compare=False)  # the request it came from
-
-
-@dataclass
-class SynthResult:
-    """A whole take. audio float32 [M] at `sample_rate`; plan: the parsed instruction (or None);
-    instruction_mode: "none" | "dsp" | "prompt" | "prompt+dsp" (what was actually used)."""
-
-    audio: np.ndarray
-    sample_rate: int
-    sentences: list[SentenceResult]
-    plan: EditPlan | None = None
-    instruction_mode: str = "none"
-    timings: dict[str, float] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    options: SynthOptions | None = None
-    voice: object | None = None  # the Voice used (kept so that reroll can use the same prompt)
-    prompt_audio: np.ndarray | None = None  # prompt mode: the transformed prompt that was encoded
-
-    @property
-    def seconds(self) -> float:
-        return len(self.audio) / self.sample_rate
-
-    @property
-    def seeds(self) -> list[int]:
-        return [s.seed for s in self.sentences]
-
-    def export(self, fmt: str = "wav") -> bytes:
-        """The audio as wav / flac / mp3 / ogg / opus / pcm bytes (core.audio.encode_audio)."""
-        return encode_audio(self.audio, self.sample_rate, fmt)
-
-
-@dataclass
-class _Job:
-    """Everything one synthesize/stream call needs, prepared before any generation."""
-
-    requests: list[Request]
-    options: SynthOptions
-    first_prompt: Prompt
-    plan: EditPlan | None
-    mode: str
-    output_plan: EditPlan | None
-    warnings: list[str]
-    voice: object | None
-    prompt_audio: np.ndarray | None = None
+__all__ = ["Studio", "SynthOptions", "SynthResult", "SentenceResult", "PRESETS", "LANGUAGES", "ACCENTS",
+           "load_presets"]
 
 
 class _Models:
@@ -273,7 +149,8 @@ class Studio:
         window = report.wav[: int(PROMPT_MAX_S * SAMPLE_RATE)]
         transcript = (transcript or "").strip()
         if not transcript:
-            heard = self._asr().transcribe(window, SAMPLE_RATE)
+            asr = self._asr()
+            heard = _wrap(lambda: asr.transcribe(window, SAMPLE_RATE, language=language), "speech recognition")
             transcript, language = heard.text.strip(), language or heard.language
             if not transcript:
                 raise VoiceError("Speech recognition heard no words in the recording.",
@@ -377,7 +254,7 @@ class Studio:
         return apply_plan(to_mono(x), sr, plan), plan
 
     # ------------------------------------------------------------------ internals
-    def _prepare(self, text: str, voice, options: SynthOptions) -> _Job:
+    def _prepare(self, text: str, voice, options: SynthOptions) -> Job:
         from core.text import phonemize, split_sentences
 
         if not isinstance(options, SynthOptions):
@@ -386,7 +263,7 @@ class Studio:
             raise TextError("There is no text to speak.", "Type the text first.")
         voice = self._resolve_voice(voice)
         warnings: list[str] = []
-        job = _Job([], options, Prompt.from_voice(voice) if voice is not None else Prompt.empty(),
+        job = Job([], options, Prompt.from_voice(voice) if voice is not None else Prompt.empty(),
                    None, "none", None, warnings, voice)
         if options.instruction.strip():
             self._plan_instruction(job)
@@ -406,7 +283,7 @@ class Studio:
             raise TextError(f"Nothing pronounceable in {text[:40]!r}.", "Write words in English, Chinese or Japanese.")
         return job
 
-    def _plan_instruction(self, job: _Job) -> None:
+    def _plan_instruction(self, job: Job) -> None:
         plan = parse_instruction(job.options.instruction)
         job.plan = plan
         if plan.unknown_words:
@@ -435,7 +312,7 @@ class Studio:
         codes = m.codec.encode(new, SAMPLE_RATE).numpy().astype(np.int64)
         return new, Prompt(codes, prompt.text_ids, prompt.text_langs)
 
-    def _run(self, job: _Job, progress) -> Iterator[SentenceResult]:
+    def _run(self, job: Job, progress) -> Iterator[SentenceResult]:
         total = len(job.requests)
         done = 0
         if job.options.prompt_mode == "sliding":
@@ -456,7 +333,7 @@ class Studio:
                 _report(progress, done, total)
                 yield res
 
-    def _generate_group(self, reqs: list[Request], job: _Job) -> list[SentenceResult]:
+    def _generate_group(self, reqs: list[Request], job: Job) -> list[SentenceResult]:
         """Generate `reqs` (one batch when the engine can), decode and post-process each.
         A failed batch is retried one sentence at a time, so one bad sentence loses only itself."""
         m = self._load()
@@ -481,7 +358,7 @@ class Studio:
             return lm.generate_batch([LMRequest(**r.engine_args()) for r in reqs], sampling)
         return [lm.generate(**r.engine_args(), sampling=options.sampling(r.seed, r.max_frames())) for r in reqs]
 
-    def _finish(self, req: Request, gen, job: _Job) -> SentenceResult:
+    def _finish(self, req: Request, gen, job: Job) -> SentenceResult:
         import torch
 
         codes = np.asarray(gen.codes.cpu() if hasattr(gen.codes, "cpu") else gen.codes, dtype=np.int64)
@@ -493,12 +370,12 @@ class Studio:
         return SentenceResult(req.index, req.text, self._post(wav, job), codes, int(getattr(gen, "seed", req.seed)),
                               str(gen.stop_reason), warnings, req.phonemes, True, context=job)
 
-    def _failed(self, req: Request, err: Exception, job: _Job) -> SentenceResult:
+    def _failed(self, req: Request, err: Exception, job: Job) -> SentenceResult:
         msg = err.user_message() if isinstance(err, StudioError) else f"{type(err).__name__}: {err}"
         return SentenceResult(req.index, req.text, np.zeros(0, np.float32), np.zeros((0, 8), np.int64), req.seed,
                               "error", [f"generation failed: {msg}"], req.phonemes, False, context=job)
 
-    def _post(self, wav: np.ndarray, job: _Job) -> np.ndarray:
+    def _post(self, wav: np.ndarray, job: Job) -> np.ndarray:
         """Speed, then the output-side instruction (DSP)."""
         wav = np.asarray(wav, dtype=np.float32)
         if wav.size and job.options.speed != 1.0:
@@ -507,7 +384,7 @@ class Studio:
             wav = apply_plan(wav, SAMPLE_RATE, job.output_plan)
         return wav
 
-    def _assemble(self, sentences: list[SentenceResult], job: _Job, t0: float) -> SynthResult:
+    def _assemble(self, sentences: list[SentenceResult], job: Job, t0: float) -> SynthResult:
         import torch
 
         ok = [s for s in sentences if s.ok]

@@ -300,3 +300,68 @@ def test_convert_clip_without_models(golden):
     out, plan = studio.convert(wav, sr, "2倍速")
     assert plan.speed == 2.0 and len(out) / len(wav) == pytest.approx(0.5, rel=0.02)
     assert studio.status()["loaded"] is False
+
+
+# ---------------------------------------------------------------- speech recognition paths
+
+@pytest.fixture
+def fast_asr(studio, tiny_models, monkeypatch):
+    """The tiny faster-whisper model with greedy decoding (random words, real flow)."""
+    from core.asr import AsrOptions, Transcriber
+
+    asr = Transcriber.from_pretrained(tiny_models / "asr", options=AsrOptions(beam_size=1, temperature=(0.0,),
+                                                                              compute_type="float32"))
+    monkeypatch.setattr(studio._load(), "asr", asr)
+    return asr
+
+
+def test_clone_with_asr_transcript(studio, fast_asr, golden):
+    from core.text import phonemize
+
+    voice, report = studio.make_voice(golden / "prompts" / "zh-1.wav")
+    heard = fast_asr.transcribe(report.wav, SR)
+    assert voice.transcript == heard.text.strip() != "" and voice.language == heard.language
+    assert voice.text_ids == list(phonemize(voice.transcript, language=voice.language).ids)
+    forced, _ = studio.make_voice(golden / "prompts" / "zh-1.wav", language="ja")
+    assert forced.language == "ja"
+
+
+def test_translate_speaks_english_in_the_input_voice(studio, fast_asr, spy, golden):
+    wav, sr = sf.read(golden / "prompts" / "ja-1.wav", dtype="float32")
+    result = studio.translate(wav, sr, options=replace(GREEDY, max_chars=400))
+    english = fast_asr.translate(wav, sr)
+    assert " ".join(s.text for s in result.sentences) == english.strip()
+    call = spy.calls[0]
+    n = call["prompt_text_len"]
+    assert call["prompt_codes"].shape[0] > 75 and set(call["text_langs"][n:].tolist()) == {0}
+    assert result.warnings[0].startswith("heard (")
+
+
+def test_no_asr_model_asks_for_a_transcript(studio, golden, monkeypatch):
+    models = studio._load()
+    monkeypatch.setattr(models, "paths", replace(models.paths, asr=None))
+    monkeypatch.setattr(models, "asr", None)
+    with pytest.raises(VoiceError, match="transcript"):
+        studio.make_voice(golden / "prompts" / "zh-1.wav")
+
+
+def test_readme_example_runs(tiny_models, golden, tmp_path, monkeypatch):
+    """The five-line example of docs/python-api.md, run as written on the tiny models folder."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "python-api.md").read_text(encoding="utf-8")
+    code = doc.split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(code.strip().splitlines()) == 5
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "en-1.wav").write_bytes((golden / "prompts" / "en-1.wav").read_bytes())
+    (tmp_path / "models").symlink_to(tiny_models, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    from core import longform
+
+    monkeypatch.setattr(longform, "MAX_CONTEXT_S", 1.0)  # tiny random model: 1 s per sentence is plenty
+    monkeypatch.setattr(longform, "MIN_OUTPUT_S", 1.0)
+    scope: dict = {}
+    exec(compile(code, "python-api.md", "exec"), scope)
+    data, sr = sf.read(tmp_path / "hello.mp3", dtype="float32")
+    assert sr == SR and len(data) > SR // 4
+    assert scope["result"].seeds == [42] and scope["voice"].language == "en"

@@ -1,0 +1,146 @@
+"""Options and results of the synthesis pipeline (`core.synth`): typed, documented, JSON-friendly.
+
+`SynthOptions` is what a caller chooses (language, accent, sampling preset + raw knobs, seed,
+speed, instruction, long-text mode); `SynthResult` / `SentenceResult` are what comes back.
+Sampling presets live in presets/sampling.json.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+from core.audio import encode_audio
+from core.convert import EditPlan
+from core.errors import StudioError
+from core.longform import Prompt, Request
+
+__all__ = ["SynthOptions", "SynthResult", "SentenceResult", "PRESETS", "load_presets", "LANGUAGES", "ACCENTS"]
+
+PRESETS_FILE = Path(__file__).resolve().parent.parent / "presets" / "sampling.json"
+LANGUAGES = ("auto-mix", "auto", "en", "zh", "ja", "mix")
+ACCENTS = ("keep", "en", "zh", "ja")
+KNOBS = ("top_k", "top_p", "temperature", "best_of", "repetition_window", "repetition_threshold")
+
+
+def load_presets(path: Path = PRESETS_FILE) -> dict[str, dict]:
+    """Preset name -> Sampling field values (the "description" key removed)."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    return {name: {k: v for k, v in spec.items() if k != "description"}
+            for name, spec in data.items() if not name.startswith("_")}
+
+
+PRESETS = load_presets()
+
+
+@dataclass(frozen=True)
+class SynthOptions:
+    """Per-request choices. Override with `dataclasses.replace(options, seed=3)`."""
+
+    language: str = "auto-mix"  # auto-mix | auto | en | zh | ja | mix ([EN]..[EN] tags written by the user)
+    accent: str = "keep"  # keep each segment's language id, or force en | zh | ja on all target ids
+    preset: str = "balanced"  # a name from presets/sampling.json
+    top_k: int | None = None  # raw knobs: None = the preset's value
+    top_p: float | None = None
+    temperature: float | None = None
+    best_of: int | None = None
+    repetition_window: int | None = None
+    repetition_threshold: float | None = None
+    seed: int | None = None  # sentence i uses seed + i; None = a fresh random seed per sentence
+    speed: float = 1.0  # 0.5-2, time-stretch of the output with pitch kept
+    instruction: str = ""  # e.g. "slower and deeper", "加点混响"
+    instruction_mode: str = "dsp"  # dsp: on the output | prompt: on the voice prompt before encoding
+    prompt_mode: str = "fixed"  # fixed: one prompt for all sentences | sliding: continue from the last one
+    batch: bool = True  # generate fixed-mode sentences in batches
+    max_chars: int | None = None  # sentence length limit for splitting (None: the splitter's default)
+    max_sentence_s: float | None = None  # cap on each sentence's generated audio (None: prompt + output <= 22 s)
+
+    def __post_init__(self):
+        checks = [
+            (self.language in LANGUAGES, f"language {self.language!r}", f"one of {', '.join(LANGUAGES)}"),
+            (self.accent in ACCENTS, f"accent {self.accent!r}", f"one of {', '.join(ACCENTS)}"),
+            (self.preset in PRESETS, f"preset {self.preset!r}", f"one of {', '.join(PRESETS)}"),
+            (0.5 <= float(self.speed) <= 2.0, f"speed {self.speed}", "a value from 0.5 to 2"),
+            (self.instruction_mode in ("dsp", "prompt"), f"instruction_mode {self.instruction_mode!r}",
+             '"dsp" or "prompt"'),
+            (self.prompt_mode in ("fixed", "sliding"), f"prompt_mode {self.prompt_mode!r}", '"fixed" or "sliding"'),
+            (self.max_sentence_s is None or 0 < self.max_sentence_s <= 60, f"max_sentence_s {self.max_sentence_s}",
+             "None or 0-60 seconds"),
+        ]
+        for ok, what, allowed in checks:
+            if not ok:
+                raise StudioError(f"Unknown or out-of-range {what}.", f"Use {allowed}.")
+
+    def sampling(self, seed: int, max_frames: int | None = None):
+        """The `core.sampling.Sampling` for one sentence: preset values, then raw knob overrides."""
+        from core.sampling import Sampling
+
+        values = dict(PRESETS[self.preset])
+        values.update({k: getattr(self, k) for k in KNOBS if getattr(self, k) is not None})
+        if values.get("top_k") is not None and values["top_k"] <= 0:
+            values["top_k"] = None
+        known = {f.name for f in fields(Sampling)}
+        return Sampling(**{k: v for k, v in values.items() if k in known}, seed=int(seed), max_frames=max_frames)
+
+
+@dataclass
+class SentenceResult:
+    """One sentence. audio float32 [M] at 24 kHz (speed and a DSP instruction applied);
+    codes int64 [N, 8] as generated; seed: the seed used (pass it back to get the same take)."""
+
+    index: int
+    text: str
+    audio: np.ndarray
+    codes: np.ndarray
+    seed: int
+    stop_reason: str
+    warnings: list[str] = field(default_factory=list)
+    phonemes: str = ""
+    ok: bool = True  # False: generation failed, audio is empty and warnings say why
+    context: object | None = field(default=None, repr=False, compare=False)  # the request it came from
+
+
+@dataclass
+class SynthResult:
+    """A whole take. audio float32 [M] at `sample_rate`; plan: the parsed instruction (or None);
+    instruction_mode: "none" | "dsp" | "prompt" | "prompt+dsp" (what was actually used)."""
+
+    audio: np.ndarray
+    sample_rate: int
+    sentences: list[SentenceResult]
+    plan: EditPlan | None = None
+    instruction_mode: str = "none"
+    timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    options: SynthOptions | None = None
+    voice: object | None = None  # the Voice used (kept so that reroll can use the same prompt)
+    prompt_audio: np.ndarray | None = None  # prompt mode: the transformed prompt that was encoded
+
+    @property
+    def seconds(self) -> float:
+        return len(self.audio) / self.sample_rate
+
+    @property
+    def seeds(self) -> list[int]:
+        return [s.seed for s in self.sentences]
+
+    def export(self, fmt: str = "wav") -> bytes:
+        """The audio as wav / flac / mp3 / ogg / opus / pcm bytes (core.audio.encode_audio)."""
+        return encode_audio(self.audio, self.sample_rate, fmt)
+
+
+@dataclass
+class Job:
+    """Everything one synthesize/stream call needs, prepared before any generation."""
+
+    requests: list[Request]
+    options: SynthOptions
+    first_prompt: Prompt
+    plan: EditPlan | None
+    mode: str
+    output_plan: EditPlan | None
+    warnings: list[str]
+    voice: object | None
+    prompt_audio: np.ndarray | None = None
