@@ -71,7 +71,8 @@ class Studio:
         self._voices_dir = voices_dir
         self._voices = None
         self._models: _Models | None = None
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # model loading and the prompt cache
+        self._engine_lock = threading.Lock()  # the LM keeps a static KV cache: one generation at a time
         self._prompt_wavs: dict[bytes, np.ndarray] = {}  # voice codes digest -> the recording they came from
         self.load_seconds: float | None = None
 
@@ -292,6 +293,9 @@ class Studio:
             return
         if job.options.instruction_mode == "prompt" and job.voice is not None:
             job.prompt_audio, job.first_prompt = self._transform_voice_prompt(job.voice, plan)
+            if job.first_prompt.seconds > PROMPT_MAX_S:
+                job.warnings.append(f"the changed voice prompt is {job.first_prompt.seconds:.1f} s long "
+                                    f"(over {PROMPT_MAX_S:.0f} s): expect weaker long sentences")
             job.output_plan = output_plan(plan)
             job.mode = "prompt" if job.output_plan.is_empty() else "prompt+dsp"
             return
@@ -337,6 +341,7 @@ class Studio:
         """Generate `reqs` (one batch when the engine can), decode and post-process each.
         A failed batch is retried one sentence at a time, so one bad sentence loses only itself."""
         m = self._load()
+        t0 = time.perf_counter()
         try:
             gens = self._engine(m.lm, reqs, job.options)
         except Exception as e:  # noqa: BLE001 - turned into per-sentence results below
@@ -345,20 +350,29 @@ class Studio:
                 return [self._failed(reqs[0], e, job)]
             log.warning("batch of %d failed (%s); retrying one by one", len(reqs), e)
             return [r for req in reqs for r in self._generate_group([req], job)]
-        return [self._finish(req, gen, job) for req, gen in zip(reqs, gens)]
+        share = (time.perf_counter() - t0) / len(reqs)  # a batch's engine time, split evenly
+        out = []
+        for req, gen in zip(reqs, gens):
+            try:
+                out.append(self._finish(req, gen, job, share))
+            except Exception as e:  # noqa: BLE001 - a decode/effects failure loses this sentence only
+                log.warning("sentence %d failed after generation: %s", req.index, e)
+                out.append(self._failed(req, e, job))
+        return out
 
     def _engine(self, lm, reqs: list[Request], options: SynthOptions) -> list:
         """Engine call. A batch samples request i with seed `seed + i`, so a group of sentences
         with consecutive seeds gives the same tokens as generating them one by one."""
         seeds = [r.seed for r in reqs]
-        if len(reqs) > 1 and seeds == list(range(seeds[0], seeds[0] + len(reqs))):
-            from core.lm import LMRequest
+        with self._engine_lock:
+            if len(reqs) > 1 and seeds == list(range(seeds[0], seeds[0] + len(reqs))):
+                from core.lm import LMRequest
 
-            sampling = options.sampling(seeds[0], max(r.max_frames() for r in reqs))
-            return lm.generate_batch([LMRequest(**r.engine_args()) for r in reqs], sampling)
-        return [lm.generate(**r.engine_args(), sampling=options.sampling(r.seed, r.max_frames())) for r in reqs]
+                sampling = options.sampling(seeds[0], max(r.max_frames() for r in reqs))
+                return lm.generate_batch([LMRequest(**r.engine_args()) for r in reqs], sampling)
+            return [lm.generate(**r.engine_args(), sampling=options.sampling(r.seed, r.max_frames())) for r in reqs]
 
-    def _finish(self, req: Request, gen, job: Job) -> SentenceResult:
+    def _finish(self, req: Request, gen, job: Job, engine_s: float = 0.0) -> SentenceResult:
         import torch
 
         codes = np.asarray(gen.codes.cpu() if hasattr(gen.codes, "cpu") else gen.codes, dtype=np.int64)
@@ -367,8 +381,11 @@ class Studio:
         warnings = list(req.warnings) + list(getattr(gen, "warnings", []) or [])
         if len(codes) == 0:
             warnings.append("the model produced no audio for this sentence; try a re-roll")
-        return SentenceResult(req.index, req.text, self._post(wav, job), codes, int(getattr(gen, "seed", req.seed)),
-                              str(gen.stop_reason), warnings, req.phonemes, True, context=job)
+        t0 = time.perf_counter()
+        audio = self._post(wav, job)
+        timings = {"engine_s": round(engine_s, 4), "post_s": round(time.perf_counter() - t0, 4)}
+        return SentenceResult(req.index, req.text, audio, codes, int(getattr(gen, "seed", req.seed)),
+                              str(gen.stop_reason), warnings, req.phonemes, True, timings, context=job)
 
     def _failed(self, req: Request, err: Exception, job: Job) -> SentenceResult:
         msg = err.user_message() if isinstance(err, StudioError) else f"{type(err).__name__}: {err}"
@@ -401,6 +418,7 @@ class Studio:
         seconds = len(audio) / SAMPLE_RATE
         timings = {"total_s": round(total, 3), "audio_s": round(seconds, 3),
                    "rtf": round(total / seconds, 3) if seconds else 0.0}
+        timings["engine_s"] = round(sum(s.timings.get("engine_s", 0.0) for s in ok), 3)
         return SynthResult(audio.astype(np.float32), SAMPLE_RATE, list(sentences), job.plan, job.mode, timings,
                            warnings, job.options, job.voice, job.prompt_audio)
 

@@ -99,6 +99,7 @@ class SentenceResult:
     warnings: list[str] = field(default_factory=list)
     phonemes: str = ""
     ok: bool = True  # False: generation failed, audio is empty and warnings say why
+    timings: dict[str, float] = field(default_factory=dict)  # engine_s (LM, batch share), post_s (speed/DSP)
     context: object | None = field(default=None, repr=False, compare=False)  # the request it came from
 
 

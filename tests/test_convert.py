@@ -146,7 +146,7 @@ def test_negation_and_clamping_and_describe():
 
 def test_speed_changes_duration_not_pitch():
     tone = harmonic_tone()
-    for text, factor in (("2x speed", 2.0), ("slower", 0.8), ("说话快一点", 1.25 ** 0.5)):
+    for text, factor in (("2x speed", 2.0), ("slower", 0.8), ("说话快一点", 1.25 ** 0.5), ("もっとゆっくり", 0.8)):
         out = apply_plan(tone, SR, parse_instruction(text))
         assert out.size / tone.size == pytest.approx(1 / factor, rel=0.02)
         assert f0_stats(out)[0] == pytest.approx(150.0, rel=0.01)
@@ -180,6 +180,15 @@ def test_formant_shift_keeps_pitch_moves_spectrum(speech):
     assert f0_stats(darker)[0] == pytest.approx(f_in, rel=0.03)
     assert centroid(brighter) > 1.12 * centroid(speech)
     assert centroid(darker) < 0.9 * centroid(speech)
+
+
+@pytest.mark.parametrize("text", ["much deeper", "声音低沉很多", "声をとても太く"])
+def test_deeper_lowers_pitch_and_formants(speech, text):
+    plan = parse_instruction(text)
+    assert plan.semitones == pytest.approx(-4) and plan.formant == pytest.approx(0.92 ** 2)
+    out = apply_plan(speech, SR, plan)
+    assert f0_stats(out)[0] / f0_stats(speech)[0] == pytest.approx(2 ** (-4 / 12), rel=0.04)
+    assert centroid(out) < 0.9 * centroid(speech)
 
 
 @pytest.mark.parametrize("text,db", [("much louder", 8), ("-6 dB", -6), ("声音大一些", 2), ("音量を下げて", -4)])
