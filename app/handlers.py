@@ -64,8 +64,16 @@ class Prompt:
 
 
 def _require_audio(audio, what: str = "a prompt") -> tuple[int, np.ndarray]:
+    """A gr.Audio value (a file path, or Gradio's (sr, array)) -> (sr, float32 [N, C] or array)."""
     if audio is None:
         raise gr.Error(f"Record or upload {what} first.")
+    if isinstance(audio, (str, Path)):
+        # The page hands over the uploaded file (type="filepath"): core.audio decodes it, with its
+        # size/length limits checked before decoding and a clear AudioError for damaged files.
+        from core.audio import load_audio
+
+        wav, sr = load_audio(audio)
+        return int(sr), wav
     sr, wav = audio
     if wav is None or len(wav) == 0:
         raise gr.Error(f"The recording is empty: record or upload {what} again.")
@@ -131,8 +139,9 @@ class Handlers:
         """The prompt to clone: the state's, remade if the recording changed since it was
         checked or the user edited the transcript (empty transcript = ASR). None = no prompt."""
         transcript = (transcript or "").strip()
+        audio = _require_audio(audio) if audio is not None else None
         if audio is not None and (prompt is None or not _same_audio(audio, prompt.audio)):
-            sr, wav = _require_audio(audio)
+            sr, wav = audio
             voice, report = self.studio.make_voice(wav, sample_rate=sr, transcript=transcript or None)
             return Prompt((sr, wav), voice, report)
         if prompt is not None and prompt.audio is not None and transcript \

@@ -69,7 +69,7 @@ def _clone_tab() -> SimpleNamespace:
     c = SimpleNamespace()
     with gr.Row():
         with gr.Column(scale=1):
-            c.audio = gr.Audio(sources=["upload", "microphone"], type="numpy", elem_id="prompt_audio",
+            c.audio = gr.Audio(sources=["upload", "microphone"], type="filepath", elem_id="prompt_audio",
                                label="Voice prompt: 3-10 s of clear speech")
             c.prompt_lang = gr.Dropdown([("auto", "auto"), ("English", "en"), ("Chinese", "zh"),
                                          ("Japanese", "ja")], value="auto", label="Prompt language")
@@ -197,7 +197,7 @@ def _convert_tab() -> SimpleNamespace:
                 "*louder*, *robot*, *echo*...")
     with gr.Row():
         with gr.Column():
-            cv.audio = gr.Audio(sources=["upload", "microphone"], type="numpy", label="Clip",
+            cv.audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Clip",
                                 elem_id="convert_in")
             cv.instruction = gr.Textbox(label="Instruction", elem_id="convert_instruction")
             cv.plan = gr.Markdown(elem_id="convert_plan")
@@ -211,7 +211,7 @@ def _translate_tab() -> SimpleNamespace:
     gr.Markdown("Speak in Chinese or Japanese (or English) and hear yourself say it in English.")
     with gr.Row():
         with gr.Column():
-            tr.audio = gr.Audio(sources=["microphone", "upload"], type="numpy", label="You",
+            tr.audio = gr.Audio(sources=["microphone", "upload"], type="filepath", label="You",
                                 elem_id="translate_in")
             tr.btn = gr.Button("Translate", variant="primary", elem_id="translate_btn")
         with gr.Column():
