@@ -82,7 +82,9 @@ def detect_language(text: str) -> str:
 
 # Control characters that are not whitespace (NUL, ESC, DEL, C1...) carry nothing to say; the
 # reference would turn each into an [UNK] id. Whitespace controls stay: they change word splits.
-_CONTROL = re.compile("[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f]")
+# Lone surrogates (e.g. "\ud800" from a JSON escape) cannot be encoded to UTF-8: langid and
+# pyopenjtalk would raise UnicodeEncodeError, so they are dropped with the control characters.
+_CONTROL = re.compile("[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f\ud800-\udfff]")
 
 
 def _prepare(text: str) -> str:
