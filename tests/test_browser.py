@@ -1,0 +1,187 @@
+"""Real-browser tests: headless Debian Chromium driven by Playwright, a fake microphone fed from a
+speech WAV (espeak-ng), the studio running on the tiny models. Assertions are on what the server
+received and produced (durations, levels, saved files), not only on page text. Screenshots go to
+the `artifacts` folder. Settings: ../shared/docs/browser-testing.md."""
+from __future__ import annotations
+
+import io
+import re
+import shutil
+
+import numpy as np
+import pytest
+import requests
+import soundfile as sf
+from playwright.sync_api import expect, sync_playwright
+
+from tests.app_server import running_app, speech_wav
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--headless=new"]
+TRANSCRIPT = "Hello, this is a test of the voice cloning studio. I am speaking clearly."
+TEXT = ("The quick brown fox jumps over the lazy dog near the river bank today. " * 2
+        + "She sells sea shells by the sea shore every single summer morning.")  # two sentences
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    return tmp_path_factory.mktemp("browser")
+
+
+@pytest.fixture(scope="module")
+def speech(work):
+    return speech_wav(work / "speech.wav", TRANSCRIPT)  # about 4.5 s, mono 48 kHz PCM16
+
+
+@pytest.fixture(scope="module")
+def app(tiny_models, work):
+    with running_app(tiny_models, work) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def chrome(speech):
+    if not shutil.which(CHROMIUM):
+        pytest.skip("Debian chromium is not installed (scripts/setup.sh --test installs it)")
+    args = FLAGS + ["--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={speech}"]
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def tab(chrome, app):
+    """A fresh browser tab on the studio page (named `tab`: pytest-playwright owns `page`)."""
+    ctx = chrome.new_context(permissions=["microphone"], viewport={"width": 1400, "height": 1000})
+    pg = ctx.new_page()
+    pg.set_default_timeout(60_000)
+    pg.goto(app.url)
+    pg.wait_for_selector("#speak_btn")
+    yield pg
+    ctx.close()
+
+
+def report_numbers(page) -> tuple[float, float]:
+    """(whole recording seconds, level dB) from the prompt checker's report."""
+    report = page.locator("#prompt_report")
+    expect(report).to_contain_text("level", timeout=90_000)
+    text = report.inner_text()
+    total = float(re.search(r"of ([\d.]+) s", text).group(1))
+    level = float(re.search(r"level (-?[\d.]+) dB", text).group(1))
+    return total, level
+
+
+def upload_prompt(page, path) -> None:
+    box = page.locator("#prompt_audio")
+    box.locator("input[type=file]").set_input_files(str(path))
+    expect(box.get_by_role("button", name="Download")).to_be_visible()
+
+
+def audio_state(page, elem_id: str):
+    """The player's <audio src=blob:> (Playwright's CSS pierces the waveform's shadow DOM)."""
+    players = page.locator(f"#{elem_id} audio[src]")
+    if players.count() == 0:
+        return None
+    return players.first.evaluate(
+        "a => ({duration: a.duration, t: a.currentTime, ended: a.ended, paused: a.paused})")
+
+
+def wait_for_audio(page, elem_id: str, timeout_s: float = 90.0) -> float:
+    """Wait until the player has loaded some audio; returns its duration in seconds."""
+    for _ in range(int(timeout_s / 0.2)):
+        state = audio_state(page, elem_id)
+        if state and state["duration"] and state["duration"] > 0:
+            return state["duration"]
+        page.wait_for_timeout(200)
+    raise AssertionError(f"no audio in #{elem_id}")
+
+
+def test_record_prompt_with_browser_microphone(tab, artifacts):
+    page = tab
+    box = page.locator("#prompt_audio")
+    box.get_by_label("Record audio").click()
+    box.get_by_role("button", name="Record", exact=True).click()
+    page.wait_for_timeout(4000)
+    box.get_by_role("button", name="Stop", exact=True).click()
+    expect(box.get_by_role("button", name="Download")).to_be_visible()
+    total, level = report_numbers(page)  # measured by the server on what it received
+    page.screenshot(path=str(artifacts / "browser_record_prompt.png"), full_page=True)
+    assert 3.3 <= total <= 4.8, total  # about 4 s recorded (browser timing is loose)
+    assert level > -35.0, level  # speech, not the silence a wrong fake-capture path gives
+    expect(page.locator("#transcript textarea")).not_to_have_value("")  # filled by ASR
+
+
+def test_upload_type_generate_and_hear_the_stream(tab, speech, artifacts):
+    page = tab
+    upload_prompt(page, speech)
+    total, level = report_numbers(page)
+    assert abs(total - 4.5) < 0.6 and level > -35.0
+    page.locator("#transcript textarea").fill(TRANSCRIPT)
+    page.locator("#text textarea").fill(TEXT)
+    page.click("#speak_btn")
+
+    # the live player gets audio while the take is being made, and plays it to the end
+    expect(page.locator("#stream_out audio[src]").first).to_be_attached(timeout=90_000)
+    states = []
+    for _ in range(200):
+        states.append(audio_state(page, "stream_out"))
+        if states[-1] and states[-1]["ended"]:
+            break
+        page.wait_for_timeout(150)
+    assert states[-1] and states[-1]["ended"], states[-5:]
+    assert any(s and s["t"] > 0 for s in states)
+
+    whole = wait_for_audio(page, "full_out")
+    table = page.locator("#sentences")
+    expect(table).to_contain_text("quick brown fox")  # one row per sentence
+    expect(table).to_contain_text("She sells sea shells")
+    # the file the server made for download is what the player holds
+    href = page.locator("#full_out a[download]").first.get_attribute("href")
+    wav, sr = sf.read(io.BytesIO(requests.get(href, timeout=30).content))
+    page.screenshot(path=str(artifacts / "browser_generate.png"), full_page=True)
+    assert sr == 24000 and len(wav) > 0
+    assert whole == pytest.approx(len(wav) / sr, abs=0.05)
+    # the transcript the server used is the one typed
+    expect(page.locator("#transcript textarea")).to_have_value(TRANSCRIPT)
+
+
+def test_save_and_reuse_a_voice(tab, app, speech, artifacts, work):
+    page = tab
+    upload_prompt(page, speech)
+    report_numbers(page)
+    page.locator("#transcript textarea").fill(TRANSCRIPT)
+    page.click("#check_btn")
+    expect(page.locator("#transcript textarea")).to_have_value(TRANSCRIPT)
+    page.get_by_role("tab", name="Voices").click()
+    page.locator("#voice_name textarea").fill("browser-voice")
+    page.click("#save_voice_btn")
+    expect(page.locator("#voices_table")).to_contain_text("browser-voice")
+    saved = work / "voices" / "browser-voice.npz"
+    assert saved.is_file()
+    with np.load(saved, allow_pickle=False) as npz:
+        frames = max(npz["audio_tokens"].shape)
+    assert 3.0 * 75 <= frames <= 4.6 * 75  # the chosen window of the uploaded 4.5 s
+
+    # a new visit: pick the saved voice, use it, speak
+    page.reload()
+    page.wait_for_selector("#speak_btn")
+    page.get_by_role("tab", name="Voices").click()
+    page.locator("#voice_pick input").fill("browser-voice")
+    page.get_by_role("option", name="browser-voice").click()
+    page.click("#use_voice_btn")
+    expect(page.locator("#voice_msg")).to_contain_text("browser-voice")
+    page.screenshot(path=str(artifacts / "browser_voices.png"), full_page=True)
+    page.get_by_role("tab", name="Clone & speak").click()
+    expect(page.locator("#transcript textarea")).to_have_value(TRANSCRIPT)
+    page.locator("#text textarea").fill("Now I speak with my saved voice.")
+    page.get_by_text("Advanced sampling").click()
+    page.locator("#seed input").fill("3")
+    page.click("#speak_btn")
+    expect(page.locator("#sentences")).to_contain_text("saved voice", timeout=90_000)
+    page.screenshot(path=str(artifacts / "browser_reuse_voice.png"), full_page=True)
+    wait_for_audio(page, "full_out")
+    expect(page.locator("#sentences")).to_contain_text("3")  # the seed typed in the page
