@@ -202,9 +202,15 @@ def download(args: argparse.Namespace) -> int:
     if args.offline:
         raise StudioError("--offline was given, so nothing can be downloaded.",
                           "Drop --offline, or copy the files into the folders listed by the app.")
+    from tqdm import tqdm
+
     for name in names:
-        print(f"Downloading {name}...")
-        download_model(name, models_dir=args.models)
+        with tqdm(total=100, desc=name, unit="%", bar_format="{l_bar}{bar}| {n:.0f}% {postfix}") as bar:
+            def progress(fraction: float, desc: str, bar=bar) -> None:
+                bar.n = round(100 * fraction, 1)
+                bar.set_postfix_str(desc[-40:], refresh=True)
+
+            download_model(name, models_dir=args.models, progress=progress)
     left = missing_models(args.models)
     print("Done." if not left else f"Still missing: {', '.join(m.name for m in left)}")
     return 0 if not left else 1

@@ -2,17 +2,16 @@
 sound card, download, and the launch options reaching Gradio (share offline, auth, API key)."""
 from __future__ import annotations
 
-import logging
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
+import requests
 import soundfile as sf
 
 from app import cli, commands
-from core.errors import AudioError, StudioError
+from core.errors import StudioError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -146,3 +145,54 @@ def test_gate_bounds_the_line():
     t1.join(10)
     t2.join(10)
     assert ran == [True] and gate.waiting == 0
+
+
+def test_no_weights_and_failed_share_keep_the_page_working(tmp_path):
+    """No weights + --share offline without --auth: warnings, a clear notice, the page still works."""
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    from tests.app_server import running_app
+
+    empty = tmp_path / "no-models"
+    empty.mkdir()
+    with running_app(empty, tmp_path, "--share") as server:
+        page = requests.get(server.url, timeout=10)
+        assert page.status_code == 200
+        notice = Client(server.url, verbose=False).predict(api_name="/status")
+        for words in ("Model weights missing", "vallex", "GB", "python launch.py download", str(empty)):
+            assert words in notice, words
+        with pytest.raises(AppError, match="Model weights missing"):
+            Client(server.url, verbose=False).predict("Hello there.", api_name="/speak")
+        r = requests.post(server.url + "v1/audio/speech", json={"input": "Hello"}, timeout=30)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "model_missing"
+        log = server.log()
+    assert "Sharing without --auth" in log
+    assert "Could not open the public share link" in log and server.url.rstrip("/") in log
+
+
+def test_synth_batch_resumes_and_summarises(tiny_models, tmp_path, capsys):
+    lines = tmp_path / "lines.txt"
+    lines.write_text("The first line to say.\nThe second line to say.\n")
+    out = tmp_path / "out"
+    argv = ["synth", "--text-file", str(lines), "--out-dir", str(out), "--models", str(tiny_models),
+            "--voices", str(tmp_path / "voices"), "--offline", "--seed", "1"]
+    assert cli.main(argv) == 0
+    assert "2 made" in capsys.readouterr().out
+    made = sorted(out.iterdir())
+    assert [p.name for p in made] == ["0001.wav", "0002.wav"]
+    first = made[0].read_bytes()
+    assert sf.info(made[0]).samplerate == 24000 and sf.info(made[0]).frames > 0
+    made[1].unlink()  # half-done batch: one output is missing
+    assert cli.main(argv) == 0
+    summary = capsys.readouterr().out
+    assert "1 made" in summary and "1 already done" in summary
+    assert made[0].read_bytes() == first  # untouched
+    assert not list(out.glob(".*.part"))  # no temp files left
+
+
+def test_download_command_messages(tiny_models, tmp_path, capsys):
+    assert cli.main(["download", "--models", str(tiny_models)]) == 0
+    assert "already there" in capsys.readouterr().out
+    assert cli.main(["download", "--models", str(tmp_path), "--offline"]) == 2
+    assert "--offline" in capsys.readouterr().err
