@@ -216,7 +216,7 @@ class Handlers:
         if index is None or not 0 <= int(index) < n:
             raise gr.Error(f"Pick a sentence number between 0 and {n - 1}.")
         with self.gate.turn(bounded=False):
-            new = self.studio.reroll(result, int(index), seed=None if seed in (None, "") else int(seed))
+            new = self.studio.reroll(result, int(index), seed=parse_seed(seed))
         return self._result_outputs(new, stream_chunk=None)
 
     # --- convert / translate ------------------------------------------------------------------
@@ -241,6 +241,16 @@ class Handlers:
         return (result.sample_rate, fmt.to_int16(result.audio)), text
 
 
+def parse_seed(seed) -> int | None:
+    """A seed from a text box or an API number: empty -> None (random)."""
+    if seed is None or str(seed).strip() == "":
+        return None
+    try:
+        return int(str(seed).strip())
+    except ValueError:
+        raise gr.Error(f"The seed must be a whole number, not {str(seed)[:20]!r} (or empty for random).") from None
+
+
 def make_options(language, accent, preset, top_k, top_p, temperature, rep_window, best_of, seed,
                  speed, instruction, long_mode):
     """UI values -> `SynthOptions`; empty advanced fields mean "the preset's value"."""
@@ -252,6 +262,6 @@ def make_options(language, accent, preset, top_k, top_p, temperature, rep_window
     return SynthOptions(
         language=language or "auto-mix", accent=accent or "keep", preset=preset or "balanced",
         top_k=opt(top_k, int), top_p=opt(top_p, float), temperature=opt(temperature, float),
-        repetition_window=opt(rep_window, int), best_of=opt(best_of, int), seed=opt(seed, int),
+        repetition_window=opt(rep_window, int), best_of=opt(best_of, int), seed=parse_seed(seed),
         speed=float(speed or 1.0), instruction=instruction or "", prompt_mode=long_mode or "fixed",
     )

@@ -99,8 +99,9 @@ def _clone_tab() -> SimpleNamespace:
                     c.rep_window = gr.Number(None, label="repetition-aware window (0 = off)",
                                              precision=0, minimum=0)
                     c.best_of = gr.Number(None, label="best of", precision=0, minimum=1, maximum=8)
-                    c.seed = gr.Number(None, label="seed (empty = random)", precision=0,
-                                       elem_id="seed")
+                    # a Textbox, not a Number: a Number shows and sends 0 when left empty
+                    c.seed = gr.Textbox("", label="seed (empty = random)", placeholder="random",
+                                        elem_id="seed")
                 c.long_mode = gr.Radio(["fixed", "sliding"], value="fixed",
                                        label="Long text: prompt fixed, or sliding (last sentence)")
             c.speak = gr.Button("Speak", variant="primary", elem_id="speak_btn")
@@ -113,7 +114,8 @@ def _clone_tab() -> SimpleNamespace:
                                        label="Sentences", elem_id="sentences", wrap=True)
             with gr.Row():
                 c.reroll_index = gr.Number(0, label="sentence #", precision=0, minimum=0)
-                c.reroll_seed = gr.Number(None, label="seed (empty = new)", precision=0)
+                c.reroll_seed = gr.Textbox("", label="seed (empty = a new one)", placeholder="new",
+                                           elem_id="reroll_seed")
                 c.reroll = gr.Button("Re-roll this sentence", elem_id="reroll_btn")
     return c
 

@@ -87,6 +87,10 @@ def test_speak_same_seed_same_audio_and_reroll(client, wav):
     data2 = rows(table2)
     assert data2[0][3] == 99 and data2[1][3] == 12 and data2[1][1] == data[1][1]
     assert sf.read(rerolled)[0].shape != first.shape or not np.array_equal(sf.read(rerolled)[0], first)
+    fresh_seed = rows(client.predict(1, api_name="/reroll")[2])[1][3]  # no seed: a new random one
+    assert fresh_seed not in (0, 12)
+    with pytest.raises(AppError, match="whole number"):
+        client.predict(0, "abc", api_name="/reroll")
 
 
 def test_speak_streams_chunks_before_the_end(client):

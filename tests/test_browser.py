@@ -179,7 +179,7 @@ def test_save_and_reuse_a_voice(tab, app, speech, artifacts, work):
     expect(page.locator("#transcript textarea")).to_have_value(TRANSCRIPT)
     page.locator("#text textarea").fill("Now I speak with my saved voice.")
     page.get_by_text("Advanced sampling").click()
-    page.locator("#seed input").fill("3")
+    page.locator("#seed textarea").fill("3")
     page.click("#speak_btn")
     expect(page.locator("#sentences")).to_contain_text("saved voice", timeout=90_000)
     page.screenshot(path=str(artifacts / "browser_reuse_voice.png"), full_page=True)
