@@ -179,15 +179,22 @@ class Handlers:
                                best_of, seed, speed, instruction, long_mode)
         report = _progress_reporter(progress)
         report(0.0, self._loading_message())
+        # The gate is held per sentence, not across yields: a listener who goes away mid-stream
+        # cannot keep the models locked, and other users' requests interleave fairly.
         with self.gate.turn(bounded=False):
             prompt = self._voice_for(audio, prompt, transcript)
-            voice = prompt.voice if prompt is not None else None
-            sentences = []
-            for sent in self.studio.stream(text, voice=voice, options=options, progress=report):
-                sentences.append(sent)
-                if len(sent.audio):
-                    chunk = (self.studio.sample_rate, fmt.to_int16(sent.audio))
-                    yield (chunk,) + (gr.skip(),) * 6
+        voice = prompt.voice if prompt is not None else None
+        stream = self.studio.stream(text, voice=voice, options=options, progress=report)
+        sentences = []
+        while True:
+            with self.gate.turn(bounded=False):
+                sent = next(stream, None)
+            if sent is None:
+                break
+            sentences.append(sent)
+            if len(sent.audio):
+                yield ((self.studio.sample_rate, fmt.to_int16(sent.audio)),) + (gr.skip(),) * 6
+        with self.gate.turn(bounded=False):
             result = self.studio.assemble(sentences, options=options)
         transcript = voice.transcript if voice is not None else gr.skip()
         yield self._result_outputs(result, stream_chunk=gr.skip()) + (prompt, transcript)
@@ -204,7 +211,7 @@ class Handlers:
 
     def _result_outputs(self, result, stream_chunk):
         path = write_temp(result.audio, result.sample_rate, "wav", "vallex-speech")
-        info = " ".join(result.warnings) if result.warnings else ""
+        info = "\n".join(f"- {w}" for w in result.warnings)
         return stream_chunk, path, fmt.sentence_rows(result), result, info
 
     @user_errors

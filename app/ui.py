@@ -41,7 +41,7 @@ def build_ui(studio, gate: Gate | None = None) -> gr.Blocks:
         gr.Markdown("# VALL-E X Studio\nClone a voice from a few seconds of speech, "
                     "then make it say anything in English, Chinese or Japanese.",
                     elem_id="title")
-        notice = gr.Markdown(h.notice(), elem_id="notice")
+        notice = gr.Markdown(h.notice(), elem_id="notice", label="notice")
         with gr.Tabs():
             with gr.Tab("Clone & speak", id="clone"):
                 c = _clone_tab()
@@ -74,7 +74,7 @@ def _clone_tab() -> SimpleNamespace:
             c.prompt_lang = gr.Dropdown([("auto", "auto"), ("English", "en"), ("Chinese", "zh"),
                                          ("Japanese", "ja")], value="auto", label="Prompt language")
             c.check = gr.Button("Check prompt", elem_id="check_btn")
-            c.report = gr.Markdown(elem_id="prompt_report")
+            c.report = gr.Markdown(elem_id="prompt_report", label="prompt report")
             c.window = gr.Audio(label="Chosen window (what the model hears)", interactive=False,
                                 elem_id="prompt_window")
             c.transcript = gr.Textbox(label="Transcript of the prompt (filled by ASR, editable)",
@@ -89,7 +89,7 @@ def _clone_tab() -> SimpleNamespace:
                 c.speed = gr.Slider(0.5, 2.0, value=1.0, step=0.05, label="Speed")
             c.instruction = gr.Textbox(label="Instruction (optional)", elem_id="instruction",
                                        placeholder="e.g. deeper, a little slower, louder")
-            c.plan = gr.Markdown(elem_id="plan")
+            c.plan = gr.Markdown(elem_id="plan", label="plan")
             with gr.Accordion("Advanced sampling (set by the preset; change to override)", open=False):
                 with gr.Row():
                     c.top_k = gr.Number(None, label="top-k (0 = off)", precision=0, minimum=0)
@@ -109,7 +109,7 @@ def _clone_tab() -> SimpleNamespace:
                                 autoplay=True, interactive=False, elem_id="stream_out")
             c.full = gr.Audio(label="Whole take", type="filepath", interactive=False,
                               elem_id="full_out")
-            c.info = gr.Markdown(elem_id="speak_info")
+            c.info = gr.Markdown(elem_id="speak_info", label="notes")
             c.sentences = gr.Dataframe(headers=SENTENCE_HEADERS, interactive=False,
                                        label="Sentences", elem_id="sentences", wrap=True)
             with gr.Row():
@@ -162,7 +162,7 @@ def _voices_tab() -> SimpleNamespace:
         v.use = gr.Button("Use this voice", variant="primary", elem_id="use_voice_btn", scale=1)
         v.preview = gr.Button("Preview", elem_id="preview_voice_btn", scale=1)
         v.delete = gr.Button("Delete", variant="stop", elem_id="delete_voice_btn", scale=1)
-    v.message = gr.Markdown(elem_id="voice_msg")
+    v.message = gr.Markdown(elem_id="voice_msg", label="message")
     v.preview_audio = gr.Audio(label="Preview", interactive=False, autoplay=True,
                                elem_id="preview_audio")
     with gr.Row():
@@ -202,7 +202,7 @@ def _convert_tab() -> SimpleNamespace:
             cv.audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Clip",
                                 elem_id="convert_in")
             cv.instruction = gr.Textbox(label="Instruction", elem_id="convert_instruction")
-            cv.plan = gr.Markdown(elem_id="convert_plan")
+            cv.plan = gr.Markdown(elem_id="convert_plan", label="plan")
             cv.btn = gr.Button("Convert", variant="primary", elem_id="convert_btn")
         cv.out = gr.Audio(label="Converted", interactive=False, elem_id="convert_out")
     return cv
