@@ -1,7 +1,8 @@
 """OpenAI-compatible HTTP API, served by the same process and port as the page.
 
     POST /v1/audio/speech   {"model", "input", "voice", "response_format", "speed",
-                             + extras "language", "accent", "instruction", "seed", "preset"}
+                             + extras "language", "accent", "preset", "seed", "instruction",
+                             "instruction_mode" (dsp | prompt)}
     GET  /v1/voices         saved voices
     GET  /v1/models         the one model
 
@@ -44,6 +45,7 @@ class SpeechRequest(BaseModel):
     preset: str = "balanced"
     instruction: str = ""
     instructions: str = ""  # OpenAI's name for style directions; used when `instruction` is empty
+    instruction_mode: Literal["dsp", "prompt"] = "dsp"
     seed: int | None = None
 
 
@@ -137,7 +139,8 @@ def synthesize_request(studio, gate: Gate, body: SpeechRequest) -> bytes:
 
     options = SynthOptions(language=body.language, accent=body.accent, preset=body.preset,
                            seed=body.seed, speed=body.speed,
-                           instruction=body.instruction or body.instructions)
+                           instruction=body.instruction or body.instructions,
+                           instruction_mode=body.instruction_mode)
     with gate.turn(bounded=True):
         voice = studio.voices.load(body.voice) if body.voice else None
         result = studio.synthesize(body.input, voice=voice, options=options)

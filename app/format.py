@@ -48,7 +48,7 @@ def missing_notice(missing: list, folder=None) -> str:
 
 def report_markdown(report) -> str:
     """A `PromptReport` as a short checklist."""
-    mark = "✅ Good prompt" if report.ok else "⚠️ This prompt may clone poorly"
+    mark = "✓ Good prompt" if report.ok else "⚠️ This prompt may clone poorly"
     lines = [
         f"**{mark}** - using {report.start_s:.2f}-{report.end_s:.2f} s "
         f"({report.end_s - report.start_s:.1f} s) of {report.duration:.1f} s",

@@ -168,7 +168,8 @@ class Handlers:
     @user_errors
     def speak(self, text, audio=None, prompt=None, transcript=None, language=None, accent=None,
               preset=None, top_k=None, top_p=None, temperature=None, rep_window=None, best_of=None,
-              seed=None, speed=None, instruction=None, long_mode=None, progress=gr.Progress()):
+              seed=None, speed=None, instruction=None, long_mode=None, instruction_mode=None,
+              progress=gr.Progress()):
         """Stream sentence audio as it is made, then the whole take, the table and the state.
 
         Yields (stream chunk, full audio, sentence rows, result state, info markdown,
@@ -176,7 +177,7 @@ class Handlers:
         if not (text or "").strip():
             raise gr.Error("Type the text to speak first.")
         options = make_options(language, accent, preset, top_k, top_p, temperature, rep_window,
-                               best_of, seed, speed, instruction, long_mode)
+                               best_of, seed, speed, instruction, long_mode, instruction_mode)
         report = _progress_reporter(progress)
         report(0.0, self._loading_message())
         # The gate is held per sentence, not across yields: a listener who goes away mid-stream
@@ -259,7 +260,7 @@ def parse_seed(seed) -> int | None:
 
 
 def make_options(language, accent, preset, top_k, top_p, temperature, rep_window, best_of, seed,
-                 speed, instruction, long_mode):
+                 speed, instruction, long_mode, instruction_mode=None):
     """UI values -> `SynthOptions`; empty advanced fields mean "the preset's value"."""
     from core.synth import SynthOptions
 
@@ -271,4 +272,5 @@ def make_options(language, accent, preset, top_k, top_p, temperature, rep_window
         top_k=opt(top_k, int), top_p=opt(top_p, float), temperature=opt(temperature, float),
         repetition_window=opt(rep_window, int), best_of=opt(best_of, int), seed=parse_seed(seed),
         speed=float(speed or 1.0), instruction=instruction or "", prompt_mode=long_mode or "fixed",
+        instruction_mode=instruction_mode or "dsp",
     )

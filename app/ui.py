@@ -89,6 +89,9 @@ def _clone_tab() -> SimpleNamespace:
                 c.speed = gr.Slider(0.5, 2.0, value=1.0, step=0.05, label="Speed")
             c.instruction = gr.Textbox(label="Instruction (optional)", elem_id="instruction",
                                        placeholder="e.g. deeper, a little slower, louder")
+            c.instruction_mode = gr.Radio([("on the output (DSP)", "dsp"),
+                                           ("on the voice prompt (the model imitates it)", "prompt")],
+                                          value="dsp", label="Apply the instruction")
             c.plan = gr.Markdown(elem_id="plan", label="plan")
             with gr.Accordion("Advanced sampling (set by the preset; change to override)", open=False):
                 with gr.Row():
@@ -110,8 +113,9 @@ def _clone_tab() -> SimpleNamespace:
             c.full = gr.Audio(label="Whole take", type="filepath", interactive=False,
                               elem_id="full_out")
             c.info = gr.Markdown(elem_id="speak_info", label="notes")
-            c.sentences = gr.Dataframe(headers=SENTENCE_HEADERS, interactive=False,
-                                       label="Sentences", elem_id="sentences", wrap=True)
+            c.sentences = gr.Dataframe(headers=SENTENCE_HEADERS, interactive=False, wrap=True,
+                                       label="Sentences", elem_id="sentences",
+                                       column_widths=["5%", "42%", "9%", "13%", "7%", "24%"])
             with gr.Row():
                 c.reroll_index = gr.Number(0, label="sentence #", precision=0, minimum=0)
                 c.reroll_seed = gr.Textbox("", label="seed (empty = a new one)", placeholder="new",
@@ -135,7 +139,8 @@ def _wire_clone(h: Handlers, c, prompt_state, result_state) -> None:
     take = [c.stream, c.full, c.sentences, result_state, c.info, prompt_state, c.transcript]
     c.speak.click(h.speak, [c.text, c.audio, prompt_state, c.transcript, c.language, c.accent,
                             c.preset, c.top_k, c.top_p, c.temperature, c.rep_window, c.best_of,
-                            c.seed, c.speed, c.instruction, c.long_mode], take, api_name="speak",
+                            c.seed, c.speed, c.instruction, c.long_mode, c.instruction_mode], take,
+                  api_name="speak",
                   **STUDIO)
     knobs = [c.top_k, c.top_p, c.temperature, c.rep_window, c.best_of]
     c.preset.change(h.preset_values, c.preset, knobs, api_name="preset_values", queue=False)

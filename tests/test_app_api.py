@@ -126,6 +126,10 @@ def test_speak_applies_speed_and_instruction(client):
     assert duration(fast[1]) == pytest.approx(base / 2, rel=0.15)
     slow = client.predict(LONG_TEXT, seed=5, instruction="much slower", api_name="/speak")
     assert duration(slow[1]) > base * 1.2
+    # "prompt" mode changes the voice prompt, not the output's length
+    deeper = client.predict(LONG_TEXT, seed=5, instruction="much deeper", instruction_mode="prompt",
+                            api_name="/speak")
+    assert duration(deeper[1]) > 0
 
 
 def test_convert(client, wav):
