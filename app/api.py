@@ -17,7 +17,7 @@ import logging
 from typing import Literal
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
@@ -47,6 +47,7 @@ class SpeechRequest(BaseModel):
     instructions: str = ""  # OpenAI's name for style directions; used when `instruction` is empty
     instruction_mode: Literal["dsp", "prompt"] = "dsp"
     seed: int | None = None
+    stream: bool = False  # send each sentence as soon as it is made (pcm or wav only)
 
 
 def error(status: int, message: str, code: str, param: str | None = None) -> JSONResponse:
@@ -119,7 +120,13 @@ def make_router(studio, gate: Gate, keys: set[str] | None = None) -> APIRouter:
             return error(400, message, "invalid_value", param)
         except ValueError:
             return error(400, "The body must be a JSON object.", "invalid_json")
+        if body.stream and body.response_format not in ("pcm", "wav"):
+            return error(400, "Streaming sends raw audio as it is made: use response_format pcm or wav "
+                              "with stream=true.", "invalid_value", "response_format")
         try:
+            if body.stream:
+                chunks = await run_in_threadpool(stream_request, studio, gate, body)
+                return StreamingResponse(chunks, media_type=MEDIA_TYPES[body.response_format])
             audio = await run_in_threadpool(synthesize_request, studio, gate, body)
         except StudioError as e:
             return studio_error(e)
@@ -132,16 +139,54 @@ def make_router(studio, gate: Gate, keys: set[str] | None = None) -> APIRouter:
     return router
 
 
+def _options(body: SpeechRequest):
+    from core.synth import SynthOptions
+
+    return SynthOptions(language=body.language, accent=body.accent, preset=body.preset,
+                        seed=body.seed, speed=body.speed,
+                        instruction=body.instruction or body.instructions,
+                        instruction_mode=body.instruction_mode)
+
+
 def synthesize_request(studio, gate: Gate, body: SpeechRequest) -> bytes:
     """Runs in a worker thread: wait for the Studio (bounded), synthesize, encode."""
     from core.audio import encode_audio
-    from core.synth import SynthOptions
 
-    options = SynthOptions(language=body.language, accent=body.accent, preset=body.preset,
-                           seed=body.seed, speed=body.speed,
-                           instruction=body.instruction or body.instructions,
-                           instruction_mode=body.instruction_mode)
+    options = _options(body)
     with gate.turn(bounded=True):
         voice = studio.voices.load(body.voice) if body.voice else None
         result = studio.synthesize(body.input, voice=voice, options=options)
     return encode_audio(result.audio, result.sample_rate, body.response_format)
+
+
+def streaming_wav_header(sample_rate: int) -> bytes:
+    """A 16-bit mono WAV header whose sizes say "unknown" (0xFFFFFFFF), for audio sent as it is made."""
+    import struct
+
+    return (b"RIFF" + struct.pack("<I", 0xFFFFFFFF) + b"WAVEfmt "
+            + struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16)
+            + b"data" + struct.pack("<I", 0xFFFFFFFF))
+
+
+def stream_request(studio, gate: Gate, body: SpeechRequest):
+    """Runs in a worker thread: make the first sentence (so bad input is still a JSON error), then
+    return an iterator of int16 bytes, one chunk per sentence. The Studio is held per sentence."""
+    from app.format import to_int16
+
+    options = _options(body)
+    with gate.turn(bounded=True):
+        voice = studio.voices.load(body.voice) if body.voice else None
+        sentences = studio.stream(body.input, voice=voice, options=options)
+        first = next(sentences, None)
+
+    def chunks():
+        if body.response_format == "wav":
+            yield streaming_wav_header(studio.sample_rate)
+        sent = first
+        while sent is not None:
+            if len(sent.audio):
+                yield to_int16(sent.audio).tobytes()
+            with gate.turn(bounded=False):
+                sent = next(sentences, None)
+
+    return chunks()

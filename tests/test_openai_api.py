@@ -81,6 +81,23 @@ def test_streaming_response_matches_plain_response(oai, tmp_path):
     assert out.read_bytes() == plain
 
 
+def test_stream_true_sends_sentences_as_they_are_made(oai, app):
+    two = TEXT + " " + TEXT + " She sells sea shells by the sea shore every single summer morning."
+    whole = oai.audio.speech.create(model="tts-1", voice="me", input=two, response_format="pcm",
+                                    extra_body={"seed": 11}).content
+    with oai.audio.speech.with_streaming_response.create(
+            model="tts-1", voice="me", input=two, response_format="pcm",
+            extra_body={"seed": 11, "stream": True}) as resp:
+        assert resp.headers.get("transfer-encoding") == "chunked"
+        streamed = b"".join(resp.iter_bytes())
+    assert abs(len(streamed) - len(whole)) / 2 / 24000 < 0.1  # same take, sentence by sentence
+    r = post(app, {"input": two, "voice": "me", "response_format": "wav", "seed": 11, "stream": True})
+    wav, sr = sf.read(io.BytesIO(r.content), dtype="int16")  # header sizes say "unknown"
+    assert sr == 24000 and r.content[44:] == streamed
+    assert post(app, {"input": TEXT, "response_format": "mp3", "stream": True}).status_code == 400
+    assert post(app, {"input": TEXT, "voice": "nobody", "response_format": "pcm", "stream": True}).status_code == 400
+
+
 def test_extras_speed_seed_language_instruction(app):
     def seconds(**extra):
         r = post(app, {"input": TEXT, "voice": "me", "response_format": "wav", "seed": 2, **extra})
