@@ -1,0 +1,785 @@
+"""VALL-E X codec language model (AR + NAR over EnCodec codes), token-exact with the reference.
+
+Public API:
+    from core.lm import VallEX, Sampling
+    model = VallEX.from_checkpoint(path, n_heads=16, device="cpu", dtype=torch.float32, quantize=None)
+    model.generate_ar(text_ids, text_langs, prompt_text_len, prompt_codes, sampling=Sampling(top_k=1)) -> [N]
+    model.generate_nar(text_ids, text_langs, prompt_text_len, prompt_codes, ar_codes) -> [N, 8]
+    model.generate(..., sampling) -> Generation(codes [N, 8], stop_reason, warnings, seed)
+    model.generate_batch([LMRequest(...) or dict, ...], sampling) -> [Generation, ...]
+
+`text_ids` / `text_langs` are 1-D (prompt transcript first, one model language id per id: en=0,
+zh=1, ja=2); `prompt_codes` is [T, 8] (T may be 0). Codes come back on the CPU as int64.
+
+Reference behaviour reproduced in float32 (see ../shared/golden/README.md): the 16 x len(text_ids)
+length cap (exactly 16*L frames, the sample at the cap is discarded), immediate EOS -> no frames,
+positions restarting at 0 for each of the four segments with the checkpoint's alpha, the AR text
+rows seeing only text, NAR prompt frames carrying the sum of all 8 codebook embeddings, AdaLN,
+the tied NAR heads. Greedy (`Sampling(top_k=1)`) is the parity mode.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.errors import CheckpointError, StudioError, TextError, VoiceError
+from core.quantize import DEFAULT_INT8, INT8_BACKENDS, apply_precision, release_pages, trim_heap
+from core.sampling import EOS, FRAME_RATE, Sampling, TokenPicker
+from core.transformer import Norm, Stack, sinusoid_table
+
+__all__ = ["VallEX", "Sampling", "Generation", "LMRequest", "reference_schema", "MAX_CONTEXT_FRAMES"]
+
+log = logging.getLogger(__name__)
+
+N_CODES = 1024  # codes per codebook
+BOS = 1025  # AR audio embedding row used as BOS
+LENGTH_CAP = 16  # reference: at most 16 frames per text id (total text)
+MAX_CONTEXT_FRAMES = 22 * FRAME_RATE  # training clips were <= 22 s: prompt + output
+MIN_PROMPT_FRAMES = 3 * FRAME_RATE  # a trimmed prompt keeps at least 3 s
+
+
+# ------------------------------------------------------------------------------------ results
+
+
+@dataclass
+class Generation:
+    """One sentence's codes. stop_reason: "eos" | "limit" (16 x text ids) | "max_frames" | "guard"."""
+
+    codes: torch.Tensor  # int64 [N, 8]
+    stop_reason: str
+    warnings: list[str] = field(default_factory=list)
+    seed: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class LMRequest:
+    text_ids: Any
+    text_langs: Any
+    prompt_text_len: int = 0
+    prompt_codes: Any = None
+
+
+@dataclass
+class _Req:  # validated, on the model's device
+    ids: torch.Tensor  # [L] long
+    langs: torch.Tensor  # [L] long
+    p_len: int
+    prompt: torch.Tensor  # [T, 8] long
+    warnings: list[str]
+
+    @property
+    def L(self) -> int:
+        return int(self.ids.numel())
+
+    @property
+    def T(self) -> int:
+        return int(self.prompt.shape[0])
+
+
+# ------------------------------------------------------------------------------------ checkpoint
+
+
+def reference_schema(d_model: int, n_ar_layers: int, n_nar_layers: int | None = None, d_ff: int | None = None,
+                     n_text: int = 2048, n_quantizers: int = 8, n_langs: int = 3) -> dict[str, tuple]:
+    """Key -> shape of the reference VALLE state dict (models/vallex.py, prefix_mode 1, tied)."""
+    d = d_model
+    f = d_ff or 4 * d
+    n_nar_layers = n_ar_layers if n_nar_layers is None else n_nar_layers
+    s: dict[str, tuple] = {
+        "ar_text_embedding.word_embeddings.weight": (n_text, d),
+        "nar_text_embedding.word_embeddings.weight": (n_text, d),
+        "ar_audio_embedding.word_embeddings.weight": (N_CODES + 2, d),
+        "ar_text_position.alpha": (1,),
+        "ar_audio_position.alpha": (1,),
+    }
+
+    def norm(p, ada):
+        if ada:
+            s[f"{p}.project_layer.weight"] = (2 * d, d)
+            s[f"{p}.project_layer.bias"] = (2 * d,)
+            p = f"{p}.norm"
+        s[f"{p}.weight"] = (d,)
+        s[f"{p}.bias"] = (d,)
+
+    def layer(p, ada):
+        s[f"{p}.self_attn.in_proj_weight"] = (3 * d, d)
+        s[f"{p}.self_attn.in_proj_bias"] = (3 * d,)
+        s[f"{p}.self_attn.out_proj.weight"] = (d, d)
+        s[f"{p}.self_attn.out_proj.bias"] = (d,)
+        s[f"{p}.linear1.weight"] = (f, d)
+        s[f"{p}.linear1.bias"] = (f,)
+        s[f"{p}.linear2.weight"] = (d, f)
+        s[f"{p}.linear2.bias"] = (d,)
+        norm(f"{p}.norm1", ada)
+        norm(f"{p}.norm2", ada)
+
+    for i in range(n_ar_layers):
+        layer(f"ar_decoder.layers.{i}", False)
+    norm("ar_decoder.norm", False)
+    s["ar_predict_layer.weight"] = (N_CODES + 1, d)
+    s["nar_audio_embeddings.0.word_embeddings.weight"] = (N_CODES + 1, d)
+    for q in range(1, n_quantizers):
+        s[f"nar_audio_embeddings.{q}.word_embeddings.weight"] = (N_CODES, d)
+    s["nar_text_position.alpha"] = (1,)
+    s["nar_audio_position.alpha"] = (1,)
+    for i in range(n_nar_layers):
+        layer(f"nar_decoder.layers.{i}", True)
+    norm("nar_decoder.norm", True)
+    for j in range(n_quantizers - 1):
+        s[f"nar_predict_layers.{j}.weight"] = (N_CODES, d)
+    for j in range(n_quantizers - 1):
+        s[f"nar_stage_embeddings.{j}.word_embeddings.weight"] = (1, d)
+    s["ar_language_embedding.word_embeddings.weight"] = (n_langs, d)
+    s["nar_language_embedding.word_embeddings.weight"] = (n_langs, d)
+    return s
+
+
+_RENAMES = [
+    (r"^(ar|nar)_text_embedding\.word_embeddings\.weight$", r"\1_text_emb.weight"),
+    (r"^ar_audio_embedding\.word_embeddings\.weight$", r"ar_audio_emb.weight"),
+    (r"^(ar|nar)_language_embedding\.word_embeddings\.weight$", r"\1_lang_emb.weight"),
+    (r"^(ar|nar)_(text|audio)_position\.alpha$", r"\1_\2_alpha"),
+    (r"^(ar|nar)_decoder\.layers\.(\d+)\.self_attn\.in_proj_(weight|bias)$", r"\1.layers.\2.qkv.\3"),
+    (r"^(ar|nar)_decoder\.layers\.(\d+)\.self_attn\.out_proj\.(weight|bias)$", r"\1.layers.\2.out.\3"),
+    (r"^(ar|nar)_decoder\.layers\.(\d+)\.linear1\.(weight|bias)$", r"\1.layers.\2.ff1.\3"),
+    (r"^(ar|nar)_decoder\.layers\.(\d+)\.linear2\.(weight|bias)$", r"\1.layers.\2.ff2.\3"),
+    (r"^nar_decoder\.(layers\.\d+\.norm[12]|norm)\.project_layer\.(weight|bias)$", r"nar.\1.project.\2"),
+    (r"^nar_decoder\.(layers\.\d+\.norm[12]|norm)\.norm\.(weight|bias)$", r"nar.\1.norm.\2"),
+    (r"^ar_decoder\.(layers\.\d+\.norm[12]|norm)\.(weight|bias)$", r"ar.\1.\2"),
+    (r"^ar_predict_layer\.weight$", r"ar_head.weight"),
+    (r"^nar_audio_embeddings\.(\d+)\.word_embeddings\.weight$", r"nar_audio_embs.\1.weight"),
+    (r"^nar_predict_layers\.(\d+)\.weight$", r"nar_heads.\1.weight"),
+    (r"^nar_stage_embeddings\.(\d+)\.word_embeddings\.weight$", r"nar_stage_embs.\1.weight"),
+]
+_RENAMES_C = [(re.compile(a), b) for a, b in _RENAMES]
+
+
+def checkpoint_to_internal(name: str) -> str:
+    for pat, rep in _RENAMES_C:
+        if pat.match(name):
+            return pat.sub(rep, name)
+    raise KeyError(name)
+
+
+def _list(keys, n=8) -> str:
+    keys = sorted(keys)
+    more = f" (+{len(keys) - n} more)" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], bool]:
+    """Read a reference checkpoint safely: weights-only torch.load (mmap when possible) for .pt,
+    safetensors for .safetensors. Returns (state dict, mmapped). Never unpickles objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found", hint="Check the models folder.")
+    hint = "Use the VALL-E X checkpoint (vallex-checkpoint.pt) or a .safetensors export of it."
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if path.suffix == ".safetensors" or (len(head) >= 9 and head[8:9] == b"{" and not head.startswith(b"PK")):
+        try:
+            from safetensors.torch import load_file
+
+            return dict(load_file(str(path), device="cpu")), False
+        except Exception as e:
+            raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({type(e).__name__}: "
+                                  f"{str(e)[:200]})", hint=hint) from None
+    mmapped = zipfile.is_zipfile(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmapped)
+    except Exception as e:  # UnpicklingError (refused object), RuntimeError (not a torch file), ...
+        msg = str(e).split("\n")[0][:200]
+        raise CheckpointError(f"{path}: not a weights-only PyTorch checkpoint; refused to load it "
+                              f"({type(e).__name__}: {msg})", hint=hint) from None
+    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not obj:
+        raise CheckpointError(f"{path}: not a VALL-E X checkpoint (expected {{'model': state_dict}}, "
+                              f"found {type(obj).__name__})", hint=hint)
+    bad = [str(k) for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: not a VALL-E X state dict (entries that are not named tensors: "
+                              f"{_list(bad)})", hint=hint)
+    return obj, mmapped
+
+
+def _count(sd, prefix: str) -> int:
+    pat = re.compile(re.escape(prefix) + r"(\d+)\.")
+    idx = {int(m.group(1)) for k in sd for m in [pat.match(k)] if m}
+    return max(idx) + 1 if idx else 0
+
+
+def infer_config(sd: dict[str, torch.Tensor], source: str) -> dict[str, int]:
+    key = "ar_text_embedding.word_embeddings.weight"
+    if key not in sd or sd[key].dim() != 2:
+        raise CheckpointError(f"{source}: not a VALL-E X checkpoint (missing key {key}); found "
+                              f"{len(sd)} keys such as {_list(list(sd)[:5], 5)}")
+    n_text, d = (int(x) for x in sd[key].shape)
+    n_ar = _count(sd, "ar_decoder.layers.")
+    n_nar = _count(sd, "nar_decoder.layers.")
+    lin1 = sd.get("ar_decoder.layers.0.linear1.weight")
+    d_ff = int(lin1.shape[0]) if lin1 is not None and lin1.dim() == 2 else 4 * d
+    n_q = _count(sd, "nar_audio_embeddings.") or 8
+    if n_ar == 0 or n_nar == 0:
+        raise CheckpointError(f"{source}: no decoder layers found (keys ar_decoder.layers.* / "
+                              f"nar_decoder.layers.* missing)")
+    return {"d_model": d, "n_ar": n_ar, "n_nar": n_nar, "d_ff": d_ff, "n_text": n_text, "n_q": n_q}
+
+
+def check_state_dict(sd: dict[str, torch.Tensor], cfg: dict[str, int], source: str) -> None:
+    """Strict: every key present, none extra, every shape right. The error names keys and file."""
+    want = reference_schema(cfg["d_model"], cfg["n_ar"], cfg["n_nar"], cfg["d_ff"], cfg["n_text"], cfg["n_q"])
+    missing = [k for k in want if k not in sd]
+    extra = [k for k in sd if k not in want]
+    shapes = [f"{k} {list(sd[k].shape)} (expected {list(want[k])})" for k in want
+              if k in sd and tuple(sd[k].shape) != want[k]]
+    dtypes = [f"{k} ({sd[k].dtype})" for k in want if k in sd and not sd[k].is_floating_point()]
+    if missing or extra or shapes or dtypes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {_list(missing)}")
+        if extra:
+            parts.append(f"unexpected keys: {_list(extra)}")
+        if shapes:
+            parts.append(f"wrong shapes: {_list(shapes, 5)}")
+        if dtypes:
+            parts.append(f"not floating point: {_list(dtypes, 5)}")
+        raise CheckpointError(f"{source}: checkpoint does not match the VALL-E X layout "
+                              f"(d_model {cfg['d_model']}, {cfg['n_ar']} layers): " + "; ".join(parts),
+                              hint="The file is damaged or is not the VALL-E X checkpoint; download it again.")
+
+
+# ------------------------------------------------------------------------------------ the model
+
+
+class _Core(nn.Module):
+    def __init__(self, cfg: dict[str, int], n_heads: int):
+        super().__init__()
+        d, n_text, n_q = cfg["d_model"], cfg["n_text"], cfg["n_q"]
+        self.d, self.n_q, self.n_text = d, n_q, n_text
+        self.ar_text_emb = nn.Embedding(n_text, d)
+        self.ar_audio_emb = nn.Embedding(N_CODES + 2, d)
+        self.ar_lang_emb = nn.Embedding(3, d)
+        self.ar_text_alpha = nn.Parameter(torch.empty(1))
+        self.ar_audio_alpha = nn.Parameter(torch.empty(1))
+        self.ar = Stack(d, n_heads, cfg["n_ar"], cfg["d_ff"], adaptive=False)
+        self.ar_head = nn.Linear(d, N_CODES + 1, bias=False)
+        self.nar_text_emb = nn.Embedding(n_text, d)
+        self.nar_lang_emb = nn.Embedding(3, d)
+        self.nar_audio_embs = nn.ModuleList([nn.Embedding(N_CODES + 1, d)]
+                                            + [nn.Embedding(N_CODES, d) for _ in range(n_q - 1)])
+        self.nar_text_alpha = nn.Parameter(torch.empty(1))
+        self.nar_audio_alpha = nn.Parameter(torch.empty(1))
+        self.nar = Stack(d, n_heads, cfg["n_nar"], cfg["d_ff"], adaptive=True)
+        self.nar_heads = nn.ModuleList(nn.Linear(d, N_CODES, bias=False) for _ in range(n_q - 1))
+        self.nar_stage_embs = nn.ModuleList(nn.Embedding(1, d) for _ in range(n_q - 1))
+        self.head_dtype = torch.float32
+
+    def embeddings(self):
+        return [self.ar_text_emb, self.ar_audio_emb, self.ar_lang_emb, self.nar_text_emb, self.nar_lang_emb,
+                *self.nar_audio_embs]
+
+    def heads(self):
+        return [self.ar_head, *self.nar_heads]
+
+
+def _emb(table: nn.Embedding, idx: torch.Tensor) -> torch.Tensor:
+    out = F.embedding(idx, table.weight)
+    return out if out.dtype == torch.float32 else out.float()
+
+
+def _head(lin: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    if isinstance(lin, nn.Linear):
+        return F.linear(h.to(lin.weight.dtype), lin.weight).float()
+    return lin(h).float()
+
+
+class VallEX:
+    """The VALL-E X LM engine. Build it with `VallEX.from_checkpoint`."""
+
+    def __init__(self, core: _Core, cfg: dict[str, int], n_heads: int, device: torch.device,
+                 dtype: torch.dtype, quantize: str | None, source: str):
+        self.core = core
+        self.config = dict(cfg, n_heads=n_heads)
+        self.device = device
+        self.dtype = dtype
+        self.quantize = quantize
+        self.source = source
+        self._pe = sinusoid_table(4000, cfg["d_model"], device=device) if device.type != "meta" else None
+
+    # -- loading ----------------------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(cls, path, n_heads: int = 16, device="cpu", dtype=torch.float32,
+                        quantize: str | None = None, warmup: bool = True) -> "VallEX":
+        """Load the reference checkpoint (`.pt` {"model": state_dict}, or `.safetensors`), strictly.
+
+        Sizes come from the weights; `n_heads` from the argument. `dtype`: torch.float32 (the
+        reference-exact mode), torch.bfloat16 (or "fp32"/"bf16"); `quantize`: None or "int8"
+        (or an explicit backend: "int8-dynamic", "int8-weight", "int8-torchao"). `warmup` runs
+        one tiny AR + NAR pass so that kernel set-up (oneDNN, thread pools) happens at load time."""
+        sd, mmapped = read_state_dict(path)
+        model = cls.from_state_dict(sd, n_heads=n_heads, device=device, dtype=dtype, quantize=quantize,
+                                    source=str(path), mmapped=mmapped)
+        if warmup:
+            model.warmup()
+        return model
+
+    @torch.inference_mode()
+    def warmup(self) -> None:
+        req = self._prepare([5, 6, 7], [0, 0, 0], 1, torch.zeros(2, 8, dtype=torch.long))
+        ar = self._ar([req], Sampling(top_k=1, max_frames=2, guards=False), seeds=[0])[0]["codes"]
+        self._nar([req], [torch.tensor(ar or [0], dtype=torch.long, device=self.device)])
+
+    @classmethod
+    def from_state_dict(cls, sd: dict[str, torch.Tensor], n_heads: int = 16, device="cpu",
+                        dtype=torch.float32, quantize: str | None = None, source: str = "<state dict>",
+                        mmapped: bool = False) -> "VallEX":
+        dtype = _parse_dtype(dtype)
+        device = torch.device(device)
+        if quantize is not None:
+            quantize = str(quantize).lower()
+            if quantize == "int8":
+                quantize = DEFAULT_INT8 if device.type == "cpu" else "int8-torchao"
+            if quantize not in INT8_BACKENDS:
+                raise StudioError(f"unknown quantize mode {quantize!r}; use None, 'int8' or one of "
+                                  f"{', '.join(INT8_BACKENDS)}")
+        sd = dict(sd)
+        if source.endswith(".safetensors"):
+            _fill_tied_aliases(sd)
+        cfg = infer_config(sd, source)
+        if not isinstance(n_heads, int) or n_heads < 1 or cfg["d_model"] % n_heads:
+            raise StudioError(f"n_heads={n_heads!r} does not divide the model width {cfg['d_model']} "
+                              f"({source})", hint="The public checkpoint uses 16 heads.")
+        check_state_dict(sd, cfg, source)
+        _reference_tying(sd)
+        with torch.device("meta"):
+            core = _Core(cfg, n_heads)
+        core.load_state_dict({checkpoint_to_internal(k): v for k, v in sd.items()}, strict=True, assign=True)
+        del sd
+        for p in core.parameters():
+            p.requires_grad_(False)
+        core.eval()
+        if device.type != "cpu" and device.type != "meta":
+            for mod in core.modules():
+                for name, p in list(mod.named_parameters(recurse=False)):
+                    setattr(mod, name, nn.Parameter(p.detach().to(device), requires_grad=False))
+            mmapped = False
+        # AdaLN: (w, b) per stage from the (constant) stage embeddings, as the reference computes them.
+        with torch.no_grad():
+            stage_embs = [e.weight.detach() for e in core.nar_stage_embs]
+            for mod in list(core.nar.modules()):
+                if hasattr(mod, "precompute"):
+                    w = mod.project.weight
+                    mod.precompute(stage_embs)
+                    if mmapped:
+                        release_pages(w)
+            if device.type != "meta":
+                apply_precision(core, dtype, quantize, device, mmapped)
+                trim_heap()
+        return cls(core, cfg, n_heads, device, dtype, quantize, source)
+
+    # -- public generation API --------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate_ar(self, text_ids, text_langs, prompt_text_len, prompt_codes,
+                    sampling: Sampling | None = None) -> torch.Tensor:
+        """Codebook-0 codes [N] (prompt excluded, EOS stripped)."""
+        sampling = sampling or Sampling()
+        req = self._prepare(text_ids, text_langs, prompt_text_len, prompt_codes)
+        out = self._ar([req], sampling)[0]
+        return torch.tensor(out["codes"], dtype=torch.long)
+
+    @torch.inference_mode()
+    def generate_nar(self, text_ids, text_langs, prompt_text_len, prompt_codes, ar_codes) -> torch.Tensor:
+        """All 8 codebooks [N, 8] for the given codebook-0 codes (column 0 = ar_codes)."""
+        req = self._prepare(text_ids, text_langs, prompt_text_len, prompt_codes)
+        ar = _codes_1d(ar_codes, "ar_codes")
+        return self._nar([req], [ar.to(self.device)])[0].cpu()
+
+    @torch.inference_mode()
+    def generate(self, text_ids, text_langs, prompt_text_len=0, prompt_codes=None,
+                 sampling: Sampling | None = None) -> Generation:
+        return self.generate_batch([LMRequest(text_ids, text_langs, prompt_text_len, prompt_codes)],
+                                   sampling)[0]
+
+    @torch.inference_mode()
+    def generate_batch(self, requests: Sequence[Any], sampling: Sampling | None = None,
+                       max_batch: int = 16) -> list[Generation]:
+        """Many sentences at once (left-padded AR with masks, right-padded NAR). Request i samples
+        with seed `sampling.seed + i` (or a drawn seed + i), so it gives the same tokens as
+        `generate` with that seed; greedy gives the same tokens as one-by-one greedy."""
+        sampling = sampling or Sampling()
+        reqs = [self._prepare(*_unpack(r)) for r in requests]
+        if not reqs:
+            return []
+        base = sampling.seed if sampling.seed is not None else int(torch.randint(0, 2**31 - 1, (1,)).item())
+        results: list[Generation] = []
+        for lo in range(0, len(reqs), max_batch):
+            chunk = reqs[lo:lo + max_batch]
+            t0 = time.perf_counter()
+            ars = self._ar(chunk, sampling, seeds=[base + lo + i for i in range(len(chunk))])
+            t1 = time.perf_counter()
+            nars = self._nar(chunk, [torch.tensor(a["codes"], dtype=torch.long, device=self.device) for a in ars])
+            t2 = time.perf_counter()
+            for r, a, codes in zip(chunk, ars, nars):
+                warns = r.warnings + a["warnings"]
+                if a["stop_reason"] == "eos" and not a["codes"]:
+                    warns.append("the model stopped at once (EOS on the first step): no audio generated")
+                results.append(Generation(codes=codes.cpu(), stop_reason=a["stop_reason"], warnings=warns,
+                                          seed=a["seed"], timings={"ar_s": t1 - t0, "nar_s": t2 - t1}))
+        return results
+
+    # -- input checks -------------------------------------------------------------------------------
+    def _prepare(self, text_ids, text_langs, prompt_text_len, prompt_codes) -> _Req:
+        ids = _ints_1d(text_ids, "text_ids", TextError)
+        langs = _ints_1d(text_langs, "text_langs", TextError)
+        if ids.numel() == 0:
+            raise TextError("empty text: text_ids has no ids", hint="Give the text to speak.")
+        if langs.numel() != ids.numel():
+            raise TextError(f"length mismatch: {ids.numel()} text_ids but {langs.numel()} text_langs "
+                            "(one language id per text id)")
+        n_text = self.config["n_text"]
+        if int(ids.min()) < 0 or int(ids.max()) >= n_text:
+            bad = ids[(ids < 0) | (ids >= n_text)][:5].tolist()
+            raise TextError(f"text_ids out of range 0..{n_text - 1}: {bad}")
+        if int(langs.min()) < 0 or int(langs.max()) > 2:
+            bad = langs[(langs < 0) | (langs > 2)][:5].tolist()
+            raise TextError(f"text_langs out of range (0=en, 1=zh, 2=ja): {bad}")
+        try:
+            p_len = int(prompt_text_len)
+            if p_len != prompt_text_len:
+                raise ValueError
+        except (TypeError, ValueError):
+            raise TextError(f"prompt_text_len must be an int, got {prompt_text_len!r}") from None
+        if not 0 <= p_len < ids.numel():
+            raise TextError(f"prompt_text_len {p_len} out of range: there are {ids.numel()} text ids and "
+                            "at least one must be target text")
+        prompt = _prompt_codes(prompt_codes)
+        warns: list[str] = []
+        T = prompt.shape[0]
+        n_target = ids.numel() - p_len
+        rate = min(8.0, max(3.0, T / p_len)) if p_len and T else 5.0
+        budget = max(MIN_PROMPT_FRAMES, MAX_CONTEXT_FRAMES - int(math.ceil(rate * n_target)))
+        if T > budget:
+            drop = T - budget
+            k = int(round(p_len * drop / T)) if p_len else 0
+            k = min(k, p_len)
+            msg = (f"prompt trimmed: {T / FRAME_RATE:.1f} s of prompt + about {rate * n_target / FRAME_RATE:.1f} s "
+                   f"of speech exceeds the model's ~{MAX_CONTEXT_FRAMES // FRAME_RATE} s context; kept the last "
+                   f"{budget / FRAME_RATE:.1f} s of the prompt" + (f" and dropped its first {k} text ids" if k else ""))
+            log.warning(msg)
+            warns.append(msg)
+            prompt = prompt[drop:]
+            ids, langs, p_len = ids[k:], langs[k:], p_len - k
+        dev = self.device
+        return _Req(ids.to(dev), langs.to(dev), p_len, prompt.to(dev), warns)
+
+    # -- positions / embeddings -------------------------------------------------------------------
+    def _pos(self, n: int) -> torch.Tensor:
+        if self._pe.shape[0] < n:
+            self._pe = sinusoid_table(n, self.config["d_model"], device=self.device)
+        return self._pe[:n]
+
+    def _text_in(self, r: _Req, nar: bool) -> torch.Tensor:
+        c = self.core
+        te, le, alpha = (c.nar_text_emb, c.nar_lang_emb, c.nar_text_alpha) if nar else \
+            (c.ar_text_emb, c.ar_lang_emb, c.ar_text_alpha)
+        x = _emb(te, r.ids) + _emb(le, r.langs)
+        return x * 1.0 + alpha * self._pos(r.L)
+
+    # -- AR ---------------------------------------------------------------------------------------
+    def _ar(self, reqs: list[_Req], s: Sampling, seeds: list[int] | None = None) -> list[dict]:
+        c, stack, dev = self.core, self.core.ar, self.device
+        nb = 1 if s.greedy else s.best_of
+        B = len(reqs)
+        R = B * nb
+        if seeds is None:
+            seeds = [s.seed if s.seed is not None else int(torch.randint(0, 2**31 - 1, (1,)).item())]
+        caps = []
+        for r in reqs:
+            cap = LENGTH_CAP * r.L
+            caps.append((min(cap, s.max_frames), "max_frames") if s.max_frames and s.max_frames < cap else (cap, "limit"))
+        pre = [r.L + 1 + r.T for r in reqs]
+        P = max(pre)
+        max_cap = max(cp for cp, _ in caps)
+        S_max = P + max_cap
+        n_layers = len(stack.layers)
+        cache = torch.empty(n_layers, 2, R, stack.h, S_max, stack.hd, dtype=stack.kv_dtype, device=dev)
+
+        # Prefill (one row per request, left-padded): [text ; BOS + prompt codebook 0].
+        x = torch.zeros(B, P, c.d, device=dev)
+        padded = any(p != P for p in pre)
+        for b, r in enumerate(reqs):
+            a_ids = torch.cat([torch.tensor([BOS], device=dev), r.prompt[:, 0]])
+            xa = _emb(c.ar_audio_emb, a_ids) * 1.0 + c.ar_audio_alpha * self._pos(r.T + 1)
+            x[b, P - pre[b]:] = torch.cat([self._text_in(r, nar=False), xa])
+        mask = _prefix_mask([r.L for r in reqs], pre, P, dev)
+        pcache = cache[:, :, 0::nb] if nb > 1 else cache
+        h = stack.forward_cached(x, pcache, 0, mask)
+        logits = _head(c.ar_head, h[:, -1])
+        if nb > 1:
+            for beam in range(1, nb):
+                cache[:, :, beam::nb, :, :P] = cache[:, :, 0::nb, :, :P]
+            logits = logits.repeat_interleave(nb, 0)
+        key_valid = None
+        if padded:
+            key_valid = torch.ones(R, S_max, dtype=torch.bool, device=dev)
+            for b in range(B):
+                key_valid[b * nb:(b + 1) * nb, :P - pre[b]] = False
+
+        pickers = [TokenPicker(s, seeds[i // nb] if nb == 1 else _beam_seed(seeds[i // nb], i % nb), dev)
+                   for i in range(R)]
+        row_req = [i // nb for i in range(R)]
+        done = [False] * R
+        stop = [""] * R
+        live = torch.arange(R, device=dev)  # cache rows still computed
+        live_rows = list(range(R))
+        slot = P
+        feed = [BOS] * R
+        while True:
+            greedy_toks = logits.argmax(-1).tolist() if nb == 1 and s.greedy else None
+            for j, i in enumerate(live_rows):
+                if done[i]:
+                    continue
+                pk = pickers[i]
+                tok = pk.pick(logits[j], greedy_toks[j] if greedy_toks is not None else None)
+                if tok == EOS:
+                    done[i] = True
+                    stop[i] = pk.stop_reason or "eos"
+                    continue
+                feed[i] = tok
+                cap, why = caps[row_req[i]]
+                if len(pk.history) >= cap:
+                    done[i] = True
+                    stop[i] = why
+            if all(done):
+                break
+            # Drop finished rows from the computation once a quarter of the batch is done.
+            n_dead = sum(done[i] for i in live_rows)
+            if n_dead and n_dead * 4 >= len(live_rows):
+                keep = [j for j, i in enumerate(live_rows) if not done[i]]
+                kt = torch.tensor(keep, device=dev)
+                cache = cache.index_select(2, kt)
+                live_rows = [live_rows[j] for j in keep]
+                live = live.index_select(0, kt)
+                if key_valid is not None:
+                    key_valid = key_valid.index_select(0, kt)
+            toks = torch.tensor([feed[i] for i in live_rows], device=dev)
+            pos = torch.tensor([reqs[row_req[i]].T + len(pickers[i].history) for i in live_rows], device=dev)
+            xs = (_emb(c.ar_audio_emb, toks) * 1.0 + c.ar_audio_alpha * self._pos(int(pos.max()) + 1)[pos])
+            m = None if key_valid is None else key_valid[:, None, None, :slot + 1]
+            h = stack.forward_cached(xs.unsqueeze(1), cache, slot, m)
+            logits = _head(c.ar_head, h[:, -1])
+            slot += 1
+
+        out = []
+        for b, r in enumerate(reqs):
+            rows = list(range(b * nb, (b + 1) * nb))
+            if nb > 1:  # the reference's best-of choice: length-normalised sum of log-probs
+                scores = [pickers[i].sum_logprob / (r.T + 1 + len(pickers[i].history)) ** s.length_penalty
+                          for i in rows]
+                best = rows[max(range(nb), key=lambda k: scores[k])]
+            else:
+                best = rows[0]
+            pk = pickers[best]
+            for w in pk.warnings:
+                log.warning(w)
+            out.append({"codes": list(pk.history), "stop_reason": stop[best], "warnings": list(pk.warnings),
+                        "seed": seeds[b]})
+        return out
+
+    # -- NAR --------------------------------------------------------------------------------------
+    def _nar(self, reqs: list[_Req], ars: list[torch.Tensor]) -> list[torch.Tensor]:
+        c, stack, dev = self.core, self.core.nar, self.device
+        for r, a in zip(reqs, ars):
+            if a.numel() and (int(a.min()) < 0 or int(a.max()) >= N_CODES):
+                raise VoiceError(f"ar_codes out of range 0..{N_CODES - 1}")
+        outs: list[torch.Tensor | None] = [None] * len(reqs)
+        work = [k for k, a in enumerate(ars) if a.numel() > 0]
+        for k, a in enumerate(ars):
+            if a.numel() == 0:
+                outs[k] = torch.zeros(0, c.n_q, dtype=torch.long, device=dev)
+        if not work:
+            return outs
+        rs = [reqs[k] for k in work]
+        gens = [ars[k].long() for k in work]
+        lens = [r.L + r.T + g.numel() for r, g in zip(rs, gens)]
+        starts = [r.L + r.T for r in rs]
+        S = max(lens)
+        B = len(rs)
+        keep_from = min(starts)
+        mask = None
+        if any(n != S for n in lens):
+            kv = torch.zeros(B, S, dtype=torch.bool, device=dev)
+            for b, n in enumerate(lens):
+                kv[b, :n] = True
+            mask = kv[:, None, None, :]
+        texts = [self._text_in(r, nar=True) for r in rs]
+        y_embs = []
+        for r, g in zip(rs, gens):
+            y = _emb(c.nar_audio_embs[0], torch.cat([r.prompt[:, 0], g]))
+            for j in range(1, c.n_q):
+                if r.T:
+                    y[:r.T] += _emb(c.nar_audio_embs[j], r.prompt[:, j])
+            y_embs.append(y)
+        codes = [[g] for g in gens]
+        x = torch.zeros(B, S, c.d, device=dev)
+        for i in range(c.n_q - 1):
+            for b, (r, y) in enumerate(zip(rs, y_embs)):
+                x[b, :r.L] = texts[b]
+                x[b, r.L:lens[b]] = y * 1.0 + c.nar_audio_alpha * self._pos(y.shape[0])
+            h = stack.forward_full(x, i, mask, keep_from=keep_from)
+            for b, (r, g) in enumerate(zip(rs, gens)):
+                hb = h[b, starts[b] - keep_from: lens[b] - keep_from]
+                pred = _head(c.nar_heads[i], hb).argmax(-1)
+                codes[b].append(pred)
+                if i < c.n_q - 2:
+                    y_embs[b][r.T:] += _emb(c.nar_audio_embs[i + 1], pred)
+        for k, cs in zip(work, codes):
+            outs[k] = torch.stack(cs, dim=-1)
+        return outs
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def _parse_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        if dtype in (torch.float32, torch.bfloat16, torch.float16):
+            return dtype
+    elif isinstance(dtype, str):
+        m = {"fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
+             "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+        if dtype.lower() in m:
+            return m[dtype.lower()]
+    raise StudioError(f"unsupported dtype {dtype!r}; use torch.float32 or torch.bfloat16")
+
+
+def _fill_tied_aliases(sd: dict) -> None:
+    """safetensors cannot store shared tensors: exports keep one name of each tied pair."""
+    for j in range(6):
+        a = f"nar_predict_layers.{j}.weight"
+        b = f"nar_audio_embeddings.{j + 2}.word_embeddings.weight"
+        if a in sd and b not in sd:
+            sd[b] = sd[a]
+        elif b in sd and a not in sd:
+            sd[a] = sd[b]
+
+
+def _reference_tying(sd: dict) -> None:
+    """The reference ties nar_predict_layers[j] to nar_audio_embeddings[j+2] (j = 0..5); when a file
+    holds two different tensors, loading it into the reference leaves the predict-layer values in
+    both (it is loaded last). Do the same."""
+    n_q = _count(sd, "nar_audio_embeddings.")
+    for j in range(max(0, n_q - 2)):
+        a = f"nar_predict_layers.{j}.weight"
+        b = f"nar_audio_embeddings.{j + 2}.word_embeddings.weight"
+        if a in sd and b in sd and sd[a] is not sd[b]:
+            same_mem = sd[a].device.type != "meta" and sd[a].data_ptr() == sd[b].data_ptr()
+            if same_mem or sd[a].device.type == "meta" or torch.equal(sd[a], sd[b]):
+                sd[b] = sd[a]
+            else:
+                log.warning("%s and %s differ; using %s for both, as the reference does", a, b, a)
+                sd[b] = sd[a]
+
+
+def _beam_seed(seed: int, beam: int) -> int:
+    return (seed * 1_000_003 + beam * 7_919) % (2**63 - 1) if beam else seed
+
+
+def _unpack(r) -> tuple:
+    if isinstance(r, LMRequest):
+        return r.text_ids, r.text_langs, r.prompt_text_len, r.prompt_codes
+    if isinstance(r, dict):
+        try:
+            return r["text_ids"], r["text_langs"], r.get("prompt_text_len", 0), r.get("prompt_codes")
+        except KeyError as e:
+            raise StudioError(f"request is missing {e}") from None
+    if isinstance(r, (tuple, list)) and 2 <= len(r) <= 4:
+        r = tuple(r) + (0, None)[len(r) - 2:]
+        return r[:4]
+    raise StudioError(f"unsupported request {type(r).__name__}: use LMRequest or a dict")
+
+
+def _to_tensor(x, name: str, err) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        t = x.detach().cpu()
+    else:
+        try:
+            t = torch.as_tensor(x if x is not None else [])
+        except Exception:
+            raise err(f"{name} must be a list or tensor of ints, got {type(x).__name__}") from None
+    if t.dtype == torch.bool or t.is_complex():
+        raise err(f"{name} must hold integers, got {t.dtype}")
+    if t.is_floating_point():
+        if t.numel() and not bool(torch.all(torch.isfinite(t) & (t == torch.round(t)))):
+            raise err(f"{name} must hold integers, got non-integral values")
+    return t.long() if t.numel() else t.reshape(t.shape).long()
+
+
+def _ints_1d(x, name: str, err=StudioError) -> torch.Tensor:
+    t = _to_tensor(x, name, err)
+    if t.dim() == 2 and t.shape[0] == 1:
+        t = t[0]
+    if t.dim() != 1:
+        raise err(f"{name} must be 1-D, got shape {list(t.shape)}")
+    return t
+
+
+def _codes_1d(x, name: str) -> torch.Tensor:
+    t = _ints_1d(x, name, VoiceError)
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= N_CODES):
+        bad = t[(t < 0) | (t >= N_CODES)][:5].tolist()
+        raise VoiceError(f"{name} outside 0..{N_CODES - 1}: {bad}")
+    return t
+
+
+def _prompt_codes(x) -> torch.Tensor:
+    if x is None:
+        return torch.zeros(0, 8, dtype=torch.long)
+    t = _to_tensor(x, "prompt_codes", VoiceError)
+    if t.numel() == 0:
+        return torch.zeros(0, 8, dtype=torch.long)
+    if t.dim() == 3 and t.shape[0] == 1:
+        t = t[0]
+    if t.dim() != 2 or t.shape[1] != 8:
+        raise VoiceError(f"prompt_codes must be [T, 8] (frames x codebooks), got shape {list(t.shape)}")
+    if int(t.min()) < 0 or int(t.max()) >= N_CODES:
+        bad = t[(t < 0) | (t >= N_CODES)][:5].tolist()
+        raise VoiceError(f"prompt_codes outside 0..{N_CODES - 1}: {bad}")
+    return t.contiguous()
+
+
+def _prefix_mask(text_lens: list[int], pre: list[int], P: int, dev) -> torch.Tensor:
+    """Bool [B or 1, 1, P, P] (True = attend) for the AR prefix, left-padded to P.
+    Text rows see all text and no audio; audio rows see all text and earlier audio; pad rows
+    see only themselves (keeps them finite)."""
+    idx = torch.arange(P, device=dev)
+    masks = []
+    uniq = {}
+    for L, p in zip(text_lens, pre):
+        key = (L, p)
+        if key not in uniq:
+            off = P - p
+            is_pad = idx < off
+            is_text = (idx >= off) & (idx < off + L)
+            is_audio = idx >= off + L
+            q, k = idx[:, None], idx[None, :]
+            m = (is_text[:, None] & is_text[None, :]) | \
+                (is_audio[:, None] & (is_text[None, :] | (is_audio[None, :] & (k <= q))))
+            m |= is_pad[:, None] & (k == q)
+            uniq[key] = m
+        masks.append(uniq[key])
+    if len(uniq) == 1:
+        return masks[0][None, None]
+    return torch.stack(masks)[:, None]

@@ -1,0 +1,162 @@
+"""The decoder stacks of VALL-E X, written for inference: fused QKV, SDPA, a static KV cache.
+
+Arithmetic follows the reference (`modules/transformer.py`, `modules/activation.py` of
+Plachtaa/VALL-E-X): pre-LN layers `x += SA(LN1(x)); x += W2 relu(W1 LN2(x))`, LayerNorm eps 1e-5,
+packed q,k,v projection, scores scaled by 1/sqrt(head_dim), a final norm. The NAR stack uses
+AdaptiveLayerNorm `w * LN(x) + b` with `(w, b) = split(project_layer(stage_embedding))`; the
+stage embeddings are constants, so `(w, b)` is computed once per stage at load time (with the
+same F.linear call as the reference) and the 2 x d x 2d projection weights are dropped.
+
+The residual stream is always float32; the Linear layers run in the model's compute dtype
+(float32, bfloat16, or int8 after `core.quantize`), LayerNorm always in float32. SDPA computes
+softmax in float32 for reduced-precision inputs.
+
+Internal parameter names differ from the checkpoint's; `core.lm` maps them (`checkpoint_to_internal`).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LN_EPS = 1e-5
+
+
+def sinusoid_table(n_pos: int, d_model: int, device=None) -> torch.Tensor:
+    """The reference's SinePositionalEmbedding table [n_pos, d] (float32, interleaved sin/cos).
+
+    Computed with the same ops and at least the same size (4000 rows) as the reference, so the
+    values are the same bit for bit."""
+    n = max(4000, int(n_pos))
+    pe = torch.zeros(n, d_model, device=device)
+    position = torch.arange(0, n, dtype=torch.float32, device=device).unsqueeze(1)
+    div_term = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32, device=device)
+                         * -(math.log(10000.0) / d_model))
+    pe[:, 0::2] = torch.sin(position * div_term)
+    pe[:, 1::2] = torch.cos(position * div_term)
+    return pe
+
+
+class Norm(nn.Module):
+    """LayerNorm parameters (weight, bias) of the reference's `LayerNorm` / `nn.LayerNorm`."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(d), requires_grad=False)
+        self.bias = nn.Parameter(torch.empty(d), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, LN_EPS)
+
+
+class AdaNorm(nn.Module):
+    """AdaptiveLayerNorm: holds the projection until `precompute` turns it into per-stage (w, b)."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.norm = Norm(d)
+        self.project = nn.Linear(d, 2 * d)
+        self.register_buffer("stage_w", torch.empty(0), persistent=False)
+        self.register_buffer("stage_b", torch.empty(0), persistent=False)
+
+    @torch.no_grad()
+    def precompute(self, stage_embeddings: list[torch.Tensor]) -> None:
+        d = self.norm.weight.shape[0]
+        ws, bs = [], []
+        for emb in stage_embeddings:  # emb: [1, d], as the reference passes `.weight`
+            w, b = torch.split(F.linear(emb, self.project.weight, self.project.bias), d, dim=-1)
+            ws.append(w[0])
+            bs.append(b[0])
+        self.stage_w = torch.stack(ws).float()
+        self.stage_b = torch.stack(bs).float()
+        del self.project
+
+    def forward(self, x: torch.Tensor, stage: int) -> torch.Tensor:
+        return self.stage_w[stage] * self.norm(x) + self.stage_b[stage]
+
+
+class Layer(nn.Module):
+    def __init__(self, d: int, n_heads: int, d_ff: int, adaptive: bool):
+        super().__init__()
+        self.d, self.h, self.hd = d, n_heads, d // n_heads
+        self.qkv = nn.Linear(d, 3 * d)
+        self.out = nn.Linear(d, d)
+        self.ff1 = nn.Linear(d, d_ff)
+        self.ff2 = nn.Linear(d_ff, d)
+        self.norm1 = AdaNorm(d) if adaptive else Norm(d)
+        self.norm2 = AdaNorm(d) if adaptive else Norm(d)
+        self.act_dtype = torch.float32  # dtype fed to the Linear layers (set by core.quantize)
+
+
+class Stack(nn.Module):
+    """A stack of pre-LN layers + final norm. `adaptive`: the NAR's AdaLN variant."""
+
+    def __init__(self, d: int, n_heads: int, n_layers: int, d_ff: int, adaptive: bool):
+        super().__init__()
+        if d % n_heads:
+            raise ValueError(f"width {d} is not divisible by {n_heads} heads")
+        self.d, self.h, self.hd = d, n_heads, d // n_heads
+        self.adaptive = adaptive
+        self.layers = nn.ModuleList(Layer(d, n_heads, d_ff, adaptive) for _ in range(n_layers))
+        self.norm = AdaNorm(d) if adaptive else Norm(d)
+        self.act_dtype = torch.float32
+        self.kv_dtype = torch.float32
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def _norm(self, norm, x, stage):
+        y = norm(x, stage) if self.adaptive else norm(x)
+        return y if y.dtype == self.act_dtype else y.to(self.act_dtype)
+
+    def _attn(self, layer: Layer, h, mask, cache_k=None, cache_v=None, start=0, q_from=0):
+        """h: [B, S, D] (act dtype). With a cache, the new k/v go to [start, start+S) and the
+        queries see cache[:start+S]. q_from: only queries from that row on are computed."""
+        B, S, _ = h.shape
+        qkv = layer.qkv(h).view(B, S, 3, self.h, self.hd).transpose(1, 3)  # [B, H, 3, S, hd]
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        if cache_k is not None:
+            cache_k[:, :, start:start + S] = k
+            cache_v[:, :, start:start + S] = v
+            k = cache_k[:, :, :start + S]
+            v = cache_v[:, :, :start + S]
+        if q_from:
+            q = q[:, :, q_from:]
+        if q.dtype != k.dtype:
+            q = q.to(k.dtype)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        o = o.transpose(1, 2).reshape(B, S - q_from, self.d)
+        return layer.out(o)
+
+    def _ffn(self, layer: Layer, h):
+        return layer.ff2(torch.relu(layer.ff1(h)))
+
+    # -- AR: prefill / decode with a static cache ------------------------------------------------
+    def forward_cached(self, x: torch.Tensor, cache: torch.Tensor, start: int, mask) -> torch.Tensor:
+        """x: [B, S, D] float32 inputs for cache slots [start, start+S). cache: [L, 2, B, H, Smax, hd].
+        mask: None, or bool [B or 1, 1, S, start+S] (True = attend). Returns the final-normed
+        float32 hidden state of the last row [B, 1, D] (the last layer computes only that row)."""
+        n, S = len(self.layers), x.shape[1]
+        for i, layer in enumerate(self.layers):
+            qf = S - 1 if i == n - 1 else 0
+            h = self._norm(layer.norm1, x, None)
+            m = mask[..., qf:, :] if (mask is not None and qf) else mask
+            a = self._attn(layer, h, m, cache[i, 0], cache[i, 1], start, q_from=qf)
+            x = (x[:, qf:] if qf else x) + a
+            h = self._norm(layer.norm2, x, None)
+            x = x + self._ffn(layer, h)
+        return self.norm(x)
+
+    # -- NAR: one full bidirectional pass ---------------------------------------------------------
+    def forward_full(self, x: torch.Tensor, stage: int, mask=None, keep_from: int = 0) -> torch.Tensor:
+        """x: [B, S, D] float32. Returns final-normed [B, S - keep_from, D]; the last layer computes
+        queries / FFN only for rows >= keep_from (the rows whose logits are wanted)."""
+        n = len(self.layers)
+        for i, layer in enumerate(self.layers):
+            last = i == n - 1 and keep_from > 0
+            h = self._norm(layer.norm1, x, stage)
+            a = self._attn(layer, h, mask, q_from=keep_from if last else 0)
+            x = (x[:, keep_from:] if last else x) + a
+            h = self._norm(layer.norm2, x, stage)
+            x = x + self._ffn(layer, h)
+        return self.norm(x, stage)
