@@ -58,12 +58,12 @@ def test_speech_create_every_format(oai):
     from core.audio import load_audio
 
     out = {fmt: oai.audio.speech.create(model="tts-1", voice="me", input=TEXT, response_format=fmt,
-                                        extra_body={"seed": 4}).content
+                                        extra_body={"preset": "greedy"}).content
            for fmt in ("wav", "mp3", "flac", "opus", "pcm")}
     pcm = np.frombuffer(out["pcm"], dtype="<i2")  # raw 24 kHz int16 LE, as OpenAI's pcm
     wav, sr = sf.read(io.BytesIO(out["wav"]), dtype="int16")
     assert sr == 24000 and pcm.size > 0
-    np.testing.assert_array_equal(wav, pcm)  # same take (same seed) in both containers
+    np.testing.assert_array_equal(wav, pcm)  # same take (greedy) in both containers
     flac, sr = sf.read(io.BytesIO(out["flac"]), dtype="int16")
     assert sr == 24000 and len(flac) == len(pcm)
     for fmt in ("mp3", "opus"):  # lossy: same length give or take codec padding
@@ -72,6 +72,7 @@ def test_speech_create_every_format(oai):
 
 
 def test_streaming_response_matches_plain_response(oai, tmp_path):
+    """The SDK's streaming form; and the `seed` extra: same seed, same bytes."""
     body = dict(model="vallex-x", voice="me", input=TEXT, response_format="wav", extra_body={"seed": 9})
     plain = oai.audio.speech.create(**body).content
     out = tmp_path / "streamed.wav"
@@ -84,23 +85,23 @@ def test_streaming_response_matches_plain_response(oai, tmp_path):
 def test_stream_true_sends_sentences_as_they_are_made(oai, app):
     two = TEXT + " " + TEXT + " She sells sea shells by the sea shore every single summer morning."
     whole = oai.audio.speech.create(model="tts-1", voice="me", input=two, response_format="pcm",
-                                    extra_body={"seed": 11}).content
+                                    extra_body={"preset": "greedy"}).content
     with oai.audio.speech.with_streaming_response.create(
             model="tts-1", voice="me", input=two, response_format="pcm",
-            extra_body={"seed": 11, "stream": True}) as resp:
+            extra_body={"preset": "greedy", "stream": True}) as resp:
         assert resp.headers.get("transfer-encoding") == "chunked"
         streamed = b"".join(resp.iter_bytes())
     assert abs(len(streamed) - len(whole)) / 2 / 24000 < 0.1  # same take, sentence by sentence
-    r = post(app, {"input": two, "voice": "me", "response_format": "wav", "seed": 11, "stream": True})
+    r = post(app, {"input": two, "voice": "me", "response_format": "wav", "preset": "greedy", "stream": True})
     wav, sr = sf.read(io.BytesIO(r.content), dtype="int16")  # header sizes say "unknown"
     assert sr == 24000 and r.content[44:] == streamed
     assert post(app, {"input": TEXT, "response_format": "mp3", "stream": True}).status_code == 400
     assert post(app, {"input": TEXT, "voice": "nobody", "response_format": "pcm", "stream": True}).status_code == 400
 
 
-def test_extras_speed_seed_language_instruction(app):
+def test_extras_speed_language_instruction(app):
     def seconds(**extra):
-        r = post(app, {"input": TEXT, "voice": "me", "response_format": "wav", "seed": 2, **extra})
+        r = post(app, {"input": TEXT, "voice": "me", "response_format": "wav", "preset": "greedy", **extra})
         assert r.status_code == 200, r.text
         wav, sr = wav_of(r.content)
         return len(wav) / sr, wav
@@ -108,7 +109,8 @@ def test_extras_speed_seed_language_instruction(app):
     base, _ = seconds()
     assert seconds(speed=2.0)[0] == pytest.approx(base / 2, rel=0.15)
     assert seconds(instruction="much slower")[0] > base * 1.2
-    assert seconds(language="en", voice=None)[0] > 0  # no voice: the model invents one
+    r = post(app, {"input": "Hi there.", "language": "en", "seed": 2})  # no voice: the model invents one
+    assert r.status_code == 200 and len(r.content) > 0
 
 
 def test_bad_requests_are_openai_errors(app, oai):
@@ -146,9 +148,11 @@ def test_auth_on_v1_and_on_the_page(app):
 
 
 def test_eight_requests_at_once_and_busy_beyond_the_queue(app):
-    texts = [f"Request number {i} wants its own words spoken." for i in range(8)]
-    bodies = [{"input": t, "voice": "me", "response_format": "pcm", "seed": i} for i, t in enumerate(texts)]
+    texts = [f"Request {i} here." for i in range(8)]
+    # greedy: quick on the tiny model, and each text has exactly one right answer
+    bodies = [{"input": t, "voice": "me", "response_format": "pcm", "preset": "greedy"} for t in texts]
     expected = [post(app, b).content for b in bodies]
+    assert len(set(expected)) == 8  # so a mix-up between clients would show
     got: dict[int, bytes] = {}
 
     def run(i):
@@ -163,9 +167,9 @@ def test_eight_requests_at_once_and_busy_beyond_the_queue(app):
         t.join(120)
     assert [got.get(i) == expected[i] for i in range(8)] == [True] * 8
 
-    # 30 at once with room for 10 in the line: the rest are told "busy" (429), none fail otherwise
+    # 20 at once with room for 10 in the line: the rest are told "busy" (429), none fail otherwise
     codes: list[int] = []
-    long_body = {"input": texts[0], "voice": "me", "response_format": "pcm", "seed": 1}
+    long_body = bodies[0]
 
     def flood():
         r = post(app, long_body)
@@ -173,7 +177,7 @@ def test_eight_requests_at_once_and_busy_beyond_the_queue(app):
         if r.status_code == 429:
             assert r.json()["error"]["code"] == "busy" and "busy" in r.json()["error"]["message"]
 
-    threads = [threading.Thread(target=flood) for _ in range(30)]
+    threads = [threading.Thread(target=flood) for _ in range(20)]
     for t in threads:
         t.start()
     for t in threads:
