@@ -124,10 +124,12 @@ class Handlers:
 
     # --- clone & speak ----------------------------------------------------------------------
     @user_errors
-    def check_prompt(self, audio, language: str | None = None, transcript: str | None = None):
+    def check_prompt(self, audio, language: str | None = None, transcript: str | None = None,
+                     progress=gr.Progress()):
         """Prompt audio (+ optional transcript; empty = ASR) -> (report markdown, chosen window,
         transcript, Prompt state)."""
         sr, wav = _require_audio(audio)
+        progress(0.0, desc=self._loading_message())
         lang = None if language in (None, "", "auto", "auto-mix", "mix") else language
         with self.gate.turn(bounded=False):
             voice, report = self.studio.make_voice(wav, sample_rate=sr, language=lang,
@@ -241,6 +243,7 @@ class Handlers:
     def translate(self, audio, progress=gr.Progress()):
         """Speech in en/zh/ja -> (the same voice speaking the English translation, text)."""
         sr, wav = _require_audio(audio, "a clip")
+        progress(0.0, desc=self._loading_message())
         with self.gate.turn(bounded=False):
             result = self.studio.translate(wav, sample_rate=sr)
         english = " ".join(s.text for s in result.sentences)
