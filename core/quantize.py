@@ -124,6 +124,14 @@ class Int8WeightLinear(nn.Module):
         return y.view(*shape[:-1], y.shape[-1])
 
 
+def _cast_linear(lin: nn.Linear, dtype, device) -> nn.Linear:
+    new = nn.Linear(lin.in_features, lin.out_features, bias=lin.bias is not None, device="meta")
+    new.weight = nn.Parameter(lin.weight.detach().to(device, dtype), requires_grad=False)
+    if lin.bias is not None:
+        new.bias = nn.Parameter(lin.bias.detach().to(device, dtype), requires_grad=False)
+    return new
+
+
 def _linears(stack) -> list[tuple[nn.Module, str]]:
     out = []
     for layer in stack.layers:
@@ -194,7 +202,7 @@ def apply_precision(core, dtype: torch.dtype, quantize: str | None, device, mmap
                     conv(lin, "weight", dtype)
                     conv(lin, "bias", dtype)
             stack.act_dtype = dtype
-            stack.kv_dtype = dtype
+            stack.kv_dtype = torch.float32 if device.type == "cpu" else dtype
             for layer in stack.layers:
                 layer.act_dtype = dtype
         return
@@ -230,13 +238,17 @@ def apply_precision(core, dtype: torch.dtype, quantize: str | None, device, mmap
             for layer, name in _linears(stack):
                 lin = getattr(layer, name)
                 src = lin.weight
-                q = Int8WeightLinear(lin, act).to(device)
+                if src.shape[1] % 16 or src.shape[1] < 32:  # the int8pack kernel needs K % 16 == 0
+                    q = PackedLinear(src, lin.bias, act) if packing_available(act) else \
+                        _cast_linear(lin, act, device)
+                else:
+                    q = Int8WeightLinear(lin, act).to(device)
                 setattr(layer, name, q)
                 if mmapped:
                     release_pages(src)
                 trim_heap()
             stack.act_dtype = act
-            stack.kv_dtype = act
+            stack.kv_dtype = torch.float32 if device.type == "cpu" else act
     elif quantize == "int8-torchao":
         try:
             from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_

@@ -113,7 +113,10 @@ class Stack(nn.Module):
         """h: [B, S, D] (act dtype). With a cache, the new k/v go to [start, start+S) and the
         queries see cache[:start+S]. q_from: only queries from that row on are computed."""
         B, S, _ = h.shape
-        qkv = layer.qkv(h).view(B, S, 3, self.h, self.hd).transpose(1, 3)  # [B, H, 3, S, hd]
+        qkv = layer.qkv(h)
+        if qkv.dtype != self.kv_dtype:  # CPU: attention in float32 (SDPA's bf16 decode path is slow)
+            qkv = qkv.to(self.kv_dtype)
+        qkv = qkv.view(B, S, 3, self.h, self.hd).transpose(1, 3)  # [B, H, 3, S, hd]
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         if cache_k is not None:
             cache_k[:, :, start:start + S] = k
@@ -122,8 +125,6 @@ class Stack(nn.Module):
             v = cache_v[:, :, :start + S]
         if q_from:
             q = q[:, :, q_from:]
-        if q.dtype != k.dtype:
-            q = q.to(k.dtype)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         o = o.transpose(1, 2).reshape(B, S - q_from, self.d)
         return layer.out(o)
