@@ -100,7 +100,7 @@ class Studio:
             kwargs = {} if self.offline is None else {"offline": self.offline}
             paths = resolve_models(self.models_dir, **kwargs)
             lm = _wrap(lambda: VallEX.from_checkpoint(
-                paths.vallex, device=self.device, dtype=getattr(torch, _DTYPES[self.dtype]),
+                paths.vallex, n_heads=_head_count(paths.vallex), device=self.device, dtype=getattr(torch, _DTYPES[self.dtype]),
                 quantize="int8" if self.dtype == "int8" else None), "the VALL-E X checkpoint")
             codec = _wrap(lambda: Codec.from_pretrained(paths.encodec, device=self.device), "EnCodec")
             vocos = _wrap(lambda: Vocos.from_pretrained(paths.vocos, device=self.device), "Vocos")
@@ -424,6 +424,22 @@ class Studio:
 
 
 # ---------------------------------------------------------------------- helpers
+
+def _head_count(checkpoint: Path) -> int:
+    """Attention heads are not stored in the reference checkpoint (the public one has 16). A
+    `config.json` beside it with {"nhead": N}, as the golden configs write it, overrides that."""
+    cfg = Path(checkpoint).with_name("config.json")
+    if cfg.is_file():
+        import json
+
+        try:
+            data = json.loads(cfg.read_text())
+            return int(data.get("nhead", data.get("n_heads", 16)))
+        except (ValueError, TypeError, AttributeError) as err:
+            raise StudioError(f"{cfg} is not a valid model config ({err}).",
+                              'Fix it ({"nhead": 16}) or delete it.') from None
+    return 16
+
 
 def _report(progress, done: int, total: int) -> None:
     if progress is not None:
