@@ -156,7 +156,8 @@ def worker_batch(args) -> dict:
     for i, n_text in enumerate([20, 21, 22, 23, 24, 24, 25, 26, 27, 28]):
         ids, langs, _ = _workload(n_text, seed=100 + i)
         reqs.append(LMRequest(ids, langs, PROMPT_TEXT, prompt))
-    s = Sampling(top_k=1, guards=False, max_frames=96 if args.quick else None)
+    cap = args.batch_frames or (96 if args.quick else None)
+    s = Sampling(top_k=1, guards=False, max_frames=cap)
     one = [model.generate(r.text_ids, r.text_langs, r.prompt_text_len, r.prompt_codes, s) for r in reqs]
     batch = model.generate_batch(reqs, s)
     frames = sum(g.codes.shape[0] for g in one)
@@ -166,6 +167,7 @@ def worker_batch(args) -> dict:
     same = all(torch.equal(a.codes, b.codes) for a, b in zip(one, batch))
     ar_same = all(torch.equal(a.codes[:, 0], b.codes[:, 0]) for a, b in zip(one, batch))
     return {"program": "ours-batch", "mode": args.mode, "sentences": len(reqs), "frames": frames,
+            "frames_cap": cap,
             "one_by_one_ar_tok_per_s": round(frames / ar1, 2), "batch_ar_tok_per_s": round(frames / arb, 2),
             "ar_speedup": round(ar1 / arb, 2),
             "one_by_one_lm_s": round(ar1 + nar1, 2), "batch_lm_s": round(arb + narb, 2),
@@ -198,6 +200,8 @@ def main():
     ap.add_argument("--ckpt", default=str(Path(tempfile.gettempdir()) / "vallex-bench" / "full-random.pt"))
     ap.add_argument("--json", default=None)
     ap.add_argument("--quick", action="store_true", help="96 frames instead of 384 (smoke run)")
+    ap.add_argument("--batch-frames", type=int, default=None,
+                    help="cap the frames per sentence in the batch comparison (default: the 16 x ids cap)")
     ap.add_argument("--worker", choices=["single", "batch"], help=argparse.SUPPRESS)
     ap.add_argument("--mode", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
@@ -246,7 +250,8 @@ def main():
     for m in [m for m in args.batch_modes.split(",") if m]:
         print(f"batch of 10, {m} ...", flush=True)
         cmd = [py, __file__, "--worker", "batch", "--mode", m, "--ckpt", str(ckpt), "--work", work,
-               "--threads", str(args.threads)] + (["--quick"] if args.quick else [])
+               "--threads", str(args.threads)] + (["--quick"] if args.quick else []) + \
+            (["--batch-frames", str(args.batch_frames)] if args.batch_frames else [])
         r = _run(cmd)
         results["batch"][m] = r
         print(f"  {r}", flush=True)
