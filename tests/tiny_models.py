@@ -21,11 +21,7 @@ from pathlib import Path
 import torch
 
 # Real vocabulary sizes of VALL-E X (models/vallex.py with the released checkpoint).
-TEXT_VOCAB = 2048  # phoneme-BPE table (only ids 0..69 are used)
-AR_AUDIO_VOCAB = 1026  # 1024 codes + EOS (1024) + BOS (1025)
-AR_CLASSES = 1025  # 1024 codes + EOS
 N_QUANTIZERS = 8
-N_LANGUAGES = 3
 EOS = 1024
 
 
@@ -50,55 +46,11 @@ class TinyVallexConfig:
 
 
 def _vallex_shapes(cfg: TinyVallexConfig) -> dict[str, tuple[int, ...]]:
-    """Key -> shape in the reference state-dict order (schema/vallex-full.json at reduced size)."""
-    d, f = cfg.d_model, cfg.ffn
-    shapes: dict[str, tuple[int, ...]] = {
-        "ar_text_embedding.word_embeddings.weight": (TEXT_VOCAB, d),
-        "nar_text_embedding.word_embeddings.weight": (TEXT_VOCAB, d),
-        "ar_audio_embedding.word_embeddings.weight": (AR_AUDIO_VOCAB, d),
-        "ar_text_position.alpha": (1,),
-        "ar_audio_position.alpha": (1,),
-    }
+    """Key -> shape in the reference state-dict order: the engine's schema (itself checked
+    against ../shared/golden/schema/vallex-full.json by tests/test_schema.py) at reduced size."""
+    from core.checkpoint import reference_schema
 
-    def layer(prefix: str, adaptive: bool) -> None:
-        shapes[f"{prefix}.self_attn.in_proj_weight"] = (3 * d, d)
-        shapes[f"{prefix}.self_attn.in_proj_bias"] = (3 * d,)
-        shapes[f"{prefix}.self_attn.out_proj.weight"] = (d, d)
-        shapes[f"{prefix}.self_attn.out_proj.bias"] = (d,)
-        shapes[f"{prefix}.linear1.weight"] = (f, d)
-        shapes[f"{prefix}.linear1.bias"] = (f,)
-        shapes[f"{prefix}.linear2.weight"] = (d, f)
-        shapes[f"{prefix}.linear2.bias"] = (d,)
-        for norm in ("norm1", "norm2"):
-            norm_keys(f"{prefix}.{norm}", adaptive)
-
-    def norm_keys(prefix: str, adaptive: bool) -> None:
-        if adaptive:
-            shapes[f"{prefix}.project_layer.weight"] = (2 * d, d)
-            shapes[f"{prefix}.project_layer.bias"] = (2 * d,)
-            prefix = f"{prefix}.norm"
-        shapes[f"{prefix}.weight"] = (d,)
-        shapes[f"{prefix}.bias"] = (d,)
-
-    for i in range(cfg.n_layers):
-        layer(f"ar_decoder.layers.{i}", adaptive=False)
-    norm_keys("ar_decoder.norm", adaptive=False)
-    shapes["ar_predict_layer.weight"] = (AR_CLASSES, d)
-    shapes["nar_audio_embeddings.0.word_embeddings.weight"] = (AR_CLASSES, d)
-    for q in range(1, N_QUANTIZERS):
-        shapes[f"nar_audio_embeddings.{q}.word_embeddings.weight"] = (1024, d)
-    shapes["nar_text_position.alpha"] = (1,)
-    shapes["nar_audio_position.alpha"] = (1,)
-    for i in range(cfg.n_layers):
-        layer(f"nar_decoder.layers.{i}", adaptive=True)
-    norm_keys("nar_decoder.norm", adaptive=True)
-    for j in range(N_QUANTIZERS - 1):
-        shapes[f"nar_predict_layers.{j}.weight"] = (1024, d)
-    for j in range(N_QUANTIZERS - 1):
-        shapes[f"nar_stage_embeddings.{j}.word_embeddings.weight"] = (1, d)
-    shapes["ar_language_embedding.word_embeddings.weight"] = (N_LANGUAGES, d)
-    shapes["nar_language_embedding.word_embeddings.weight"] = (N_LANGUAGES, d)
-    return shapes
+    return {k: tuple(v) for k, v in reference_schema(cfg.d_model, cfg.n_layers, d_ff=cfg.ffn).items()}
 
 
 def _init_tensor(key: str, shape: tuple[int, ...], d: int, g: torch.Generator) -> torch.Tensor:
