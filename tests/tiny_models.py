@@ -284,8 +284,6 @@ def make_models_folder(dest: Path, *, asr: bool = True) -> Path:
     """Write a complete tiny models folder (layout in docs/design.md) into `dest`; return `dest`."""
     dest = Path(dest)
     make_vallex_checkpoint(dest / "vallex" / "vallex-checkpoint.pt")
-    # heads are not in the checkpoint: the studio reads them from here (default 16, the real model)
-    (dest / "vallex" / "config.json").write_text(json.dumps({"nhead": 4}))
     make_vocos_folder(dest / "vocos")
     make_encodec_folder(dest / "encodec")
     if asr:
