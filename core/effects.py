@@ -122,6 +122,13 @@ def _trim_tail(wav: np.ndarray, keep: int, floor_db: float = -60.0) -> np.ndarra
     return wav[:end]
 
 
+def _with_tail(board, wav: np.ndarray, sr: int, tail_s: float) -> np.ndarray:
+    """Run a pedalboard effect on `wav` padded with `tail_s` of silence (so the reverb or echo
+    tail is not cut off), then trim back with _trim_tail."""
+    out = board(_pad_tail(wav, sr, tail_s)[None, :], sr)[0]
+    return _trim_tail(np.asarray(out, dtype=np.float32), wav.size)
+
+
 @dataclass(frozen=True)
 class Reverb:
     amount: float  # 0..1
@@ -132,8 +139,7 @@ class Reverb:
         wav, a = _mono(wav), float(np.clip(self.amount, 0.0, 1.0))
         board = pedalboard.Reverb(room_size=0.35 + 0.6 * a, damping=0.45, wet_level=0.12 + 0.3 * a,
                                   dry_level=1.0 - 0.25 * a, width=0.0)
-        out = board(_pad_tail(wav, sr, 0.4 + 1.6 * a)[None, :], sr)[0]
-        return _trim_tail(np.asarray(out, dtype=np.float32), wav.size)
+        return _with_tail(board, wav, sr, 0.4 + 1.6 * a)
 
 
 @dataclass(frozen=True)
@@ -149,8 +155,7 @@ class Echo:
         board = pedalboard.Delay(delay_seconds=delay, feedback=feedback, mix=0.25 + 0.2 * a)
         # tail long enough for the repeats to fall ~60 dB
         repeats = int(np.ceil(np.log(1e-3) / np.log(feedback)))
-        out = board(_pad_tail(wav, sr, delay * (repeats + 1))[None, :], sr)[0]
-        return _trim_tail(np.asarray(out, dtype=np.float32), wav.size)
+        return _with_tail(board, wav, sr, delay * (repeats + 1))
 
 
 @dataclass(frozen=True)
