@@ -15,7 +15,6 @@ message). Each call is bounded by a watchdog (a hang fails the test; it is not a
 from __future__ import annotations
 
 import random
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
 from dataclasses import replace

@@ -5,7 +5,6 @@ import json
 import re
 
 import numpy as np
-import pytest
 import soundfile as sf
 import torch
 
