@@ -356,11 +356,12 @@ class VallEX:
             for beam in range(1, nb):
                 cache[:, :, beam::nb, :, :P] = cache[:, :, 0::nb, :, :P]
             logits = logits.repeat_interleave(nb, 0)
-        key_valid = None
+        key_valid = key_start = None
         if padded:
             key_valid = torch.ones(R, S_max, dtype=torch.bool, device=dev)
             for b in range(B):
                 key_valid[b * nb:(b + 1) * nb, :P - pre[b]] = False
+            key_start = torch.tensor([P - pre[i // nb] for i in range(R)], dtype=torch.int32, device=dev)
 
         pickers = [TokenPicker(s, seeds[i // nb] if nb == 1 else _beam_seed(seeds[i // nb], i % nb), dev)
                    for i in range(R)]
@@ -399,11 +400,12 @@ class VallEX:
                 live = live.index_select(0, kt)
                 if key_valid is not None:
                     key_valid = key_valid.index_select(0, kt)
+                    key_start = key_start.index_select(0, kt)
             toks = torch.tensor([feed[i] for i in live_rows], device=dev)
             pos = torch.tensor([reqs[row_req[i]].T + len(pickers[i].history) for i in live_rows], device=dev)
             xs = (_emb(c.ar_audio_emb, toks) * 1.0 + c.ar_audio_alpha * self._pos(int(pos.max()) + 1)[pos])
             m = None if key_valid is None else key_valid[:, None, None, :slot + 1]
-            h = stack.forward_cached(xs.unsqueeze(1), cache, slot, m)
+            h = stack.forward_cached(xs.unsqueeze(1), cache, slot, m, key_start)
             logits = _head(c.ar_head, h[:, -1])
             slot += 1
 

@@ -1,0 +1,238 @@
+/* CPU kernels for the one-row-at-a-time AR decode step of core/lm.py (built by core/native.py).
+
+Why hand-written: for a single query row, PyTorch's SDPA and batched matmul spend most of their
+time in per-head set-up (16 heads x 12 layers of tiny GEMVs), and fbgemm / oneDNN int8 GEMV read
+the weights at ~18 GB/s here, well below the memory bandwidth. The decode step is bound by how
+fast the weights and the KV cache stream from memory, so these loops just stream them once, in
+order, on the threads of PyTorch's own OpenMP pool (the same libgomp, so no oversubscription).
+
+Compiled with -O3 -march=native -fopenmp: `omp simd reduction` lets the compiler vectorise the
+float sums without -ffast-math. */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__AVX512VNNI__)
+#include <immintrin.h>
+#endif
+
+static inline float bf16f(uint16_t x) {
+    uint32_t u = (uint32_t)x << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* q . k for c <= 4 consecutive key rows of length D (four independent sums per pass). */
+static inline void dot4_f32(const float *restrict q, const float *restrict k, int D, int c, float *out) {
+    const float *k0 = k, *k1 = c > 1 ? k + D : k, *k2 = c > 2 ? k + 2 * D : k, *k3 = c > 3 ? k + 3 * D : k;
+    float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+    for (int i = 0; i < D; i++) {
+        a0 += q[i] * k0[i];
+        a1 += q[i] * k1[i];
+        a2 += q[i] * k2[i];
+        a3 += q[i] * k3[i];
+    }
+    float a[4] = {a0, a1, a2, a3};
+    for (int j = 0; j < c; j++) out[j] = a[j];
+}
+
+static inline void dot4_bf16(const float *restrict q, const uint16_t *restrict k, int D, int c, float *out) {
+    const uint16_t *k0 = k, *k1 = c > 1 ? k + D : k, *k2 = c > 2 ? k + 2 * D : k, *k3 = c > 3 ? k + 3 * D : k;
+    float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+    for (int i = 0; i < D; i++) {
+        a0 += q[i] * bf16f(k0[i]);
+        a1 += q[i] * bf16f(k1[i]);
+        a2 += q[i] * bf16f(k2[i]);
+        a3 += q[i] * bf16f(k3[i]);
+    }
+    float a[4] = {a0, a1, a2, a3};
+    for (int j = 0; j < c; j++) out[j] = a[j];
+}
+
+/* Attention of one query per (row b, head h) over keys [starts[b], n) of a static KV cache.
+   q: float32, element (b, h, d) at q[b*qsb + h*D + d].
+   k, v: float32 or bf16 (kv_bf16), element (b, h, s, d) at [b*sb + h*sh + s*D + d].
+   out: float32 [B, H, D] contiguous. starts: NULL (all rows start at 0) or int32 [B]. */
+void vx_attn_decode(const float *q, int64_t qsb, const void *k, const void *v, int64_t sb, int64_t sh,
+                    float *out, int B, int H, int D, int n, const int32_t *starts, float scale,
+                    int kv_bf16, int n_threads) {
+#pragma omp parallel num_threads(n_threads)
+    {
+        float *p = malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
+#pragma omp for schedule(static)
+        for (int bh = 0; bh < B * H; bh++) {
+            int b = bh / H, h = bh % H;
+            const float *qv = q + b * qsb + (int64_t)h * D;
+            int64_t base = b * sb + h * sh;
+            int s0 = starts ? starts[b] : 0;
+            float *o = out + (int64_t)bh * D;
+            float mx = -INFINITY, sum = 0.f;
+            for (int s = s0; s < n; s += 4) {
+                int c = n - s < 4 ? n - s : 4;
+                if (kv_bf16)
+                    dot4_bf16(qv, (const uint16_t *)k + base + (int64_t)s * D, D, c, p + s);
+                else
+                    dot4_f32(qv, (const float *)k + base + (int64_t)s * D, D, c, p + s);
+                for (int j = 0; j < c; j++) {
+                    p[s + j] *= scale;
+                    if (p[s + j] > mx) mx = p[s + j];
+                }
+            }
+            for (int s = s0; s < n; s++) {
+                p[s] = expf(p[s] - mx);
+                sum += p[s];
+            }
+            float inv = sum > 0.f ? 1.f / sum : 0.f;
+            for (int d = 0; d < D; d++) o[d] = 0.f;
+            for (int s = s0; s < n; s++) {
+                float w = p[s] * inv;
+                if (kv_bf16) {
+                    const uint16_t *vr = (const uint16_t *)v + base + (int64_t)s * D;
+#pragma omp simd
+                    for (int d = 0; d < D; d++) o[d] += w * bf16f(vr[d]);
+                } else {
+                    const float *vr = (const float *)v + base + (int64_t)s * D;
+#pragma omp simd
+                    for (int d = 0; d < D; d++) o[d] += w * vr[d];
+                }
+            }
+        }
+        free(p);
+    }
+}
+
+/* y[m, n] = act(scale[n] * sum_k w[n, k] x[m, k] + bias[n]) for a few rows m: int8 weights with
+   per-output-channel scales, each activation row quantized on the fly to int8 with one scale
+   (like fbgemm's dynamic mode). With AVX-512 VNNI, one vpdpbusd does 64 multiply-adds: the
+   activation is made unsigned (+128) and the 128 * rowsum(w) it adds is taken back out.
+   rowsum[n] = sum_k w[n, k]. x rows are xs floats apart; y is [M, N] contiguous. */
+void vx_linear_i8(const float *x, int64_t xs, int M, int K, const int8_t *w, const float *scale,
+                  const int32_t *rowsum, const float *bias, float *y, int N, int relu, int n_threads) {
+    uint8_t *xq = malloc((size_t)M * K);
+    float *xscale = malloc(sizeof(float) * (size_t)M);
+    for (int m = 0; m < M; m++) {
+        const float *xr = x + m * xs;
+        float amax = 0.f;
+        for (int i = 0; i < K; i++) amax = fmaxf(amax, fabsf(xr[i]));
+        float s = amax > 0.f ? amax / 127.f : 1.f, inv = 1.f / s;
+        for (int i = 0; i < K; i++) xq[(int64_t)m * K + i] = (uint8_t)(lrintf(xr[i] * inv) + 128);
+        xscale[m] = s;
+    }
+#pragma omp parallel for schedule(static) num_threads(n_threads)
+    for (int n = 0; n < N; n++) {
+        const int8_t *wr = w + (int64_t)n * K;
+        for (int m = 0; m < M; m++) {
+            const uint8_t *xr = xq + (int64_t)m * K;
+            int32_t acc = 0;
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+            /* One weight row streamed front to back (one stream per thread reads at full memory
+               bandwidth; four rows at once did not), four independent sums, prefetch ahead. */
+            __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+            int i = 0;
+            for (; i + 256 <= K; i += 256) {
+                _mm_prefetch((const char *)(wr + i + 4096), _MM_HINT_T0);
+                _mm_prefetch((const char *)(wr + i + 4096 + 64), _MM_HINT_T0);
+                _mm_prefetch((const char *)(wr + i + 4096 + 128), _MM_HINT_T0);
+                _mm_prefetch((const char *)(wr + i + 4096 + 192), _MM_HINT_T0);
+                a0 = _mm512_dpbusd_epi32(a0, _mm512_loadu_si512(xr + i), _mm512_loadu_si512(wr + i));
+                a1 = _mm512_dpbusd_epi32(a1, _mm512_loadu_si512(xr + i + 64), _mm512_loadu_si512(wr + i + 64));
+                a2 = _mm512_dpbusd_epi32(a2, _mm512_loadu_si512(xr + i + 128), _mm512_loadu_si512(wr + i + 128));
+                a3 = _mm512_dpbusd_epi32(a3, _mm512_loadu_si512(xr + i + 192), _mm512_loadu_si512(wr + i + 192));
+            }
+            for (; i < K; i += 64) {
+                __mmask64 mk = K - i >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (K - i)) - 1);
+                a0 = _mm512_dpbusd_epi32(a0, _mm512_maskz_loadu_epi8(mk, xr + i), _mm512_maskz_loadu_epi8(mk, wr + i));
+            }
+            acc = _mm512_reduce_add_epi32(_mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3)));
+#else
+#pragma omp simd reduction(+ : acc)
+            for (int i = 0; i < K; i++) acc += (int32_t)xr[i] * (int32_t)wr[i];
+#endif
+            float val = (float)(acc - 128 * rowsum[n]) * xscale[m] * scale[n] + (bias ? bias[n] : 0.f);
+            y[(int64_t)m * N + n] = relu && val < 0.f ? 0.f : val;
+        }
+    }
+    free(xq);
+    free(xscale);
+}
+
+/* ---- the whole AR decode step of the int8 mode in one call ---------------------------------- */
+
+typedef struct {
+    const int8_t *w;
+    const float *scale;
+    const int32_t *rowsum;
+    const float *bias;
+    int n, k;
+} vx_qlinear;
+
+typedef struct {
+    const float *ln1_w, *ln1_b, *ln2_w, *ln2_b;
+    vx_qlinear qkv, out, ff1, ff2;
+} vx_qlayer;
+
+static void layer_norm(const float *x, const float *w, const float *b, float *y, int D) {
+    float mean = 0.f, var = 0.f;
+    for (int i = 0; i < D; i++) mean += x[i];
+    mean /= (float)D;
+    for (int i = 0; i < D; i++) var += (x[i] - mean) * (x[i] - mean);
+    float inv = 1.f / sqrtf(var / (float)D + 1e-5f);
+    for (int i = 0; i < D; i++) y[i] = (x[i] - mean) * inv * w[i] + b[i];
+}
+
+static inline uint16_t f32_bf16(float f) {  /* round to nearest even, as torch's .to(bfloat16) */
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);  /* NaN stays NaN */
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+static void qlin(const vx_qlinear *l, const float *x, int M, float *y, int relu, int nt) {
+    vx_linear_i8(x, l->k, M, l->k, l->w, l->scale, l->rowsum, l->bias, y, l->n, relu, nt);
+}
+
+/* x: the residual stream [B, D] of the new position, updated in place through all layers (the
+   final norm is left to the caller). cache: bf16 [L, 2, B, H, smax, D/H]; the new k, v go to
+   `slot` and the query attends to keys [starts[b], slot]. Same arithmetic as the per-op path
+   (pre-LN, eps 1e-5, int8 Linear layers, bf16 KV cache, float32 softmax). */
+void vx_decode_i8(const vx_qlayer *layers, int n_layers, float *x, int B, int D, int H, int d_ff,
+                  uint16_t *cache, int64_t smax, int slot, const int32_t *starts, int n_threads) {
+    int hd = D / H;
+    float *h = malloc(sizeof(float) * (size_t)B * D);
+    float *qkv = malloc(sizeof(float) * (size_t)B * 3 * D);
+    float *att = malloc(sizeof(float) * (size_t)B * D);
+    float *tmp = malloc(sizeof(float) * (size_t)B * (d_ff > D ? d_ff : D));
+    float *o = malloc(sizeof(float) * (size_t)B * D);
+    int64_t sh = smax * hd, sb = (int64_t)H * sh, skv = (int64_t)B * sb;
+    for (int i = 0; i < n_layers; i++) {
+        const vx_qlayer *L = layers + i;
+        uint16_t *kc = cache + (int64_t)(2 * i) * skv, *vc = kc + skv;
+        for (int b = 0; b < B; b++) layer_norm(x + (int64_t)b * D, L->ln1_w, L->ln1_b, h + (int64_t)b * D, D);
+        qlin(&L->qkv, h, B, qkv, 0, n_threads);
+        for (int b = 0; b < B; b++)
+            for (int hh = 0; hh < H; hh++) {
+                const float *kr = qkv + (int64_t)b * 3 * D + D + hh * hd, *vr = kr + D;
+                uint16_t *kd = kc + b * sb + hh * sh + (int64_t)slot * hd, *vd = vc + b * sb + hh * sh + (int64_t)slot * hd;
+                for (int d = 0; d < hd; d++) {
+                    kd[d] = f32_bf16(kr[d]);
+                    vd[d] = f32_bf16(vr[d]);
+                }
+            }
+        vx_attn_decode(qkv, 3 * D, kc, vc, sb, sh, att, B, H, hd, slot + 1, starts, 1.f / sqrtf((float)hd), 1,
+                       n_threads);
+        qlin(&L->out, att, B, o, 0, n_threads);
+        for (int64_t j = 0; j < (int64_t)B * D; j++) x[j] += o[j];
+        for (int b = 0; b < B; b++) layer_norm(x + (int64_t)b * D, L->ln2_w, L->ln2_b, h + (int64_t)b * D, D);
+        qlin(&L->ff1, h, B, tmp, 1, n_threads);
+        qlin(&L->ff2, tmp, B, o, 0, n_threads);
+        for (int64_t j = 0; j < (int64_t)B * D; j++) x[j] += o[j];
+    }
+    free(h);
+    free(qkv);
+    free(att);
+    free(tmp);
+    free(o);
+}

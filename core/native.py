@@ -1,0 +1,228 @@
+"""The decode-step CPU kernels of `core/kernels.c`: built once with the system C compiler, loaded
+with ctypes, used when present.
+
+Plain C + ctypes rather than a PyTorch C++ extension: it compiles in about a second (no torch
+headers, no ninja) and needs nothing but `cc`. It is compiled with -march=native for the machine
+it runs on, so the shared object is cached under a key made of the source, the flags and the CPU's
+feature flags. The kernels' OpenMP regions run on PyTorch's own libgomp (torch/lib/libgomp.so.1 has
+the same soname, so the loader reuses it): one thread pool, no oversubscription.
+
+Everything here is optional. Without a compiler, on another OS or CPU architecture, or with
+VALLEX_NATIVE=0, `available()` is False and core/lm.py keeps to plain PyTorch ops. The float32
+(reference-exact) mode never uses these kernels.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("kernels.c")
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c11", "-shared", "-fPIC"]
+DECODE_ROWS = 4  # up to this many activation rows, vx_linear_i8 beats fbgemm here; more: fbgemm
+
+_lock = threading.Lock()
+_lib = None
+_tried = False
+_why = ""
+
+
+def cache_dir() -> Path:
+    """VALLEX_KERNEL_CACHE, else $XDG_CACHE_HOME (or ~/.cache)/vallex-studio/kernels."""
+    if os.environ.get("VALLEX_KERNEL_CACHE"):
+        return Path(os.environ["VALLEX_KERNEL_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "vallex-studio" / "kernels"
+
+
+def _cpu_key() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        flags = platform.processor()
+    return flags
+
+
+def _build() -> Path:
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if not cc:
+        raise RuntimeError("no C compiler (cc / gcc) on PATH")
+    src = SOURCE.read_bytes()
+    key = hashlib.sha256(src + " ".join(FLAGS).encode() + _cpu_key().encode()).hexdigest()[:16]
+    out_dir = cache_dir()
+    out = out_dir / f"vallex-kernels-{key}.so"
+    if out.exists():
+        return out
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
+    os.close(fd)
+    try:
+        p = subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True,
+                           timeout=120)
+        if p.returncode != 0:
+            raise RuntimeError(f"{cc} failed: {p.stderr.strip()[-400:]}")
+        os.replace(tmp, out)  # atomic: several processes may build at once
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+def _declare(lib) -> None:
+    P, I, L, F = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
+    lib.vx_attn_decode.argtypes = [P, L, P, P, L, L, P, I, I, I, I, P, F, I, I]
+    lib.vx_attn_decode.restype = None
+    lib.vx_linear_i8.argtypes = [P, L, I, I, P, P, P, P, P, I, I, I]
+    lib.vx_linear_i8.restype = None
+    lib.vx_decode_i8.argtypes = [P, I, P, I, I, I, I, P, L, I, P, I]
+    lib.vx_decode_i8.restype = None
+
+
+def load():
+    """The loaded library, or None (the reason is in `why_unavailable()`)."""
+    global _lib, _tried, _why
+    if _tried:
+        return _lib
+    with _lock:
+        if _tried:
+            return _lib
+        try:
+            if os.environ.get("VALLEX_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
+                raise RuntimeError("disabled by VALLEX_NATIVE=0")
+            if not sys.platform.startswith("linux") or platform.machine().lower() not in ("x86_64", "amd64"):
+                raise RuntimeError(f"built for Linux x86-64 only (this is {sys.platform}/{platform.machine()})")
+            torch.get_num_threads()  # make sure torch (and its libgomp) is loaded first
+            lib = ctypes.CDLL(str(_build()))
+            _declare(lib)
+            _lib = lib
+        except Exception as e:  # any failure: stay on the PyTorch path
+            _why = str(e)
+            log.info("native decode kernels not used: %s", _why)
+            _lib = None
+        _tried = True
+    return _lib
+
+
+def available() -> bool:
+    return load() is not None
+
+
+def why_unavailable() -> str:
+    load()
+    return _why
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def attn_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n: int,
+                starts: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """One query row per (batch row, head) against keys [starts[b], n) of a static cache.
+
+    q: float32 [B, H, D] with contiguous heads (any batch stride); k, v: [B, H, Smax, D] float32
+    or bfloat16, contiguous in the last two dims, same strides; starts: int32 [B] or None.
+    Returns float32 [B, H, D]."""
+    B, H, D = q.shape
+    assert q.dtype == torch.float32 and q.stride(2) == 1 and q.stride(1) == D
+    assert k.dtype == v.dtype and k.stride() == v.stride() and k.stride(3) == 1 and k.stride(2) == D
+    out = torch.empty(B, H, D)
+    _lib.vx_attn_decode(q.data_ptr(), q.stride(0), k.data_ptr(), v.data_ptr(), k.stride(0), k.stride(1),
+                        out.data_ptr(), B, H, D, int(n), _ptr(starts), float(scale),
+                        int(k.dtype == torch.bfloat16), torch.get_num_threads())
+    return out
+
+
+class Int8DecodeLinear(torch.nn.Module):
+    """An int8 Linear for the AR stack: a few rows (the decode step) go through vx_linear_i8,
+    many rows (the prefill) through the fbgemm module it wraps. Both use the same int8 weights."""
+
+    def __init__(self, dyn: torch.nn.Module):
+        super().__init__()
+        self.dyn = dyn
+        qw, bias = dyn._packed_params._weight_bias()
+        if qw.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+            scales = qw.q_per_channel_scales().float()
+            zps = qw.q_per_channel_zero_points()
+        else:
+            scales = torch.full((qw.shape[0],), qw.q_scale(), dtype=torch.float32)
+            zps = torch.full((qw.shape[0],), qw.q_zero_point())
+        if bool((zps != 0).any()):
+            raise ValueError("vx_linear_i8 needs symmetric int8 weights")
+        w = qw.int_repr().contiguous()
+        self.register_buffer("w", w)
+        self.register_buffer("scale", scales.contiguous())
+        self.register_buffer("rowsum", w.sum(1, dtype=torch.int32).contiguous())
+        self.register_buffer("b", None if bias is None else bias.detach().float().contiguous())
+        self.in_features, self.out_features = int(w.shape[1]), int(w.shape[0])
+
+    def forward(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
+        shape = x.shape
+        rows = x.numel() // shape[-1]
+        if rows > DECODE_ROWS or x.dtype != torch.float32:
+            y = self.dyn(x)
+            return torch.relu_(y) if relu else y
+        x2 = x.reshape(rows, shape[-1])
+        if x2.stride(1) != 1:
+            x2 = x2.contiguous()
+        y = torch.empty(rows, self.out_features)
+        _lib.vx_linear_i8(x2.data_ptr(), x2.stride(0), rows, self.in_features, self.w.data_ptr(),
+                          self.scale.data_ptr(), self.rowsum.data_ptr(), _ptr(self.b), y.data_ptr(),
+                          self.out_features, int(relu), torch.get_num_threads())
+        return y.view(*shape[:-1], self.out_features)
+
+
+class _QLinear(ctypes.Structure):
+    _fields_ = [("w", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("rowsum", ctypes.c_void_p),
+                ("bias", ctypes.c_void_p), ("n", ctypes.c_int), ("k", ctypes.c_int)]
+
+
+class _QLayer(ctypes.Structure):
+    _fields_ = [("ln1_w", ctypes.c_void_p), ("ln1_b", ctypes.c_void_p), ("ln2_w", ctypes.c_void_p),
+                ("ln2_b", ctypes.c_void_p), ("qkv", _QLinear), ("out", _QLinear), ("ff1", _QLinear),
+                ("ff2", _QLinear)]
+
+
+class Int8DecodeStep:
+    """The int8 AR stack's whole decode step (all layers, one new position per row) as one call
+    of vx_decode_i8: the per-op path spends ~3 ms a step in Python and op dispatch, as long as
+    the attention itself. Holds pointers into the stack's tensors, so it lives as long as they do."""
+
+    def __init__(self, stack):
+        def lin(m: Int8DecodeLinear) -> _QLinear:
+            return _QLinear(m.w.data_ptr(), m.scale.data_ptr(), m.rowsum.data_ptr(), _ptr(m.b) or 0,
+                            m.out_features, m.in_features)
+
+        layers = []
+        for layer in stack.layers:
+            n1, n2 = layer.norm1, layer.norm2
+            layers.append(_QLayer(n1.weight.data_ptr(), n1.bias.data_ptr(), n2.weight.data_ptr(),
+                                  n2.bias.data_ptr(), lin(layer.qkv), lin(layer.out), lin(layer.ff1),
+                                  lin(layer.ff2)))
+        self.layers = (_QLayer * len(layers))(*layers)
+        self.n_layers, self.d, self.h = len(layers), stack.d, stack.h
+        self.d_ff = stack.layers[0].ff1.out_features
+        self._keep = stack  # the pointers above are into its tensors
+
+    def __call__(self, x: torch.Tensor, cache: torch.Tensor, slot: int, starts: torch.Tensor | None) -> torch.Tensor:
+        """x: float32 [B, D] (the new position's input); cache: bf16 [L, 2, B, H, Smax, hd],
+        contiguous. Returns the residual stream after the last layer, [B, D] (not normed)."""
+        x = x.contiguous().clone()
+        B = x.shape[0]
+        _lib.vx_decode_i8(ctypes.byref(self.layers), self.n_layers, x.data_ptr(), B, self.d, self.h,
+                          self.d_ff, cache.data_ptr(), cache.shape[4], int(slot), _ptr(starts),
+                          torch.get_num_threads())
+        return x

@@ -1,0 +1,165 @@
+"""The native decode kernels (core/kernels.c via core/native.py): each against plain PyTorch, the
+int8 engine's fused decode step against its per-op path, and the fallback when they can't be built."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from core import native
+from core.lm import VallEX
+from core.sampling import Sampling
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+needs_native = pytest.mark.skipif(not native.available(), reason=f"no native kernels: {native.why_unavailable()}")
+
+
+def _sdpa_reference(q, k, v, n, starts):
+    """float32 SDPA of one query per (row, head) over keys [start_b, n)."""
+    B = q.shape[0]
+    keep = torch.arange(n)[None, :] >= torch.as_tensor(starts if starts is not None else [0] * B)[:, None]
+    return F.scaled_dot_product_attention(q[:, :, None].float(), k[:, :, :n].float(), v[:, :, :n].float(),
+                                          attn_mask=keep[:, None, None, :])[:, :, 0]
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("D", [64, 24, 4])
+def test_attention_decode_matches_sdpa(dtype, D):
+    g = torch.Generator().manual_seed(D)
+    B, H, smax, n = 3, 5, 41, 33
+    q = torch.randn(B, H, D, generator=g)
+    k = torch.randn(B, H, smax, D, generator=g).to(dtype)
+    v = torch.randn(B, H, smax, D, generator=g).to(dtype)
+    k[:, :, n:] = float("nan")  # past the current length: must never be read
+    v[:, :, n:] = float("nan")
+    starts = torch.tensor([0, 5, 32], dtype=torch.int32)  # left padding; the last row sees one key
+    got = native.attn_decode(q, k, v, n, starts, D ** -0.5)
+    want = _sdpa_reference(q, k, v, n, starts.tolist())
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # A query with a batch stride (a view into a packed q|k|v row) gives the same.
+    qkv = torch.randn(B, 3, H, D, generator=g)
+    qkv[:, 0] = q
+    torch.testing.assert_close(native.attn_decode(qkv[:, 0], k, v, n, None, D ** -0.5),
+                               _sdpa_reference(q, k, v, n, None), rtol=1e-5, atol=1e-5)
+
+
+def _int8_linear(K, N, seed=0):
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    torch.manual_seed(seed)
+    lin = torch.nn.Linear(K, N)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dyn = quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear: per_channel_dynamic_qconfig},
+                               dtype=torch.qint8)[0]
+    return lin, dyn
+
+
+@needs_native
+@pytest.mark.parametrize("K, N", [(1024, 96), (100, 37), (24, 72), (320, 5)])
+def test_int8_decode_linear_close_to_float(K, N):
+    lin, dyn = _int8_linear(K, N)
+    m = native.Int8DecodeLinear(dyn)
+    for rows in (1, 2, native.DECODE_ROWS):
+        x = torch.randn(rows, 1, K)
+        want = lin(x)
+        got = m(x)
+        assert got.shape == want.shape
+        err = (got - want).abs().max() / want.abs().max()
+        assert err < 0.03, f"rows={rows}: relative error {err:.4f}"
+        torch.testing.assert_close(m(x, relu=True), torch.relu(got))
+    # More rows than the decode step has: fbgemm, exactly as before wrapping.
+    x = torch.randn(native.DECODE_ROWS + 3, K)
+    assert torch.equal(m(x), dyn(x))
+
+
+def _tiny_int8(golden, name="tiny-b", heads=6):
+    return VallEX.from_checkpoint(golden / "model" / name / "checkpoint.pt", n_heads=heads, quantize="int8")
+
+
+@needs_native
+@pytest.mark.parametrize("name, heads", [("tiny-a", 4), ("tiny-b", 6)])
+def test_fused_int8_decode_step_matches_per_op_path(golden, name, heads):
+    model = _tiny_int8(golden, name, heads)
+    stack = model.core.ar
+    assert stack.fast_cpu and stack.decode_step is not None and stack.kv_dtype == torch.bfloat16
+    L, H, hd, B, smax, slot = len(stack.layers), stack.h, stack.hd, 3, 20, 11
+    g = torch.Generator().manual_seed(1)
+    cache = torch.randn(L, 2, B, H, smax, hd, generator=g).to(torch.bfloat16)
+    x = torch.randn(B, 1, stack.d, generator=g)
+    starts = torch.tensor([0, 4, 9], dtype=torch.int32)
+    c1, c2 = cache.clone(), cache.clone()
+    with torch.inference_mode():
+        fused = stack.forward_cached(x, c1, slot, None, starts)
+        step, stack.decode_step = stack.decode_step, None
+        try:
+            per_op = stack.forward_cached(x, c2, slot, None, starts)
+        finally:
+            stack.decode_step = step
+    torch.testing.assert_close(fused, per_op, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(c1.float(), c2.float(), rtol=0, atol=0.02)  # the new k/v, bf16-rounded
+    assert torch.equal(c1[:, :, :, :, :slot], cache[:, :, :, :, :slot])  # earlier slots untouched
+
+
+@needs_native
+def test_int8_engine_generates_with_and_without_fused_step(golden):
+    model = _tiny_int8(golden)
+    args = (torch.tensor([5, 6, 7, 8, 9, 10]), torch.zeros(6, dtype=torch.long), 2,
+            torch.randint(0, 1024, (12, 8), generator=torch.Generator().manual_seed(3)))
+    s = Sampling(top_k=1, max_frames=24, guards=False)
+    fused = model.generate_ar(*args, sampling=s)
+    model.core.ar.decode_step = None
+    per_op = model.generate_ar(*args, sampling=s)
+    assert 0 < fused.numel() <= 24 and 0 < per_op.numel() <= 24
+    n = min(fused.numel(), per_op.numel())
+    assert (fused[:n] == per_op[:n]).float().mean() >= 0.5  # d=24 random weights: rounding-sensitive
+
+
+def test_engine_without_native_kernels(golden, monkeypatch):
+    monkeypatch.setattr(native, "_tried", True)
+    monkeypatch.setattr(native, "_lib", None)
+    for kw in (dict(dtype=torch.bfloat16), dict(quantize="int8")):
+        model = VallEX.from_checkpoint(golden / "model" / "tiny-b" / "checkpoint.pt", n_heads=6, **kw)
+        assert not model.core.ar.fast_cpu and model.core.ar.decode_step is None
+        assert model.core.ar.kv_dtype == torch.float32
+        codes = model.generate_ar([5, 6, 7], [0, 0, 0], 1, torch.zeros(4, 8, dtype=torch.long),
+                                  sampling=Sampling(top_k=1, max_frames=6))
+        assert codes.dtype == torch.long
+
+
+def test_float32_mode_never_uses_native_kernels(golden):
+    model = VallEX.from_checkpoint(golden / "model" / "tiny-b" / "checkpoint.pt", n_heads=6)
+    for stack in (model.core.ar, model.core.nar):
+        assert not stack.fast_cpu and stack.decode_step is None and stack.kv_dtype == torch.float32
+
+
+def _probe(env_extra, tmp_path):
+    env = dict(os.environ, VALLEX_KERNEL_CACHE=str(tmp_path / "kernels"), **env_extra)
+    code = "from core import native; print(native.available()); print(native.why_unavailable())"
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    return p.stdout.splitlines()
+
+
+def test_no_compiler_or_disabled_falls_back_with_a_reason(tmp_path):
+    ok, why = _probe({"CC": "/nonexistent/cc", "PATH": "/nonexistent"}, tmp_path)
+    assert ok == "False" and "compiler" in why
+    ok, why = _probe({"VALLEX_NATIVE": "0"}, tmp_path)
+    assert ok == "False" and "VALLEX_NATIVE=0" in why
+
+
+@needs_native
+def test_kernels_are_built_once_into_the_cache(tmp_path):
+    assert _probe({}, tmp_path)[0] == "True"
+    built = list((tmp_path / "kernels").glob("vallex-kernels-*.so"))
+    assert len(built) == 1
+    stamp = built[0].stat().st_mtime_ns
+    assert _probe({}, tmp_path)[0] == "True"
+    assert built[0].stat().st_mtime_ns == stamp
+    assert list((tmp_path / "kernels").iterdir()) == built  # no half-written temporary left behind
