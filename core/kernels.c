@@ -12,7 +12,7 @@ float sums without -ffast-math. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(__AVX512VNNI__)
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
@@ -104,55 +104,120 @@ void vx_attn_decode(const float *q, int64_t qsb, const void *k, const void *v, i
     }
 }
 
-/* y[m, n] = act(scale[n] * sum_k w[n, k] x[m, k] + bias[n]) for a few rows m: int8 weights with
-   per-output-channel scales, each activation row quantized on the fly to int8 with one scale
-   (like fbgemm's dynamic mode). With AVX-512 VNNI, one vpdpbusd does 64 multiply-adds: the
-   activation is made unsigned (+128) and the 128 * rowsum(w) it adds is taken back out.
-   rowsum[n] = sum_k w[n, k]. x rows are xs floats apart; y is [M, N] contiguous. */
-void vx_linear_i8(const float *x, int64_t xs, int M, int K, const int8_t *w, const float *scale,
-                  const int32_t *rowsum, const float *bias, float *y, int N, int relu, int n_threads) {
-    uint8_t *xq = malloc((size_t)M * K);
-    float *xscale = malloc(sizeof(float) * (size_t)M);
+/* Activation rows -> int8 with one scale per row, stored +128 (unsigned) and padded to k4 with
+   128 (= 0): the u8 operand of vpdpbusd. */
+static void quantize_rows(const float *x, int64_t xs, int M, int K, int k4, uint8_t *xq, float *xscale) {
     for (int m = 0; m < M; m++) {
         const float *xr = x + m * xs;
         float amax = 0.f;
         for (int i = 0; i < K; i++) amax = fmaxf(amax, fabsf(xr[i]));
         float s = amax > 0.f ? amax / 127.f : 1.f, inv = 1.f / s;
-        for (int i = 0; i < K; i++) xq[(int64_t)m * K + i] = (uint8_t)(lrintf(xr[i] * inv) + 128);
+        uint8_t *q = xq + (int64_t)m * k4;
+        for (int i = 0; i < K; i++) q[i] = (uint8_t)(lrintf(xr[i] * inv) + 128);
+        for (int i = K; i < k4; i++) q[i] = 128;
         xscale[m] = s;
     }
-#pragma omp parallel for schedule(static) num_threads(n_threads)
-    for (int n = 0; n < N; n++) {
-        const int8_t *wr = w + (int64_t)n * K;
-        for (int m = 0; m < M; m++) {
-            const uint8_t *xr = xq + (int64_t)m * K;
-            int32_t acc = 0;
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-            /* One weight row streamed front to back (one stream per thread reads at full memory
-               bandwidth; four rows at once did not), four independent sums, prefetch ahead. */
-            __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
-            int i = 0;
-            for (; i + 256 <= K; i += 256) {
-                _mm_prefetch((const char *)(wr + i + 4096), _MM_HINT_T0);
-                _mm_prefetch((const char *)(wr + i + 4096 + 64), _MM_HINT_T0);
-                _mm_prefetch((const char *)(wr + i + 4096 + 128), _MM_HINT_T0);
-                _mm_prefetch((const char *)(wr + i + 4096 + 192), _MM_HINT_T0);
-                a0 = _mm512_dpbusd_epi32(a0, _mm512_loadu_si512(xr + i), _mm512_loadu_si512(wr + i));
-                a1 = _mm512_dpbusd_epi32(a1, _mm512_loadu_si512(xr + i + 64), _mm512_loadu_si512(wr + i + 64));
-                a2 = _mm512_dpbusd_epi32(a2, _mm512_loadu_si512(xr + i + 128), _mm512_loadu_si512(wr + i + 128));
-                a3 = _mm512_dpbusd_epi32(a3, _mm512_loadu_si512(xr + i + 192), _mm512_loadu_si512(wr + i + 192));
-            }
-            for (; i < K; i += 64) {
-                __mmask64 mk = K - i >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (K - i)) - 1);
-                a0 = _mm512_dpbusd_epi32(a0, _mm512_maskz_loadu_epi8(mk, xr + i), _mm512_maskz_loadu_epi8(mk, wr + i));
-            }
-            acc = _mm512_reduce_add_epi32(_mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3)));
-#else
-#pragma omp simd reduction(+ : acc)
-            for (int i = 0; i < K; i++) acc += (int32_t)xr[i] * (int32_t)wr[i];
+}
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512F__)
+/* MB activation rows against one block of 16 weight rows. The block is packed [k4/4][16][4]:
+   each 64-byte load holds 4 consecutive k of all 16 rows, so vpdpbusd with the broadcast 4 bytes
+   of x adds into 16 per-row sums at once: no horizontal reductions, one weight stream, and each
+   weight load serves all MB rows. Two accumulator sets (even / odd k groups) hide the latency. */
+static inline void block16_one(const int8_t *wb, int groups, const uint8_t *xq, __m512i *out) {
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+    const int32_t *xr = (const int32_t *)xq;
+    int g = 0;
+    for (; g + 4 <= groups; g += 4) {
+        const int8_t *p = wb + (int64_t)g * 64;
+        for (int l = 0; l < 4; l++) _mm_prefetch((const char *)(p + 4096 + 64 * l), _MM_HINT_T0);
+        a0 = _mm512_dpbusd_epi32(a0, _mm512_set1_epi32(xr[g]), _mm512_loadu_si512(p));
+        a1 = _mm512_dpbusd_epi32(a1, _mm512_set1_epi32(xr[g + 1]), _mm512_loadu_si512(p + 64));
+        a2 = _mm512_dpbusd_epi32(a2, _mm512_set1_epi32(xr[g + 2]), _mm512_loadu_si512(p + 128));
+        a3 = _mm512_dpbusd_epi32(a3, _mm512_set1_epi32(xr[g + 3]), _mm512_loadu_si512(p + 192));
+    }
+    for (; g < groups; g++) a0 = _mm512_dpbusd_epi32(a0, _mm512_set1_epi32(xr[g]), _mm512_loadu_si512(wb + (int64_t)g * 64));
+    out[0] = _mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3));
+}
+
+static inline __attribute__((always_inline)) void block16(const int8_t *wb, int groups, const uint8_t *xq, int k4,
+                                                          int MB, __m512i *out) {
+    __m512i a[8], b[8];
+    const int32_t *xr[8];
+    for (int j = 0; j < MB; j++) {
+        a[j] = _mm512_setzero_si512();
+        b[j] = _mm512_setzero_si512();
+        xr[j] = (const int32_t *)(xq + (int64_t)j * k4);
+    }
+    int g = 0;
+    for (; g + 2 <= groups; g += 2) {
+        _mm_prefetch((const char *)(wb + (int64_t)(g + 64) * 64), _MM_HINT_T0);
+        _mm_prefetch((const char *)(wb + (int64_t)(g + 65) * 64), _MM_HINT_T0);
+        __m512i w0 = _mm512_loadu_si512(wb + (int64_t)g * 64), w1 = _mm512_loadu_si512(wb + (int64_t)(g + 1) * 64);
+        for (int j = 0; j < MB; j++) {
+            a[j] = _mm512_dpbusd_epi32(a[j], _mm512_set1_epi32(xr[j][g]), w0);
+            b[j] = _mm512_dpbusd_epi32(b[j], _mm512_set1_epi32(xr[j][g + 1]), w1);
+        }
+    }
+    if (g < groups) {
+        __m512i w0 = _mm512_loadu_si512(wb + (int64_t)g * 64);
+        for (int j = 0; j < MB; j++) a[j] = _mm512_dpbusd_epi32(a[j], _mm512_set1_epi32(xr[j][g]), w0);
+    }
+    for (int j = 0; j < MB; j++) out[j] = _mm512_add_epi32(a[j], b[j]);
+}
 #endif
-            float val = (float)(acc - 128 * rowsum[n]) * xscale[m] * scale[n] + (bias ? bias[n] : 0.f);
-            y[(int64_t)m * N + n] = relu && val < 0.f ? 0.f : val;
+
+/* y[m, n] = act(scale[n] * sum_k w[n, k] x[m, k] + bias[n]) for a few activation rows m: int8
+   weights with per-output-channel scales, each activation row quantized on the fly to int8 with
+   one scale (as fbgemm's dynamic mode does). wp: the weights packed by core/native.py as
+   [ceil(N/16)][k4/4][16][4] (k4 = K rounded up to 4, zero padding); scale, rowsum (sum_k w[n, k])
+   and bias are padded to a multiple of 16. x rows are xs floats apart; y is [M, N] contiguous. */
+void vx_linear_i8(const float *x, int64_t xs, int M, int K, const int8_t *wp, const float *scale,
+                  const int32_t *rowsum, const float *bias, float *y, int N, int relu, int n_threads) {
+    int k4 = (K + 3) & ~3, groups = k4 / 4, nblk = (N + 15) / 16;
+    uint8_t *xq = malloc((size_t)M * k4 + 64);
+    float *xscale = malloc(sizeof(float) * (size_t)(M > 0 ? M : 1));
+    quantize_rows(x, xs, M, K, k4, xq, xscale);
+#pragma omp parallel for schedule(static) num_threads(n_threads)
+    for (int nb = 0; nb < nblk; nb++) {
+        const int8_t *wb = wp + (int64_t)nb * 16 * k4;
+        int n0 = nb * 16, rows = N - n0 < 16 ? N - n0 : 16;
+        for (int m0 = 0; m0 < M; m0 += 8) {
+            int mb = M - m0 < 8 ? M - m0 : 8;
+            const uint8_t *xm = xq + (int64_t)m0 * k4;
+            int32_t acc[8][16];
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512F__)
+            __m512i out[8];
+            switch (mb) {  /* constant MB: the accumulators stay in registers */
+                case 1: block16_one(wb, groups, xm, out); break;
+                case 2: block16(wb, groups, xm, k4, 2, out); break;
+                case 3: block16(wb, groups, xm, k4, 3, out); break;
+                case 4: block16(wb, groups, xm, k4, 4, out); break;
+                case 5: block16(wb, groups, xm, k4, 5, out); break;
+                case 6: block16(wb, groups, xm, k4, 6, out); break;
+                case 7: block16(wb, groups, xm, k4, 7, out); break;
+                default: block16(wb, groups, xm, k4, 8, out); break;
+            }
+            for (int j = 0; j < mb; j++) _mm512_storeu_si512(acc[j], out[j]);
+#else
+            for (int j = 0; j < mb; j++)
+                for (int r = 0; r < 16; r++) {
+                    int32_t sacc = 0;
+                    for (int g = 0; g < groups; g++)
+                        for (int t = 0; t < 4; t++)
+                            sacc += (int32_t)xm[(int64_t)j * k4 + 4 * g + t] * (int32_t)wb[((int64_t)g * 16 + r) * 4 + t];
+                    acc[j][r] = sacc;
+                }
+#endif
+            for (int j = 0; j < mb; j++) {
+                float xsc = xscale[m0 + j];
+                float *yr = y + (int64_t)(m0 + j) * N + n0;
+                for (int r = 0; r < rows; r++) {
+                    int n = n0 + r;
+                    float val = (float)(acc[j][r] - 128 * rowsum[n]) * xsc * scale[n] + (bias ? bias[n] : 0.f);
+                    yr[r] = relu && val < 0.f ? 0.f : val;
+                }
+            }
         }
     }
     free(xq);

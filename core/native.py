@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("kernels.c")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c11", "-shared", "-fPIC"]
-DECODE_ROWS = 4  # up to this many activation rows, vx_linear_i8 beats fbgemm here; more: fbgemm
+DECODE_ROWS = 8  # up to this many activation rows vx_linear_i8 beats fbgemm here; more: fbgemm
+FUSED_ROWS = 16  # the fused decode step (no per-op overhead) still wins up to this many rows
 
 _lock = threading.Lock()
 _lib = None
@@ -146,6 +147,23 @@ def attn_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n: int,
     return out
 
 
+def pack_int8(w: torch.Tensor) -> torch.Tensor:
+    """int8 [N, K] -> the layout of vx_linear_i8: [ceil(N/16), ceil(K/4), 16, 4], zero-padded
+    (4 consecutive k of 16 output rows per 64 bytes)."""
+    n, k = w.shape
+    n16, k4 = -(-n // 16) * 16, -(-k // 4) * 4
+    wp = torch.zeros(n16, k4, dtype=torch.int8)
+    wp[:n, :k] = w
+    return wp.view(n16 // 16, 16, k4 // 4, 4).permute(0, 2, 1, 3).contiguous()
+
+
+def _pad16(t: torch.Tensor) -> torch.Tensor:
+    n = t.shape[0]
+    out = torch.zeros(-(-n // 16) * 16, dtype=t.dtype)
+    out[:n] = t
+    return out
+
+
 class Int8DecodeLinear(torch.nn.Module):
     """An int8 Linear for the AR stack: a few rows (the decode step) go through vx_linear_i8,
     many rows (the prefill) through the fbgemm module it wraps. Both use the same int8 weights."""
@@ -162,12 +180,13 @@ class Int8DecodeLinear(torch.nn.Module):
             zps = torch.full((qw.shape[0],), qw.q_zero_point())
         if bool((zps != 0).any()):
             raise ValueError("vx_linear_i8 needs symmetric int8 weights")
-        w = qw.int_repr().contiguous()
-        self.register_buffer("w", w)
-        self.register_buffer("scale", scales.contiguous())
-        self.register_buffer("rowsum", w.sum(1, dtype=torch.int32).contiguous())
-        self.register_buffer("b", None if bias is None else bias.detach().float().contiguous())
-        self.in_features, self.out_features = int(w.shape[1]), int(w.shape[0])
+        w = qw.int_repr()
+        n, k = w.shape
+        self.in_features, self.out_features = int(k), int(n)
+        self.register_buffer("w", pack_int8(w))
+        self.register_buffer("scale", _pad16(scales.float()))
+        self.register_buffer("rowsum", _pad16(w.sum(1, dtype=torch.int32)))
+        self.register_buffer("b", None if bias is None else _pad16(bias.detach().float()))
 
     def forward(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
         shape = x.shape

@@ -188,7 +188,7 @@ class Stack(nn.Module):
         final-normed float32 hidden state of the last row [B, 1, D] (the last layer computes only
         that row)."""
         n, S = len(self.layers), x.shape[1]
-        if (S == 1 and self.decode_step is not None and x.shape[0] <= native.DECODE_ROWS
+        if (S == 1 and self.decode_step is not None and x.shape[0] <= native.FUSED_ROWS
                 and cache.dtype == torch.bfloat16 and cache.is_contiguous()):
             return self.norm(self.decode_step(x[:, 0], cache, start, key_start)[:, None])
         for i, layer in enumerate(self.layers):

@@ -66,7 +66,7 @@ def _int8_linear(K, N, seed=0):
 def test_int8_decode_linear_close_to_float(K, N):
     lin, dyn = _int8_linear(K, N)
     m = native.Int8DecodeLinear(dyn)
-    for rows in (1, 2, native.DECODE_ROWS):
+    for rows in (1, 2, 3, native.DECODE_ROWS):
         x = torch.randn(rows, 1, K)
         want = lin(x)
         got = m(x)
@@ -84,16 +84,34 @@ def _tiny_int8(golden, name="tiny-b", heads=6):
 
 
 @needs_native
-@pytest.mark.parametrize("name, heads", [("tiny-a", 4), ("tiny-b", 6)])
-def test_fused_int8_decode_step_matches_per_op_path(golden, name, heads):
+@pytest.mark.parametrize("B", [1, 5, 11])
+def test_fused_int8_decode_step_is_batch_invariant(golden, B):
+    # Rows are quantized, multiplied and attended one by one, so a batch (B=11: more rows than
+    # one kernel pass takes) gives each row exactly what it gets alone.
+    stack = _tiny_int8(golden).core.ar
+    L, H, hd, smax, slot = len(stack.layers), stack.h, stack.hd, 20, 11
+    g = torch.Generator().manual_seed(2)
+    cache = torch.randn(L, 2, B, H, smax, hd, generator=g).to(torch.bfloat16)
+    x = torch.randn(B, 1, stack.d, generator=g)
+    starts = torch.tensor([(3 * b) % 10 for b in range(B)], dtype=torch.int32)
+    with torch.inference_mode():
+        together = stack.forward_cached(x, cache.clone(), slot, None, starts)
+        alone = [stack.forward_cached(x[b:b + 1], cache[:, :, b:b + 1].clone(), slot, None, starts[b:b + 1])
+                 for b in range(B)]
+    assert torch.equal(together, torch.cat(alone))
+
+
+@needs_native
+@pytest.mark.parametrize("name, heads, B", [("tiny-a", 4, 3), ("tiny-b", 6, 3)])
+def test_fused_int8_decode_step_matches_per_op_path(golden, name, heads, B):
     model = _tiny_int8(golden, name, heads)
     stack = model.core.ar
     assert stack.fast_cpu and stack.decode_step is not None and stack.kv_dtype == torch.bfloat16
-    L, H, hd, B, smax, slot = len(stack.layers), stack.h, stack.hd, 3, 20, 11
+    L, H, hd, smax, slot = len(stack.layers), stack.h, stack.hd, 20, 11
     g = torch.Generator().manual_seed(1)
     cache = torch.randn(L, 2, B, H, smax, hd, generator=g).to(torch.bfloat16)
     x = torch.randn(B, 1, stack.d, generator=g)
-    starts = torch.tensor([0, 4, 9], dtype=torch.int32)
+    starts = torch.tensor([0, 4, 9] * (B // 3) + [0] * (B % 3), dtype=torch.int32)
     c1, c2 = cache.clone(), cache.clone()
     with torch.inference_mode():
         fused = stack.forward_cached(x, c1, slot, None, starts)
