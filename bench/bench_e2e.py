@@ -3,7 +3,8 @@
 
 Builds a models folder in the real formats with full-size random weights (the VALL-E X checkpoint
 of bench_lm.py, Vocos and EnCodec at their public sizes) and times `Studio.synthesize` with a
-preset voice, per precision mode, each in its own subprocess:
+bundled voice cut to the LM bench's prompt (3 s, 8 transcript ids), per precision mode, each in
+its own subprocess:
   - one sentence capped at 5.12 s of audio (the LM bench's 384 frames), and
   - a 10-sentence text (fixed prompt: sentences are batched), each sentence capped at 5.12 s.
 Random weights never pick EOS (bench_lm.py sets its logit low), so every sentence runs to the cap.
@@ -28,19 +29,21 @@ sys.path.insert(0, str(ROOT))
 SCHEMA = ROOT.parent / "shared" / "golden" / "schema" / "vallex-full.json"
 CAP_S = 384 / 75
 
-ONE = "The quick brown fox jumps over the lazy dog, then naps under the old oak tree."
+ONE = "Good morning, how are you today?"
 TEN = " ".join([
-    "The morning train was late again, so everyone waited on the cold platform.",
-    "A small bakery on the corner sells the best bread in town.",
-    "She opened the window and listened to the rain falling on the roof.",
-    "Our team finished the project two days before the deadline.",
-    "The museum will be closed on Monday for the new exhibition.",
-    "He forgot his umbrella, but the sun came out by noon.",
-    "Please send me the report as soon as you can.",
-    "The children built a tall castle out of sand and shells.",
-    "After dinner we walked along the river until it got dark.",
-    "Tomorrow the market opens early, so set your alarm tonight.",
+    "The train was late again.", "She opened the window.", "Our team finished early.",
+    "The museum is closed today.", "He forgot his umbrella.", "Please send the report.",
+    "The children built a castle.", "We walked along the river.", "The market opens early.",
+    "Set your alarm tonight.",
 ])
+
+
+def bench_voice():
+    """The LM bench's prompt size: a bundled voice cut to 3 s (225 frames) and 8 transcript ids."""
+    from core.voices import Voice, VoiceLibrary
+
+    alan = VoiceLibrary().load("alan")
+    return Voice("bench-3s", alan.audio_tokens[:225], list(alan.text_ids[:8]), alan.language)
 
 
 def build_models(folder: Path, ckpt: Path) -> Path:
@@ -70,12 +73,13 @@ def worker(args) -> dict:
     t = time.perf_counter()
     studio._load()
     load_s = time.perf_counter() - t
-    opts = SynthOptions(language="en", top_k=1, seed=0, max_sentence_s=CAP_S)
-    studio.synthesize("Hello there.", voice="alan", options=opts)  # warm-up
+    opts = SynthOptions(language="en", top_k=1, seed=0, max_sentence_s=CAP_S, max_chars=40)
+    voice = bench_voice()
+    studio.synthesize("Hello there.", voice=voice, options=opts)  # warm-up
     out = {"mode": args.mode, "threads": args.threads, "load_s": round(load_s, 1)}
     for name, text in (("one_sentence", ONE), ("ten_sentences", TEN)):
         t = time.perf_counter()
-        res = studio.synthesize(text, voice="alan", options=opts)
+        res = studio.synthesize(text, voice=voice, options=opts)
         wall = time.perf_counter() - t
         lm = sum(s.timings.get("engine_s", 0.0) for s in res.sentences)
         out[name] = {"sentences": len(res.sentences), "audio_s": round(res.seconds, 2), "wall_s": round(wall, 2),
