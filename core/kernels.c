@@ -119,11 +119,14 @@ static void quantize_rows(const float *x, int64_t xs, int M, int K, int k4, uint
     }
 }
 
+#define MAX_MB 16 /* activation rows per pass over a weight block: 16 accumulators + 1 weight register */
+
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512F__)
 /* MB activation rows against one block of 16 weight rows. The block is packed [k4/4][16][4]:
    each 64-byte load holds 4 consecutive k of all 16 rows, so vpdpbusd with the broadcast 4 bytes
    of x adds into 16 per-row sums at once: no horizontal reductions, one weight stream, and each
-   weight load serves all MB rows. Two accumulator sets (even / odd k groups) hide the latency. */
+   weight load serves all MB rows (MB independent sums hide the latency; one row uses four sums
+   over interleaved k groups instead, in block16_one). Every cache line is prefetched 4 KB ahead. */
 static inline void block16_one(const int8_t *wb, int groups, const uint8_t *xq, __m512i *out) {
     __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
     const int32_t *xr = (const int32_t *)xq;
@@ -142,28 +145,18 @@ static inline void block16_one(const int8_t *wb, int groups, const uint8_t *xq, 
 
 static inline __attribute__((always_inline)) void block16(const int8_t *wb, int groups, const uint8_t *xq, int k4,
                                                           int MB, __m512i *out) {
-    __m512i a[8], b[8];
-    const int32_t *xr[8];
+    __m512i a[MAX_MB];
+    const int32_t *xr[MAX_MB];
     for (int j = 0; j < MB; j++) {
         a[j] = _mm512_setzero_si512();
-        b[j] = _mm512_setzero_si512();
         xr[j] = (const int32_t *)(xq + (int64_t)j * k4);
     }
-    int g = 0;
-    for (; g + 2 <= groups; g += 2) {
+    for (int g = 0; g < groups; g++) {
         _mm_prefetch((const char *)(wb + (int64_t)(g + 64) * 64), _MM_HINT_T0);
-        _mm_prefetch((const char *)(wb + (int64_t)(g + 65) * 64), _MM_HINT_T0);
-        __m512i w0 = _mm512_loadu_si512(wb + (int64_t)g * 64), w1 = _mm512_loadu_si512(wb + (int64_t)(g + 1) * 64);
-        for (int j = 0; j < MB; j++) {
-            a[j] = _mm512_dpbusd_epi32(a[j], _mm512_set1_epi32(xr[j][g]), w0);
-            b[j] = _mm512_dpbusd_epi32(b[j], _mm512_set1_epi32(xr[j][g + 1]), w1);
-        }
+        __m512i w = _mm512_loadu_si512(wb + (int64_t)g * 64);
+        for (int j = 0; j < MB; j++) a[j] = _mm512_dpbusd_epi32(a[j], _mm512_set1_epi32(xr[j][g]), w);
     }
-    if (g < groups) {
-        __m512i w0 = _mm512_loadu_si512(wb + (int64_t)g * 64);
-        for (int j = 0; j < MB; j++) a[j] = _mm512_dpbusd_epi32(a[j], _mm512_set1_epi32(xr[j][g]), w0);
-    }
-    for (int j = 0; j < MB; j++) out[j] = _mm512_add_epi32(a[j], b[j]);
+    for (int j = 0; j < MB; j++) out[j] = a[j];
 }
 #endif
 
@@ -182,12 +175,12 @@ void vx_linear_i8(const float *x, int64_t xs, int M, int K, const int8_t *wp, co
     for (int nb = 0; nb < nblk; nb++) {
         const int8_t *wb = wp + (int64_t)nb * 16 * k4;
         int n0 = nb * 16, rows = N - n0 < 16 ? N - n0 : 16;
-        for (int m0 = 0; m0 < M; m0 += 8) {
-            int mb = M - m0 < 8 ? M - m0 : 8;
+        for (int m0 = 0; m0 < M; m0 += MAX_MB) {
+            int mb = M - m0 < MAX_MB ? M - m0 : MAX_MB;
             const uint8_t *xm = xq + (int64_t)m0 * k4;
-            int32_t acc[8][16];
+            int32_t acc[MAX_MB][16];
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512F__)
-            __m512i out[8];
+            __m512i out[MAX_MB];
             switch (mb) {  /* constant MB: the accumulators stay in registers */
                 case 1: block16_one(wb, groups, xm, out); break;
                 case 2: block16(wb, groups, xm, k4, 2, out); break;
@@ -196,7 +189,15 @@ void vx_linear_i8(const float *x, int64_t xs, int M, int K, const int8_t *wp, co
                 case 5: block16(wb, groups, xm, k4, 5, out); break;
                 case 6: block16(wb, groups, xm, k4, 6, out); break;
                 case 7: block16(wb, groups, xm, k4, 7, out); break;
-                default: block16(wb, groups, xm, k4, 8, out); break;
+                case 8: block16(wb, groups, xm, k4, 8, out); break;
+                case 9: block16(wb, groups, xm, k4, 9, out); break;
+                case 10: block16(wb, groups, xm, k4, 10, out); break;
+                case 11: block16(wb, groups, xm, k4, 11, out); break;
+                case 12: block16(wb, groups, xm, k4, 12, out); break;
+                case 13: block16(wb, groups, xm, k4, 13, out); break;
+                case 14: block16(wb, groups, xm, k4, 14, out); break;
+                case 15: block16(wb, groups, xm, k4, 15, out); break;
+                default: block16(wb, groups, xm, k4, 16, out); break;
             }
             for (int j = 0; j < mb; j++) _mm512_storeu_si512(acc[j], out[j]);
 #else

@@ -32,7 +32,7 @@ from torch import nn
 from core.checkpoint import (N_CODES, _fill_tied_aliases, _reference_tying, check_state_dict, checkpoint_to_internal,
                              infer_config, read_state_dict, reference_schema)
 from core.errors import StudioError, TextError, VoiceError
-from core.quantize import DEFAULT_INT8, INT8_BACKENDS, apply_precision, release_pages, trim_heap
+from core.quantize import DEFAULT_INT8, INT8_BACKENDS, apply_precision, release_pages, trim_heap, tune_allocator
 from core.sampling import EOS, FRAME_RATE, Sampling, TokenPicker
 from core.transformer import Stack, sinusoid_table
 
@@ -172,6 +172,8 @@ class VallEX:
                         mmapped: bool = False) -> "VallEX":
         dtype = _parse_dtype(dtype)
         device = torch.device(device)
+        if device.type == "cpu":
+            tune_allocator()
         if quantize is not None:
             quantize = str(quantize).lower()
             if quantize == "int8":

@@ -30,7 +30,7 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("kernels.c")
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c11", "-shared", "-fPIC"]
+FLAGS = ["-O3", "-fopenmp", "-std=c11", "-shared", "-fPIC"]  # + -march=$VALLEX_KERNEL_MARCH (native)
 DECODE_ROWS = 8  # up to this many activation rows vx_linear_i8 beats fbgemm here; more: fbgemm
 FUSED_ROWS = 16  # the fused decode step (no per-op overhead) still wins up to this many rows
 
@@ -62,7 +62,8 @@ def _build() -> Path:
     if not cc:
         raise RuntimeError("no C compiler (cc / gcc) on PATH")
     src = SOURCE.read_bytes()
-    key = hashlib.sha256(src + " ".join(FLAGS).encode() + _cpu_key().encode()).hexdigest()[:16]
+    flags = FLAGS + [f"-march={os.environ.get('VALLEX_KERNEL_MARCH', 'native')}"]
+    key = hashlib.sha256(src + " ".join(flags).encode() + _cpu_key().encode()).hexdigest()[:16]
     out_dir = cache_dir()
     out = out_dir / f"vallex-kernels-{key}.so"
     if out.exists():
@@ -71,7 +72,7 @@ def _build() -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
     os.close(fd)
     try:
-        p = subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True,
+        p = subprocess.run([cc, *flags, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True,
                            timeout=120)
         if p.returncode != 0:
             raise RuntimeError(f"{cc} failed: {p.stderr.strip()[-400:]}")

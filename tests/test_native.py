@@ -181,3 +181,35 @@ def test_kernels_are_built_once_into_the_cache(tmp_path):
     assert _probe({}, tmp_path)[0] == "True"
     assert built[0].stat().st_mtime_ns == stamp
     assert list((tmp_path / "kernels").iterdir()) == built  # no half-written temporary left behind
+
+
+_PORTABLE_CHECK = """
+import torch, warnings
+from core import native
+assert native.available(), native.why_unavailable()
+torch.manual_seed(0)
+q = torch.randn(2, 3, 20); k = torch.randn(2, 3, 30, 20).bfloat16(); v = torch.randn(2, 3, 30, 20).bfloat16()
+got = native.attn_decode(q, k, v, 25, torch.tensor([0, 7], dtype=torch.int32), 0.2)
+keep = torch.arange(25)[None, :] >= torch.tensor([0, 7])[:, None]
+want = torch.nn.functional.scaled_dot_product_attention(q[:, :, None], k[:, :, :25].float(), v[:, :, :25].float(),
+                                                        attn_mask=keep[:, None, None, :], scale=0.2)[:, :, 0]
+torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+lin = torch.nn.Linear(70, 40)
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    dyn = quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)[0]
+x = torch.randn(3, 70)
+err = (native.Int8DecodeLinear(dyn)(x) - lin(x)).abs().max() / lin(x).abs().max()
+assert err < 0.03, err
+print("portable ok")
+"""
+
+
+@needs_native
+def test_portable_build_without_avx512_is_correct(tmp_path):
+    # CPUs without AVX-512 VNNI get the plain-C loops of kernels.c: build them for a baseline x86-64.
+    env = dict(os.environ, VALLEX_KERNEL_CACHE=str(tmp_path / "k"), VALLEX_KERNEL_MARCH="x86-64-v2")
+    p = subprocess.run([sys.executable, "-c", _PORTABLE_CHECK], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0 and "portable ok" in p.stdout, p.stderr[-2000:]
