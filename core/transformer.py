@@ -54,10 +54,11 @@ def _matmul_attention(q, k, v, mask, scale: float) -> torch.Tensor:
     B, H, Sq, _ = q.shape
     per_row = H * Sq * k.shape[2]
     step = max(1, _SCORES_CHUNK // max(per_row, 1))
+    q = q * scale  # scaling q, not the scores: Sk / hd times less work (exact for hd = 64)
     outs = []
     for b0 in range(0, B, step):
         qb, kb, vb = q[b0:b0 + step], k[b0:b0 + step], v[b0:b0 + step]
-        s = torch.matmul(qb, kb.transpose(-1, -2)).mul_(scale)
+        s = torch.matmul(qb, kb.transpose(-1, -2))
         if mask is not None:
             s.masked_fill_(~(mask[b0:b0 + step] if mask.shape[0] > 1 else mask), float("-inf"))
         outs.append(torch.matmul(torch.softmax(s, -1), vb))
