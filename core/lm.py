@@ -350,9 +350,16 @@ class VallEX:
             a_ids = torch.cat([torch.tensor([BOS], device=dev), r.prompt[:, 0]])
             xa = _emb(c.ar_audio_emb, a_ids) * 1.0 + c.ar_audio_alpha * self._pos(r.T + 1)
             x[b, P - pre[b]:] = torch.cat([self._text_in(r, nar=False), xa])
-        mask = _prefix_mask([r.L for r in reqs], pre, P, dev)
         pcache = cache[:, :, 0::nb] if nb > 1 else cache
-        h = stack.forward_cached(x, pcache, 0, mask)
+        if stack.decode_step is not None and B > 1:
+            # The int8 decode step is batch-invariant (every row is quantized and attended on its
+            # own); prefilling each request unpadded, in its own slice of the cache, makes a batch
+            # give exactly the one-by-one tokens. The pad slots are never read (key_start).
+            h = torch.cat([stack.forward_cached(x[b:b + 1, P - pre[b]:], pcache[:, :, b:b + 1, :, P - pre[b]:], 0,
+                                                _prefix_mask([r.L], [pre[b]], pre[b], dev))
+                           for b, r in enumerate(reqs)])
+        else:
+            h = stack.forward_cached(x, pcache, 0, _prefix_mask([r.L for r in reqs], pre, P, dev))
         logits = _head(c.ar_head, h[:, -1])
         if nb > 1:
             for beam in range(1, nb):

@@ -213,3 +213,25 @@ def test_portable_build_without_avx512_is_correct(tmp_path):
     p = subprocess.run([sys.executable, "-c", _PORTABLE_CHECK], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=300)
     assert p.returncode == 0 and "portable ok" in p.stdout, p.stderr[-2000:]
+
+
+@needs_native
+@pytest.mark.parametrize("sampling", [Sampling(top_k=1, max_frames=20), Sampling(top_k=8, temperature=0.9, seed=11,
+                                                                                 max_frames=20)])
+def test_int8_batch_gives_the_one_by_one_tokens(golden, sampling):
+    # Per-request prefill + a batch-invariant decode step: each sentence of a batch gets exactly
+    # the tokens it gets alone (request i samples with seed + i, as documented).
+    import dataclasses
+
+    from core.lm import LMRequest
+
+    model = _tiny_int8(golden)
+    g = torch.Generator().manual_seed(4)
+    prompt = torch.randint(0, 1024, (9, 8), generator=g)
+    reqs = [LMRequest(torch.randint(5, 70, (n,), generator=g), torch.zeros(n, dtype=torch.long), 2, prompt)
+            for n in (4, 7, 5, 9, 6)]
+    batch = model.generate_batch(reqs, sampling)
+    for i, (r, got) in enumerate(zip(reqs, batch)):
+        s = sampling if sampling.seed is None else dataclasses.replace(sampling, seed=sampling.seed + i)
+        alone = model.generate(r.text_ids, r.text_langs, r.prompt_text_len, r.prompt_codes, s)
+        assert torch.equal(got.codes, alone.codes), f"request {i}"
