@@ -91,6 +91,8 @@ def _declare(lib) -> None:
     lib.vx_linear_i8.restype = None
     lib.vx_decode_i8.argtypes = [P, I, P, I, I, I, I, P, L, I, P, I]
     lib.vx_decode_i8.restype = None
+    lib.vx_softmax_bf16.argtypes = [P, L, I, I]
+    lib.vx_softmax_bf16.restype = None
 
 
 def load():
@@ -146,6 +148,16 @@ def attn_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n: int,
                         out.data_ptr(), B, H, D, int(n), _ptr(starts), float(scale),
                         int(k.dtype == torch.bfloat16), torch.get_num_threads())
     return out
+
+
+def softmax_(s: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dim of bf16 scores, in place (float32 sums, bf16 result); a row
+    with every score -inf becomes zeros. Other dtypes or layouts: torch.softmax."""
+    if _lib is None or s.dtype != torch.bfloat16 or not s.is_contiguous() or s.device.type != "cpu":
+        return torch.softmax(s, -1)
+    n = s.shape[-1]
+    _lib.vx_softmax_bf16(s.data_ptr(), s.numel() // max(n, 1), n, torch.get_num_threads())
+    return s
 
 
 def pack_int8(w: torch.Tensor) -> torch.Tensor:

@@ -47,8 +47,9 @@ _SCORES_CHUNK = 8 * 1024 * 1024
 
 
 def _matmul_attention(q, k, v, mask, scale: float) -> torch.Tensor:
-    """Attention as two bf16 matmuls and a softmax that reads bf16 and sums in float32: on this CPU
-    class ~1.4x faster than SDPA's flash kernel, which gains nothing from bf16 inputs here.
+    """Attention as two bf16 matmuls and a softmax that reads bf16 and sums in float32 (in place,
+    core/kernels.c): on this CPU class ~1.4x faster than SDPA's flash kernel, which gains nothing
+    from bf16 inputs here.
     (The probabilities are rounded to bf16 either way: the second matmul takes bf16.)
     q: bf16 [B, H, Sq, hd] contiguous; k, v: bf16 [B, H, Sk, hd]; mask: None or bool, True = attend."""
     B, H, Sq, _ = q.shape
@@ -61,7 +62,7 @@ def _matmul_attention(q, k, v, mask, scale: float) -> torch.Tensor:
         s = torch.matmul(qb, kb.transpose(-1, -2))
         if mask is not None:
             s.masked_fill_(~(mask[b0:b0 + step] if mask.shape[0] > 1 else mask), float("-inf"))
-        outs.append(torch.matmul(torch.softmax(s, -1), vb))
+        outs.append(torch.matmul(native.softmax_(s), vb))
     return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 

@@ -49,6 +49,26 @@ def test_attention_decode_matches_sdpa(dtype, D):
                                _sdpa_reference(q, k, v, n, None), rtol=1e-5, atol=1e-5)
 
 
+@needs_native
+@pytest.mark.parametrize("n", [1, 15, 16, 33, 633])
+def test_softmax_kernel_matches_torch(n):
+    torch.manual_seed(n)
+    s = (torch.randn(2, 3, 7, n) * 6).bfloat16()
+    s[0, 0, 0, : n // 2] = float("-inf")  # masked keys: exactly zero
+    s[1, 2, 3] = float("-inf")  # a row with every key masked: zeros, not NaN
+    want = torch.softmax(s.float(), -1).nan_to_num(0.0)
+    got = native.softmax_(s)
+    assert got.data_ptr() == s.data_ptr() and got.dtype == torch.bfloat16  # in place
+    got = got.float()
+    # within one bf16 rounding of the exact probabilities
+    torch.testing.assert_close(got, want, rtol=8e-3, atol=1e-6)
+    assert bool((got[0, 0, 0, : n // 2] == 0).all()) and bool((got[1, 2, 3] == 0).all())
+    assert torch.isfinite(got).all()
+    # not contiguous / not bf16: falls back to torch.softmax
+    f = torch.randn(3, n)
+    torch.testing.assert_close(native.softmax_(f), torch.softmax(f, -1))
+
+
 def _int8_linear(K, N, seed=0):
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
@@ -202,6 +222,11 @@ with warnings.catch_warnings():
 x = torch.randn(3, 70)
 err = (native.Int8DecodeLinear(dyn)(x) - lin(x)).abs().max() / lin(x).abs().max()
 assert err < 0.03, err
+s = (torch.randn(4, 21) * 4).bfloat16(); s[1, :9] = float("-inf"); s[2] = float("-inf")
+want = torch.softmax(s.float(), -1).nan_to_num(0.0)
+got = native.softmax_(s.clone()).float()
+torch.testing.assert_close(got, want, rtol=8e-3, atol=1e-3)
+assert bool((got[1, :9] == 0).all()) and bool((got[2] == 0).all())
 print("portable ok")
 """
 
