@@ -389,3 +389,176 @@ void vx_softmax_bf16(uint16_t *s, int64_t rows, int n, int n_threads) {
         free(buf);
     }
 }
+
+/* ---- full (unmasked) attention over bf16 q, k, v: the NAR's -----------------------------------
+
+Why hand-written: with PyTorch ops the NAR's attention is a batched bf16 matmul to a [H, S, S]
+score tensor, a softmax over it, a second matmul and two layout copies, each a pass over memory.
+Here each (row, head) pair keeps its keys and values packed for vdpbf16ps in L2, and a block of
+QB queries goes scores -> softmax -> weighted values through an L1-sized buffer. Same arithmetic as
+that path: bf16 products summed in float32, probabilities rounded to bf16 (here before the 1/sum,
+which is applied in float32 at the end). */
+#if defined(__AVX512BF16__) && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define VX_ATTN_FULL 1
+#define QB 6 /* queries per block: QB x 4 float32 accumulators + 4 operand registers */
+
+/* scores of QB queries (bf16 pairs, hp per row) against nkb <= 4 packed key blocks */
+static inline __attribute__((always_inline)) void qk_blocks(const uint32_t *q, int hp, const uint32_t *kp, int nkb,
+                                                            float *s, int64_t ss, float scale) {
+    __m512 acc[QB][4];
+    for (int r = 0; r < QB; r++)
+        for (int c = 0; c < 4; c++) acc[r][c] = _mm512_setzero_ps();
+    for (int i = 0; i < hp; i++) {
+        __m512bh k[4];
+        for (int c = 0; c < nkb; c++) k[c] = (__m512bh)_mm512_loadu_si512(kp + ((int64_t)c * hp + i) * 16);
+        for (int r = 0; r < QB; r++) {
+            __m512bh qb = (__m512bh)_mm512_set1_epi32((int)q[r * hp + i]);
+            for (int c = 0; c < nkb; c++) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], qb, k[c]);
+        }
+    }
+    __m512 vs = _mm512_set1_ps(scale);
+    for (int r = 0; r < QB; r++)
+        for (int c = 0; c < nkb; c++) _mm512_storeu_ps(s + r * ss + c * 16, _mm512_mul_ps(acc[r][c], vs));
+}
+
+/* QB rows of bf16 probabilities (pairs of keys, np pairs) times packed values -> float32 [QB][nv*16] */
+static inline __attribute__((always_inline)) void pv_block(const uint32_t *p, int64_t ps, int np, const uint32_t *vp,
+                                                           int nv, __m512 acc[QB][4]) {
+    for (int r = 0; r < QB; r++)
+        for (int c = 0; c < 4; c++) acc[r][c] = _mm512_setzero_ps();
+    for (int j = 0; j < np; j++) {
+        __m512bh v[4];
+        for (int c = 0; c < nv; c++) v[c] = (__m512bh)_mm512_loadu_si512(vp + ((int64_t)j * nv + c) * 16);
+        for (int r = 0; r < QB; r++) {
+            __m512bh pb = (__m512bh)_mm512_set1_epi32((int)p[r * ps + j]);
+            for (int c = 0; c < nv; c++) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], pb, v[c]);
+        }
+    }
+}
+
+#endif
+
+/* 1 when vx_attn_full is compiled in (AVX-512 BF16); 0: the caller keeps the matmul path. */
+int vx_has_attn_full(void) {
+#ifdef VX_ATTN_FULL
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* q: bf16 [B, H, Sq, hd] with (b, h) blocks qs elements apart (qs = Sq*hd when contiguous; more for
+   the last rows of a longer sequence), k, v: bf16 [B, H, Sk, hd] contiguous; every query sees
+   every key.
+   out: [B, Sq, H, hd] (the layout the output projection reads), float32 or bf16 (out_bf16).
+   hd must be a multiple of 16 and at most 64. */
+void vx_attn_full(const uint16_t *q, int64_t qs, const uint16_t *k, const uint16_t *v, void *out, int B, int H,
+                  int Sq, int Sk, int hd, float scale, int out_bf16, int n_threads) {
+#ifdef VX_ATTN_FULL
+    int hp = hd / 2, nv = hd / 16, nkb = (Sk + 15) / 16, np = (Sk + 1) / 2, sk32 = (Sk + 31) / 32 * 32;
+    int64_t ss = (int64_t)nkb * 16 + 16;  /* score row stride (floats), >= sk32 */
+#pragma omp parallel num_threads(n_threads)
+    {
+        uint32_t *kp = aligned_alloc(64, sizeof(uint32_t) * (size_t)nkb * hp * 16);
+        uint32_t *vp = aligned_alloc(64, sizeof(uint32_t) * (size_t)np * hd);
+        float *s = aligned_alloc(64, sizeof(float) * (size_t)QB * ss);
+        uint32_t *p = aligned_alloc(64, sizeof(uint32_t) * (size_t)QB * (np + 16));
+        uint32_t *qpad = aligned_alloc(64, sizeof(uint32_t) * (size_t)QB * hp);
+        /* word d of a packed value pair = (row 0, d) | (row 1, d) << 16; rows sit at 0..15, 16..31 */
+        const __m512i ileave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                                23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+#pragma omp for schedule(dynamic, 1)
+        for (int bh = 0; bh < B * H; bh++) {
+            const uint16_t *qh = q + (int64_t)bh * qs, *kh = k + (int64_t)bh * Sk * hd, *vh = v + (int64_t)bh * Sk * hd;
+            int b = bh / H, h = bh % H;
+            /* keys: [key block][d pair][16 keys] (a dword = 2 consecutive d of one key), zero-padded */
+            for (int kb = 0; kb < nkb; kb++)
+                for (int j = 0; j < 16; j++) {
+                    int key = kb * 16 + j;
+                    const uint32_t *kr = (const uint32_t *)(kh + (int64_t)key * hd);
+                    uint32_t *dst = kp + (int64_t)kb * hp * 16 + j;
+                    for (int i = 0; i < hp; i++) dst[i * 16] = key < Sk ? kr[i] : 0u;
+                }
+            /* values: [key pair][d][2 keys], zero-padded */
+            for (int jp = 0; jp < np; jp++) {
+                const uint16_t *v0 = vh + (int64_t)(2 * jp) * hd, *v1 = 2 * jp + 1 < Sk ? v0 + hd : NULL;
+                uint32_t *dst = vp + (int64_t)jp * hd;
+                if (v1) {  /* interleave 16 d of both rows per store */
+                    for (int d = 0; d < hd; d += 16) {
+                        __m512i a = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(v0 + d)));
+                        a = _mm512_inserti64x4(a, _mm256_loadu_si256((const __m256i *)(v1 + d)), 1);
+                        _mm512_storeu_si512(dst + d, _mm512_permutexvar_epi16(ileave, a));
+                    }
+                } else {
+                    for (int d = 0; d < hd; d++) dst[d] = (uint32_t)v0[d];
+                }
+            }
+            for (int q0 = 0; q0 < Sq; q0 += QB) {
+                int nq = Sq - q0 < QB ? Sq - q0 : QB;
+                const uint32_t *qb = (const uint32_t *)(qh + (int64_t)q0 * hd);
+                if (nq < QB) {  /* last block: pad with copies of its first row */
+                    for (int r = 0; r < QB; r++) memcpy(qpad + r * hp, qb + (r < nq ? r : 0) * hp, sizeof(uint32_t) * hp);
+                    qb = qpad;
+                }
+                for (int kb = 0; kb < nkb; kb += 4) {
+                    int c = nkb - kb < 4 ? nkb - kb : 4;
+                    const uint32_t *kpb = kp + (int64_t)kb * hp * 16;
+                    switch (c) {  /* constant block count: the accumulators stay in registers */
+                        case 1: qk_blocks(qb, hp, kpb, 1, s + kb * 16, ss, scale); break;
+                        case 2: qk_blocks(qb, hp, kpb, 2, s + kb * 16, ss, scale); break;
+                        case 3: qk_blocks(qb, hp, kpb, 3, s + kb * 16, ss, scale); break;
+                        default: qk_blocks(qb, hp, kpb, 4, s + kb * 16, ss, scale); break;
+                    }
+                }
+                float inv[QB];
+                for (int r = 0; r < QB; r++) {
+                    float *sr = s + r * ss;
+                    __m512 vmax = _mm512_set1_ps(-INFINITY);
+                    for (int i = 0; i < Sk; i += 16) {
+                        __mmask16 m = Sk - i >= 16 ? 0xffff : (__mmask16)((1u << (Sk - i)) - 1);
+                        vmax = _mm512_mask_max_ps(vmax, m, vmax, _mm512_maskz_loadu_ps(m, sr + i));
+                    }
+                    __m512 vm = _mm512_set1_ps(_mm512_reduce_max_ps(vmax)), vsum = _mm512_setzero_ps();
+                    for (int i = 0; i < sk32; i += 16) {  /* zeros past Sk: the pairs below read them */
+                        __mmask16 m = Sk - i >= 16 ? 0xffff : Sk <= i ? 0 : (__mmask16)((1u << (Sk - i)) - 1);
+                        __m512 e = _mm512_maskz_mov_ps(m, exp_ps(_mm512_sub_ps(_mm512_loadu_ps(sr + i), vm)));
+                        /* round to bf16 first, so the sum is over the probabilities actually used */
+                        e = (__m512)_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(e)), 16);
+                        _mm512_storeu_ps(sr + i, e);
+                        vsum = _mm512_add_ps(vsum, e);
+                    }
+                    inv[r] = 1.f / _mm512_reduce_add_ps(vsum);
+                    uint32_t *pr = p + r * (np + 16);
+                    for (int i = 0; i < sk32; i += 32)  /* 32 probabilities -> 16 pairs of consecutive keys */
+                        _mm512_storeu_si512(pr + i / 2, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(sr + i + 16),
+                                                                                    _mm512_loadu_ps(sr + i)));
+                }
+                __m512 acc[QB][4];
+                switch (nv) {
+                    case 1: pv_block(p, np + 16, np, vp, 1, acc); break;
+                    case 2: pv_block(p, np + 16, np, vp, 2, acc); break;
+                    case 3: pv_block(p, np + 16, np, vp, 3, acc); break;
+                    default: pv_block(p, np + 16, np, vp, 4, acc); break;
+                }
+                for (int r = 0; r < nq; r++) {
+                    int64_t o = (((int64_t)b * Sq + q0 + r) * H + h) * hd;
+                    __m512 vi = _mm512_set1_ps(inv[r]);
+                    for (int c = 0; c < nv; c++) {
+                        __m512 y = _mm512_mul_ps(acc[r][c], vi);
+                        if (out_bf16) _mm256_storeu_si256((__m256i *)((uint16_t *)out + o + c * 16), (__m256i)_mm512_cvtneps_pbh(y));
+                        else _mm512_storeu_ps((float *)out + o + c * 16, y);
+                    }
+                }
+            }
+        }
+        free(kp);
+        free(vp);
+        free(s);
+        free(p);
+        free(qpad);
+    }
+#else
+    (void)q; (void)qs; (void)k; (void)v; (void)out; (void)B; (void)H; (void)Sq; (void)Sk; (void)hd; (void)scale;
+    (void)out_bf16; (void)n_threads;
+#endif
+}

@@ -93,6 +93,10 @@ def _declare(lib) -> None:
     lib.vx_decode_i8.restype = None
     lib.vx_softmax_bf16.argtypes = [P, L, I, I]
     lib.vx_softmax_bf16.restype = None
+    lib.vx_has_attn_full.argtypes = []
+    lib.vx_has_attn_full.restype = I
+    lib.vx_attn_full.argtypes = [P, L, P, P, P, I, I, I, I, I, F, I, I]
+    lib.vx_attn_full.restype = None
 
 
 def load():
@@ -158,6 +162,25 @@ def softmax_(s: torch.Tensor) -> torch.Tensor:
     n = s.shape[-1]
     _lib.vx_softmax_bf16(s.data_ptr(), s.numel() // max(n, 1), n, torch.get_num_threads())
     return s
+
+
+def attn_full(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+              out_dtype: torch.dtype) -> torch.Tensor | None:
+    """Unmasked attention of bf16 q [B, H, Sq, hd] (rows contiguous; it may be the last Sq rows of
+    a longer sequence) over contiguous bf16 k, v [B, H, Sk, hd]. Returns [B, Sq, H * hd] in
+    out_dtype (float32 or bfloat16), or None when the kernel does not cover the case (no AVX-512
+    BF16, head size not a multiple of 16 up to 64): the caller then uses its matmul path."""
+    B, H, Sq, hd = q.shape
+    Sk = k.shape[2]
+    if (_lib is None or not _lib.vx_has_attn_full() or hd % 16 or hd > 64 or Sk == 0
+            or q.dtype != torch.bfloat16 or k.dtype != torch.bfloat16 or v.dtype != torch.bfloat16
+            or not (k.is_contiguous() and v.is_contiguous()) or out_dtype not in (torch.float32, torch.bfloat16)
+            or q.stride(3) != 1 or q.stride(2) != hd or q.stride(0) != H * q.stride(1)):
+        return None
+    out = torch.empty(B, Sq, H * hd, dtype=out_dtype)
+    _lib.vx_attn_full(q.data_ptr(), q.stride(1), k.data_ptr(), v.data_ptr(), out.data_ptr(), B, H, Sq, Sk, hd,
+                      float(scale), int(out_dtype == torch.bfloat16), torch.get_num_threads())
+    return out
 
 
 def pack_int8(w: torch.Tensor) -> torch.Tensor:

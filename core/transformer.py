@@ -169,6 +169,10 @@ class Stack(nn.Module):
             v = cache_v[:, :, :start + S]
         if q_from:
             q = q[:, :, q_from:]
+        if self.fast_cpu and mask is None and q.dtype == torch.bfloat16:
+            o = native.attn_full(q, k, v, self.hd ** -0.5, self.act_dtype)  # [B, Sq, D]; None: not covered
+            if o is not None:
+                return layer.out(o)
         if self.fast_cpu and q.dtype == torch.bfloat16:
             o = _matmul_attention(q, k, v, mask, self.hd ** -0.5)
         else:

@@ -69,6 +69,33 @@ def test_softmax_kernel_matches_torch(n):
     torch.testing.assert_close(native.softmax_(f), torch.softmax(f, -1))
 
 
+@needs_native
+@pytest.mark.parametrize("B, H, S, hd, q_from", [(1, 16, 633, 64, 0), (2, 3, 37, 16, 0), (1, 4, 50, 48, 7),
+                                                 (2, 2, 1, 32, 0), (1, 2, 17, 64, 16)])
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+def test_full_attention_kernel_matches_sdpa(B, H, S, hd, q_from, out_dtype):
+    torch.manual_seed(S)
+    q, k, v = (torch.randn(B, H, S, hd) * a for a in (1.0, 2.0, 1.0))
+    q, k, v = q.bfloat16(), k.bfloat16(), v.bfloat16()
+    qq = q[:, :, q_from:]  # the NAR's last layer: only the last rows' queries
+    got = native.attn_full(qq, k, v, hd ** -0.5, out_dtype)
+    if got is None:
+        pytest.skip("no AVX-512 BF16: the matmul path is used")
+    want = F.scaled_dot_product_attention(qq.float(), k.float(), v.float())
+    want = want.transpose(1, 2).reshape(B, S - q_from, H * hd)
+    assert got.dtype == out_dtype and got.shape == want.shape
+    # bf16 probabilities, float32 sums: well inside the matmul path's own error (~3e-2)
+    assert (got.float() - want).abs().max() < (1e-2 if out_dtype == torch.bfloat16 else 5e-3)
+
+
+@needs_native
+def test_full_attention_kernel_declines_what_it_does_not_cover():
+    q = torch.randn(1, 2, 5, 24).bfloat16()  # head size not a multiple of 16
+    assert native.attn_full(q, q, q, 0.2, torch.float32) is None
+    q = torch.randn(1, 2, 5, 32)  # float32 inputs
+    assert native.attn_full(q, q, q, 0.2, torch.float32) is None
+
+
 def _int8_linear(K, N, seed=0):
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
