@@ -179,6 +179,24 @@ def worker_batch(args) -> dict:
 # ------------------------------------------------------------------------------ driver
 
 
+def _median(runs: list[dict]) -> dict:
+    """One result from several rounds: the median of every timing / speed figure, the largest
+    peak RSS, everything else from the first round. An error in any round is reported as is."""
+    import statistics
+
+    for r in runs:
+        if "error" in r:
+            return r
+    out = dict(runs[0])
+    if len(runs) > 1:
+        for key, v in runs[0].items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and key not in ("threads", "generated_frames"):
+                vals = [r[key] for r in runs]
+                out[key] = max(vals) if key.startswith("peak_rss") else round(statistics.median(vals), 3)
+        out["rounds"] = len(runs)
+    return out
+
+
 def _run(cmd, env=None, timeout=3600) -> dict:
     t = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
@@ -200,6 +218,8 @@ def main():
     ap.add_argument("--ckpt", default=str(Path(tempfile.gettempdir()) / "vallex-bench" / "full-random.pt"))
     ap.add_argument("--json", default=None)
     ap.add_argument("--quick", action="store_true", help="96 frames instead of 384 (smoke run)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds of (reference, every mode), interleaved; each figure is the median")
     ap.add_argument("--batch-frames", type=int, default=None,
                     help="cap the frames per sentence in the batch comparison (default: the 16 x ids cap)")
     ap.add_argument("--worker", choices=["single", "batch"], help=argparse.SUPPRESS)
@@ -219,33 +239,40 @@ def main():
     print(f"weights: {ckpt} ({ckpt.stat().st_size / 1e9:.2f} GB, ready in {time.perf_counter() - t:.0f} s)",
           flush=True)
     work = tempfile.mkdtemp(prefix="bench-lm-")
-    py = sys.executable
     results: dict = {"workload": {"prompt_frames": PROMPT_FRAMES, "text_ids": TEXT_IDS, "greedy": True,
                                   "generated_frames_target": 16 * TEXT_IDS, "threads": args.threads,
                                   "quick": args.quick},
                      "machine": {"cpus": os.cpu_count(), "load_avg_start": os.getloadavg()}}
-    ref = None
-    if not args.no_ref:
-        if not args.ref or not Path(args.ref, "models", "vallex.py").exists():
-            sys.exit("--ref DIR (or VALLEX_REF) must be a work tree of github Plachtaa/VALL-E-X "
-                     "(or pass --no-ref)")
-        env = dict(os.environ, VALLEX_REF=str(Path(args.ref).resolve()))
-        print("reference ...", flush=True)
-        ref = _run([py, str(REF_BENCH), "--threads", str(args.threads)], env=env)
-        results["reference"] = ref
-        print(f"  {ref}", flush=True)
+    if not args.no_ref and (not args.ref or not Path(args.ref, "models", "vallex.py").exists()):
+        sys.exit("--ref DIR (or VALLEX_REF) must be a work tree of github Plachtaa/VALL-E-X "
+                 "(or pass --no-ref)")
     modes = [m for m in args.modes.split(",") if m]
-    if "fp32" in modes:
+    if "fp32" in modes:  # first: the others' agreement is measured against its tokens
         modes.remove("fp32")
         modes.insert(0, "fp32")
-    results["ours"] = {}
-    for m in modes:
-        print(f"ours {m} ...", flush=True)
-        cmd = [py, __file__, "--worker", "single", "--mode", m, "--ckpt", str(ckpt), "--work", work,
-               "--threads", str(args.threads)] + (["--quick"] if args.quick else [])
-        r = _run(cmd)
-        results["ours"][m] = r
-        print(f"  {r}", flush=True)
+    # Interleaved rounds (reference, then each mode): slow drifts of a shared machine hit all of
+    # them alike; each figure is the median over the rounds, every round is kept in the JSON.
+    rounds: dict = {"reference": [], **{m: [] for m in modes}}
+    py = sys.executable
+    for k in range(max(1, args.repeat)):
+        tag = f" (round {k + 1}/{args.repeat})" if args.repeat > 1 else ""
+        if not args.no_ref:
+            env = dict(os.environ, VALLEX_REF=str(Path(args.ref).resolve()))
+            print(f"reference{tag} ...", flush=True)
+            rounds["reference"].append(_run([py, str(REF_BENCH), "--threads", str(args.threads)], env=env))
+            print(f"  {rounds['reference'][-1]}", flush=True)
+        for m in modes:
+            print(f"ours {m}{tag} ...", flush=True)
+            cmd = [py, __file__, "--worker", "single", "--mode", m, "--ckpt", str(ckpt), "--work", work,
+                   "--threads", str(args.threads)] + (["--quick"] if args.quick else [])
+            rounds[m].append(_run(cmd))
+            print(f"  {rounds[m][-1]}", flush=True)
+    ref = _median(rounds["reference"]) if not args.no_ref else None
+    if ref is not None:
+        results["reference"] = ref
+    results["ours"] = {m: _median(rounds[m]) for m in modes}
+    if args.repeat > 1:
+        results["rounds"] = rounds
     results["batch"] = {}
     for m in [m for m in args.batch_modes.split(",") if m]:
         print(f"batch of 10, {m} ...", flush=True)

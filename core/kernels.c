@@ -24,6 +24,29 @@ static inline float bf16f(uint16_t x) {
     return f;
 }
 
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define VX_AVX512 1
+static inline __m512 exp_ps(__m512 x) {  /* x <= 0 */
+    x = _mm512_max_ps(x, _mm512_set1_ps(-88.f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);  /* ln 2 in two parts */
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606820309417e-06f), r);     /* |r| <= ln2 / 2 */
+    __m512 p = _mm512_set1_ps(1.f / 720.f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120.f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24.f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6.f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+    return _mm512_scalef_ps(p, n);  /* p * 2^n */
+}
+
+static inline __m512 load_bf16(const uint16_t *p, __mmask16 m) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+}
+#endif
+
 /* q . k for c <= 4 consecutive key rows of length D (four independent sums per pass). */
 static inline void dot4_f32(const float *restrict q, const float *restrict k, int D, int c, float *out) {
     const float *k0 = k, *k1 = c > 1 ? k + D : k, *k2 = c > 2 ? k + 2 * D : k, *k3 = c > 3 ? k + 3 * D : k;
@@ -53,6 +76,58 @@ static inline void dot4_bf16(const float *restrict q, const uint16_t *restrict k
     for (int j = 0; j < c; j++) out[j] = a[j];
 }
 
+#ifdef VX_AVX512
+/* One query against keys [s0, n) of one head of a bf16 cache (rows D apart), D % 16 == 0, D <= 64:
+   four keys per pass with D/16 float32 sums each, a vector exp, and the weighted values summed in
+   registers. p: scratch for n scores; o: D float32 outputs. */
+static void decode_bf16(const float *qv, const uint16_t *k, const uint16_t *v, int D, int s0, int n, float scale,
+                        float *p, float *o) {
+    int nc = D / 16;
+    __m512 q[4];
+    for (int c = 0; c < nc; c++) q[c] = _mm512_mul_ps(_mm512_loadu_ps(qv + 16 * c), _mm512_set1_ps(scale));
+    __m512 vmax = _mm512_set1_ps(-INFINITY);
+    int s = s0;
+    for (; s + 4 <= n; s += 4) {
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        const uint16_t *kr = k + (int64_t)s * D;
+        for (int c = 0; c < nc; c++) {
+            a0 = _mm512_fmadd_ps(q[c], load_bf16(kr + 16 * c, 0xffff), a0);
+            a1 = _mm512_fmadd_ps(q[c], load_bf16(kr + D + 16 * c, 0xffff), a1);
+            a2 = _mm512_fmadd_ps(q[c], load_bf16(kr + 2 * D + 16 * c, 0xffff), a2);
+            a3 = _mm512_fmadd_ps(q[c], load_bf16(kr + 3 * D + 16 * c, 0xffff), a3);
+        }
+        p[s] = _mm512_reduce_add_ps(a0);
+        p[s + 1] = _mm512_reduce_add_ps(a1);
+        p[s + 2] = _mm512_reduce_add_ps(a2);
+        p[s + 3] = _mm512_reduce_add_ps(a3);
+    }
+    for (; s < n; s++) {
+        __m512 a0 = _mm512_setzero_ps();
+        for (int c = 0; c < nc; c++) a0 = _mm512_fmadd_ps(q[c], load_bf16(k + (int64_t)s * D + 16 * c, 0xffff), a0);
+        p[s] = _mm512_reduce_add_ps(a0);
+    }
+    for (s = s0; s < n; s += 16) {
+        __mmask16 m = n - s >= 16 ? 0xffff : (__mmask16)((1u << (n - s)) - 1);
+        vmax = _mm512_mask_max_ps(vmax, m, vmax, _mm512_maskz_loadu_ps(m, p + s));
+    }
+    __m512 vm = _mm512_set1_ps(_mm512_reduce_max_ps(vmax)), vsum = _mm512_setzero_ps();
+    for (s = s0; s < n; s += 16) {
+        __mmask16 m = n - s >= 16 ? 0xffff : (__mmask16)((1u << (n - s)) - 1);
+        __m512 e = _mm512_maskz_mov_ps(m, exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, p + s), vm)));
+        _mm512_mask_storeu_ps(p + s, m, e);
+        vsum = _mm512_add_ps(vsum, e);
+    }
+    float sum = _mm512_reduce_add_ps(vsum), inv = sum > 0.f ? 1.f / sum : 0.f;
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (s = s0; s < n; s++) {
+        __m512 w = _mm512_set1_ps(p[s]);
+        const uint16_t *vr = v + (int64_t)s * D;
+        for (int c = 0; c < nc; c++) acc[c] = _mm512_fmadd_ps(w, load_bf16(vr + 16 * c, 0xffff), acc[c]);
+    }
+    for (int c = 0; c < nc; c++) _mm512_storeu_ps(o + 16 * c, _mm512_mul_ps(acc[c], _mm512_set1_ps(inv)));
+}
+#endif
+
 /* Attention of one query per (row b, head h) over keys [starts[b], n) of a static KV cache.
    q: float32, element (b, h, d) at q[b*qsb + h*D + d].
    k, v: float32 or bf16 (kv_bf16), element (b, h, s, d) at [b*sb + h*sh + s*D + d].
@@ -71,6 +146,12 @@ void vx_attn_decode(const float *q, int64_t qsb, const void *k, const void *v, i
             int s0 = starts ? starts[b] : 0;
             float *o = out + (int64_t)bh * D;
             float mx = -INFINITY, sum = 0.f;
+#ifdef VX_AVX512
+            if (kv_bf16 && D % 16 == 0 && D <= 64) {  /* bf16 cache, D/16 float32 registers per vector */
+                decode_bf16(qv, (const uint16_t *)k + base, (const uint16_t *)v + base, D, s0, n, scale, p, o);
+                continue;
+            }
+#endif
             for (int s = s0; s < n; s += 4) {
                 int c = n - s < 4 ? n - s : 4;
                 if (kv_bf16)
@@ -312,27 +393,7 @@ This one reads each row once into an L1-resident float32 buffer, sums in float32
 probabilities back over the scores, rounded to bf16 (nearest even, as torch's .to(bfloat16)).
 exp is a degree-6 polynomial after range reduction (relative error ~2e-7, far below bf16's 4e-3).
 Masked scores (-inf) give exactly 0; a row with every score masked gives zeros, not NaN. */
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
-static inline __m512 exp_ps(__m512 x) {  /* x <= 0 */
-    x = _mm512_max_ps(x, _mm512_set1_ps(-88.f));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);  /* ln 2 in two parts */
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606820309417e-06f), r);     /* |r| <= ln2 / 2 */
-    __m512 p = _mm512_set1_ps(1.f / 720.f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120.f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24.f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6.f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
-    return _mm512_scalef_ps(p, n);  /* p * 2^n */
-}
-
-static inline __m512 load_bf16(const uint16_t *p, __mmask16 m) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
-}
-
+#ifdef VX_AVX512
 static void softmax_row(uint16_t *s, int n, float *buf) {
     __m512 vmax = _mm512_set1_ps(-INFINITY);
     for (int i = 0; i < n; i += 16) {
