@@ -16,7 +16,7 @@ with fp32 (golden cases + the bench workload). A table goes to stdout, JSON to -
 bench/results/lm-<time>.json) and as the last stdout line.
 
 Usage:  python bench/bench_lm.py --ref /path/to/VALL-E-X [--modes fp32,bf16,int8-dynamic,int8-weight]
-        [--batch-modes int8-dynamic] [--threads 2] [--no-ref] [--quick]
+        [--batch-modes int8-dynamic] [--threads 2] [--repeat 3] [--no-ref] [--quick]
 """
 from __future__ import annotations
 
