@@ -463,38 +463,38 @@ which is applied in float32 at the end). */
 #define VX_ATTN_FULL 1
 #define QB 6 /* queries per block: QB x 4 float32 accumulators + 4 operand registers */
 
-/* scores of QB queries (bf16 pairs, hp per row) against nkb <= 4 packed key blocks */
+/* acc[r][c] = sum_i a[r][i] . b(i, c) over n steps: QB rows of bf16 pairs (row r at a + r*as, one
+   dword per step) against nc <= 4 packed bf16 vectors per step, vector (i, c) at b + (i*bi + c*bc)*16.
+   Both halves of the attention are this: scores (a = queries, b = key blocks) and weighted values
+   (a = probabilities of key pairs, b = value pairs). */
+static inline __attribute__((always_inline)) void dp_block(const uint32_t *a, int64_t as, int n, const uint32_t *b,
+                                                           int64_t bi, int64_t bc, int nc, __m512 acc[QB][4]) {
+    for (int r = 0; r < QB; r++)
+        for (int c = 0; c < 4; c++) acc[r][c] = _mm512_setzero_ps();
+    for (int i = 0; i < n; i++) {
+        __m512bh w[4];
+        for (int c = 0; c < nc; c++) w[c] = (__m512bh)_mm512_loadu_si512(b + ((int64_t)i * bi + c * bc) * 16);
+        for (int r = 0; r < QB; r++) {
+            __m512bh x = (__m512bh)_mm512_set1_epi32((int)a[r * as + i]);
+            for (int c = 0; c < nc; c++) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], x, w[c]);
+        }
+    }
+}
+
+/* scaled scores of QB queries (hp pairs each) against nkb <= 4 packed key blocks ([hp][16] each) */
 static inline __attribute__((always_inline)) void qk_blocks(const uint32_t *q, int hp, const uint32_t *kp, int nkb,
                                                             float *s, int64_t ss, float scale) {
     __m512 acc[QB][4];
-    for (int r = 0; r < QB; r++)
-        for (int c = 0; c < 4; c++) acc[r][c] = _mm512_setzero_ps();
-    for (int i = 0; i < hp; i++) {
-        __m512bh k[4];
-        for (int c = 0; c < nkb; c++) k[c] = (__m512bh)_mm512_loadu_si512(kp + ((int64_t)c * hp + i) * 16);
-        for (int r = 0; r < QB; r++) {
-            __m512bh qb = (__m512bh)_mm512_set1_epi32((int)q[r * hp + i]);
-            for (int c = 0; c < nkb; c++) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], qb, k[c]);
-        }
-    }
+    dp_block(q, hp, hp, kp, 1, hp, nkb, acc);
     __m512 vs = _mm512_set1_ps(scale);
     for (int r = 0; r < QB; r++)
         for (int c = 0; c < nkb; c++) _mm512_storeu_ps(s + r * ss + c * 16, _mm512_mul_ps(acc[r][c], vs));
 }
 
-/* QB rows of bf16 probabilities (pairs of keys, np pairs) times packed values -> float32 [QB][nv*16] */
+/* QB rows of bf16 probabilities (np key pairs, rows ps apart) times the packed value pairs ([np][nv]) */
 static inline __attribute__((always_inline)) void pv_block(const uint32_t *p, int64_t ps, int np, const uint32_t *vp,
                                                            int nv, __m512 acc[QB][4]) {
-    for (int r = 0; r < QB; r++)
-        for (int c = 0; c < 4; c++) acc[r][c] = _mm512_setzero_ps();
-    for (int j = 0; j < np; j++) {
-        __m512bh v[4];
-        for (int c = 0; c < nv; c++) v[c] = (__m512bh)_mm512_loadu_si512(vp + ((int64_t)j * nv + c) * 16);
-        for (int r = 0; r < QB; r++) {
-            __m512bh pb = (__m512bh)_mm512_set1_epi32((int)p[r * ps + j]);
-            for (int c = 0; c < nv; c++) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], pb, v[c]);
-        }
-    }
+    dp_block(p, ps, np, vp, nv, 1, nv, acc);
 }
 
 #endif
@@ -518,12 +518,13 @@ void vx_attn_full(const uint16_t *q, int64_t qs, const uint16_t *k, const uint16
 #ifdef VX_ATTN_FULL
     int hp = hd / 2, nv = hd / 16, nkb = (Sk + 15) / 16, np = (Sk + 1) / 2, sk32 = (Sk + 31) / 32 * 32;
     int64_t ss = (int64_t)nkb * 16 + 16;  /* score row stride (floats), >= sk32 */
+    int64_t pst = (np + 31) / 16 * 16;  /* pair row stride: >= sk32 / 2, a multiple of 64 B (aligned_alloc) */
 #pragma omp parallel num_threads(n_threads)
     {
         uint32_t *kp = aligned_alloc(64, sizeof(uint32_t) * (size_t)nkb * hp * 16);
         uint32_t *vp = aligned_alloc(64, sizeof(uint32_t) * (size_t)np * hd);
         float *s = aligned_alloc(64, sizeof(float) * (size_t)QB * ss);
-        uint32_t *p = aligned_alloc(64, sizeof(uint32_t) * (size_t)QB * (np + 16));
+        uint32_t *p = aligned_alloc(64, sizeof(uint32_t) * (size_t)QB * pst);
         uint32_t *qpad = aligned_alloc(64, sizeof(uint32_t) * (size_t)QB * hp);
         /* word d of a packed value pair = (row 0, d) | (row 1, d) << 16; rows sit at 0..15, 16..31 */
         const __m512i ileave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
@@ -589,17 +590,17 @@ void vx_attn_full(const uint16_t *q, int64_t qs, const uint16_t *k, const uint16
                         vsum = _mm512_add_ps(vsum, e);
                     }
                     inv[r] = 1.f / _mm512_reduce_add_ps(vsum);
-                    uint32_t *pr = p + r * (np + 16);
+                    uint32_t *pr = p + r * pst;
                     for (int i = 0; i < sk32; i += 32)  /* 32 probabilities -> 16 pairs of consecutive keys */
                         _mm512_storeu_si512(pr + i / 2, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(sr + i + 16),
                                                                                     _mm512_loadu_ps(sr + i)));
                 }
                 __m512 acc[QB][4];
                 switch (nv) {
-                    case 1: pv_block(p, np + 16, np, vp, 1, acc); break;
-                    case 2: pv_block(p, np + 16, np, vp, 2, acc); break;
-                    case 3: pv_block(p, np + 16, np, vp, 3, acc); break;
-                    default: pv_block(p, np + 16, np, vp, 4, acc); break;
+                    case 1: pv_block(p, pst, np, vp, 1, acc); break;
+                    case 2: pv_block(p, pst, np, vp, 2, acc); break;
+                    case 3: pv_block(p, pst, np, vp, 3, acc); break;
+                    default: pv_block(p, pst, np, vp, 4, acc); break;
                 }
                 for (int r = 0; r < nq; r++) {
                     int64_t o = (((int64_t)b * Sq + q0 + r) * H + h) * hd;
