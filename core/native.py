@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("kernels.c")
 FLAGS = ["-O3", "-fopenmp", "-std=c11", "-shared", "-fPIC"]  # + -march=$VALLEX_KERNEL_MARCH (native)
-DECODE_ROWS = 8  # up to this many activation rows vx_linear_i8 beats fbgemm here; more: fbgemm
+DECODE_ROWS = 8  # without the tiled GEMM (no VNNI), vx_linear_i8 takes up to this many rows; more: fbgemm
 FUSED_ROWS = 16  # the fused decode step (no per-op overhead) still wins up to this many rows
 
 _lock = threading.Lock()
@@ -93,6 +93,8 @@ def _declare(lib) -> None:
     lib.vx_decode_i8.restype = None
     lib.vx_softmax_bf16.argtypes = [P, L, I, I]
     lib.vx_softmax_bf16.restype = None
+    lib.vx_has_gemm_i8.argtypes = []
+    lib.vx_has_gemm_i8.restype = I
     lib.vx_has_attn_full.argtypes = []
     lib.vx_has_attn_full.restype = I
     lib.vx_attn_full.argtypes = [P, L, P, P, P, I, I, I, I, I, F, I, I]
@@ -184,29 +186,34 @@ def attn_full(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
 
 
 def pack_int8(w: torch.Tensor) -> torch.Tensor:
-    """int8 [N, K] -> the layout of vx_linear_i8: [ceil(N/16), ceil(K/4), 16, 4], zero-padded
-    (4 consecutive k of 16 output rows per 64 bytes)."""
+    """int8 [N, K] -> the layout of vx_linear_i8: [ceil(N/32) * 2, ceil(K/4), 16, 4], zero-padded
+    (4 consecutive k of 16 output rows per 64 bytes; N padded to whole 32-row panels)."""
     n, k = w.shape
-    n16, k4 = -(-n // 16) * 16, -(-k // 4) * 4
-    wp = torch.zeros(n16, k4, dtype=torch.int8)
+    n32, k4 = -(-n // 32) * 32, -(-k // 4) * 4
+    wp = torch.zeros(n32, k4, dtype=torch.int8)
     wp[:n, :k] = w
-    return wp.view(n16 // 16, 16, k4 // 4, 4).permute(0, 2, 1, 3).contiguous()
+    return wp.view(n32 // 16, 16, k4 // 4, 4).permute(0, 2, 1, 3).contiguous()
 
 
-def _pad16(t: torch.Tensor) -> torch.Tensor:
+def _pad32(t: torch.Tensor) -> torch.Tensor:
     n = t.shape[0]
-    out = torch.zeros(-(-n // 16) * 16, dtype=t.dtype)
+    out = torch.zeros(-(-n // 32) * 32, dtype=t.dtype)
     out[:n] = t
     return out
 
 
-class Int8DecodeLinear(torch.nn.Module):
-    """An int8 Linear for the AR stack: a few rows (the decode step) go through vx_linear_i8,
-    many rows (the prefill) through the fbgemm module it wraps. Both use the same int8 weights."""
+def gemm_available() -> bool:
+    """Whether vx_linear_i8 takes any number of rows (its tiled AVX-512 VNNI path)."""
+    return _lib is not None and bool(_lib.vx_has_gemm_i8())
+
+
+class Int8Linear(torch.nn.Module):
+    """An int8 Linear over vx_linear_i8, made from a dynamically quantized fbgemm Linear (same
+    int8 weights). With the tiled GEMM (AVX-512 VNNI) it takes any number of rows and the fbgemm
+    module is dropped; without it, more than DECODE_ROWS rows go to the fbgemm module."""
 
     def __init__(self, dyn: torch.nn.Module):
         super().__init__()
-        self.dyn = dyn
         qw, bias = dyn._packed_params._weight_bias()
         if qw.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
             scales = qw.q_per_channel_scales().float()
@@ -219,18 +226,21 @@ class Int8DecodeLinear(torch.nn.Module):
         w = qw.int_repr()
         n, k = w.shape
         self.in_features, self.out_features = int(k), int(n)
+        self.dyn = None if gemm_available() else dyn
         self.register_buffer("w", pack_int8(w))
-        self.register_buffer("scale", _pad16(scales.float()))
-        self.register_buffer("rowsum", _pad16(w.sum(1, dtype=torch.int32)))
-        self.register_buffer("b", None if bias is None else _pad16(bias.detach().float()))
+        self.register_buffer("scale", _pad32(scales.float()))
+        self.register_buffer("rowsum", _pad32(w.sum(1, dtype=torch.int32)))
+        self.register_buffer("b", None if bias is None else _pad32(bias.detach().float()))
 
     def forward(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
         shape = x.shape
         rows = x.numel() // shape[-1]
-        if rows > DECODE_ROWS or x.dtype != torch.float32:
+        if self.dyn is not None and (rows > DECODE_ROWS or x.dtype != torch.float32):
             y = self.dyn(x)
             return torch.relu_(y) if relu else y
         x2 = x.reshape(rows, shape[-1])
+        if x2.dtype != torch.float32:
+            x2 = x2.float()
         if x2.stride(1) != 1:
             x2 = x2.contiguous()
         y = torch.empty(rows, self.out_features)
@@ -257,7 +267,7 @@ class Int8DecodeStep:
     the attention itself. Holds pointers into the stack's tensors, so it lives as long as they do."""
 
     def __init__(self, stack):
-        def lin(m: Int8DecodeLinear) -> _QLinear:
+        def lin(m: Int8Linear) -> _QLinear:
             return _QLinear(m.w.data_ptr(), m.scale.data_ptr(), m.rowsum.data_ptr(), _ptr(m.b) or 0,
                             m.out_features, m.in_features)
 

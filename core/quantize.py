@@ -268,12 +268,16 @@ def apply_precision(core, dtype: torch.dtype, quantize: str | None, device, mmap
                     trim_heap()
             stack.act_dtype = torch.float32
             stack.kv_dtype = torch.float32
-            if _use_native(stack, device) and stack is core.ar:
-                # The decode step reads the same int8 weights through vx_linear_i8 (1.6x fbgemm's
-                # speed for one row); the prefill keeps fbgemm. Costs one more int8 copy of the AR.
+            if _use_native(stack, device) and (stack is core.ar or native.gemm_available()):
+                # The same int8 weights through vx_linear_i8: 1.6x fbgemm's speed for the decode
+                # step's one row, ~1.4x for the NAR's and the prefill's hundreds (tiled VNNI GEMM).
+                # With that GEMM the fbgemm modules are dropped; without it the AR keeps them for
+                # its prefill (one more int8 copy) and the NAR stays on fbgemm.
                 for layer, name in _linears(stack):
-                    setattr(layer, name, native.Int8DecodeLinear(getattr(layer, name)))
-                stack.decode_step = native.Int8DecodeStep(stack)
+                    setattr(layer, name, native.Int8Linear(getattr(layer, name)))
+                trim_heap()
+                if stack is core.ar:
+                    stack.decode_step = native.Int8DecodeStep(stack)
     elif quantize == "int8-weight":
         act = torch.bfloat16 if dtype == torch.float32 else dtype
         for stack in (core.ar, core.nar):

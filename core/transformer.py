@@ -181,7 +181,7 @@ class Stack(nn.Module):
         return layer.out(o if o.dtype == self.act_dtype else o.to(self.act_dtype))
 
     def _ffn(self, layer: Layer, h):
-        if isinstance(layer.ff1, native.Int8DecodeLinear):
+        if isinstance(layer.ff1, native.Int8Linear):
             return layer.ff2(layer.ff1(h, relu=True))
         return layer.ff2(torch.relu_(layer.ff1(h)))
 

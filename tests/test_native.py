@@ -112,7 +112,7 @@ def _int8_linear(K, N, seed=0):
 @pytest.mark.parametrize("K, N", [(1024, 96), (100, 37), (24, 72), (320, 5)])
 def test_int8_decode_linear_close_to_float(K, N):
     lin, dyn = _int8_linear(K, N)
-    m = native.Int8DecodeLinear(dyn)
+    m = native.Int8Linear(dyn)
     for rows in (1, 2, 3, native.DECODE_ROWS):
         x = torch.randn(rows, 1, K)
         want = lin(x)
@@ -121,9 +121,32 @@ def test_int8_decode_linear_close_to_float(K, N):
         err = (got - want).abs().max() / want.abs().max()
         assert err < 0.03, f"rows={rows}: relative error {err:.4f}"
         torch.testing.assert_close(m(x, relu=True), torch.relu(got))
-    # More rows than the decode step has: fbgemm, exactly as before wrapping.
     x = torch.randn(native.DECODE_ROWS + 3, K)
-    assert torch.equal(m(x), dyn(x))
+    if not native.gemm_available():  # more rows than the decode step has: fbgemm, exactly
+        assert torch.equal(m(x), dyn(x))
+
+
+@needs_native
+@pytest.mark.skipif(not (native.available() and native.gemm_available()), reason="no AVX-512 VNNI GEMM")
+@pytest.mark.parametrize("K, N", [(1024, 96), (100, 37), (70, 40), (4100, 48)])
+def test_int8_gemm_many_rows(K, N):
+    """The tiled path (more rows than a decode step: the NAR, the prefill): close to float, and
+    each row's result bit-identical to that row alone (few-row path), whatever the row count,
+    including the tile remainders, a partial last panel, K not a multiple of 4 and K split in passes."""
+    lin, dyn = _int8_linear(K, N, seed=K + N)
+    m = native.Int8Linear(dyn)
+    assert m.dyn is None  # the fbgemm copy is dropped
+    for rows in (17, 24, 25, 100):
+        x = torch.randn(rows, K)
+        got, want = m(x), lin(x)
+        err = (got - want).abs().max() / want.abs().max()
+        assert err < 0.03, f"rows={rows}: relative error {err:.4f}"
+        for i in (0, rows // 2, rows - 1):
+            assert torch.equal(got[i:i + 1], m(x[i:i + 1])), f"row {i} of {rows}"
+        torch.testing.assert_close(m(x, relu=True), torch.relu(got))
+    # bf16 activations (an AR prefill from a bf16 stream) are taken as float32
+    x = torch.randn(20, K, dtype=torch.bfloat16)
+    assert torch.equal(m(x), m(x.float()))
 
 
 def _tiny_int8(golden, name="tiny-b", heads=6):
@@ -247,8 +270,12 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     dyn = quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)[0]
 x = torch.randn(3, 70)
-err = (native.Int8DecodeLinear(dyn)(x) - lin(x)).abs().max() / lin(x).abs().max()
+assert not native.gemm_available()
+m = native.Int8Linear(dyn)
+err = (m(x) - lin(x)).abs().max() / lin(x).abs().max()
 assert err < 0.03, err
+x = torch.randn(native.DECODE_ROWS + 5, 70)
+assert m.dyn is not None and torch.equal(m(x), dyn(x))  # many rows: fbgemm without the VNNI GEMM
 s = (torch.randn(4, 21) * 4).bfloat16(); s[1, :9] = float("-inf"); s[2] = float("-inf")
 want = torch.softmax(s.float(), -1).nan_to_num(0.0)
 got = native.softmax_(s.clone()).float()
