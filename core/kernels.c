@@ -131,10 +131,11 @@ static void decode_bf16(const float *qv, const uint16_t *k, const uint16_t *v, i
 /* Attention of one query per (row b, head h) over keys [starts[b], n) of a static KV cache.
    q: float32, element (b, h, d) at q[b*qsb + h*D + d].
    k, v: float32 or bf16 (kv_bf16), element (b, h, s, d) at [b*sb + h*sh + s*D + d].
-   out: float32 [B, H, D] contiguous. starts: NULL (all rows start at 0) or int32 [B]. */
+   out: float32 [B, H, D] contiguous. starts: NULL (all rows start at 0) or int32 [B]. rows: NULL,
+   or int32 [B]: query row b reads cache row rows[b] (the live rows of a batch, none copied). */
 void vx_attn_decode(const float *q, int64_t qsb, const void *k, const void *v, int64_t sb, int64_t sh,
-                    float *out, int B, int H, int D, int n, const int32_t *starts, float scale,
-                    int kv_bf16, int n_threads) {
+                    float *out, int B, int H, int D, int n, const int32_t *starts, const int32_t *rows,
+                    float scale, int kv_bf16, int n_threads) {
 #pragma omp parallel num_threads(n_threads)
     {
         float *p = malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
@@ -142,7 +143,7 @@ void vx_attn_decode(const float *q, int64_t qsb, const void *k, const void *v, i
         for (int bh = 0; bh < B * H; bh++) {
             int b = bh / H, h = bh % H;
             const float *qv = q + b * qsb + (int64_t)h * D;
-            int64_t base = b * sb + h * sh;
+            int64_t base = (rows ? rows[b] : b) * sb + h * sh;
             int s0 = starts ? starts[b] : 0;
             float *o = out + (int64_t)bh * D;
             float mx = -INFINITY, sum = 0.f;
@@ -494,18 +495,20 @@ static void qlin(const vx_qlinear *l, const float *x, int M, float *y, int relu,
 }
 
 /* x: the residual stream [B, D] of the new position, updated in place through all layers (the
-   final norm is left to the caller). cache: bf16 [L, 2, B, H, smax, D/H]; the new k, v go to
-   `slot` and the query attends to keys [starts[b], slot]. Same arithmetic as the per-op path
-   (pre-LN, eps 1e-5, int8 Linear layers, bf16 KV cache, float32 softmax). */
+   final norm is left to the caller). cache: bf16 [L, 2, cache_rows, H, smax, D/H]; row b's new
+   k, v go to cache row rows[b] (rows NULL: b), at `slot`, and its query attends to keys
+   [starts[b], slot]. Same arithmetic as the per-op path (pre-LN, eps 1e-5, int8 Linear layers,
+   bf16 KV cache, float32 softmax). */
 void vx_decode_i8(const vx_qlayer *layers, int n_layers, float *x, int B, int D, int H, int d_ff,
-                  uint16_t *cache, int64_t smax, int slot, const int32_t *starts, int n_threads) {
+                  uint16_t *cache, int64_t cache_rows, int64_t smax, int slot, const int32_t *starts,
+                  const int32_t *rows, int n_threads) {
     int hd = D / H;
     float *h = malloc(sizeof(float) * (size_t)B * D);
     float *qkv = malloc(sizeof(float) * (size_t)B * 3 * D);
     float *att = malloc(sizeof(float) * (size_t)B * D);
     float *tmp = malloc(sizeof(float) * (size_t)B * (d_ff > D ? d_ff : D));
     float *o = malloc(sizeof(float) * (size_t)B * D);
-    int64_t sh = smax * hd, sb = (int64_t)H * sh, skv = (int64_t)B * sb;
+    int64_t sh = smax * hd, sb = (int64_t)H * sh, skv = cache_rows * sb;
     for (int i = 0; i < n_layers; i++) {
         const vx_qlayer *L = layers + i;
         uint16_t *kc = cache + (int64_t)(2 * i) * skv, *vc = kc + skv;
@@ -514,14 +517,15 @@ void vx_decode_i8(const vx_qlayer *layers, int n_layers, float *x, int B, int D,
         for (int b = 0; b < B; b++)
             for (int hh = 0; hh < H; hh++) {
                 const float *kr = qkv + (int64_t)b * 3 * D + D + hh * hd, *vr = kr + D;
-                uint16_t *kd = kc + b * sb + hh * sh + (int64_t)slot * hd, *vd = vc + b * sb + hh * sh + (int64_t)slot * hd;
+                int64_t at = (rows ? rows[b] : b) * sb + hh * sh + (int64_t)slot * hd;
+                uint16_t *kd = kc + at, *vd = vc + at;
                 for (int d = 0; d < hd; d++) {
                     kd[d] = f32_bf16(kr[d]);
                     vd[d] = f32_bf16(vr[d]);
                 }
             }
-        vx_attn_decode(qkv, 3 * D, kc, vc, sb, sh, att, B, H, hd, slot + 1, starts, 1.f / sqrtf((float)hd), 1,
-                       n_threads);
+        vx_attn_decode(qkv, 3 * D, kc, vc, sb, sh, att, B, H, hd, slot + 1, starts, rows, 1.f / sqrtf((float)hd),
+                       1, n_threads);
         qlin(&L->out, att, B, o, 0, n_threads);
         for (int64_t j = 0; j < (int64_t)B * D; j++) x[j] += o[j];
         for (int b = 0; b < B; b++) layer_norm(x + (int64_t)b * D, L->ln2_w, L->ln2_b, h + (int64_t)b * D, D);

@@ -377,7 +377,7 @@ class VallEX:
         row_req = [i // nb for i in range(R)]
         done = [False] * R
         stop = [""] * R
-        live = torch.arange(R, device=dev)  # cache rows still computed
+        row_map = torch.arange(R, dtype=torch.int32) if stack.fused_decode(cache, R) and R > 1 else None
         live_rows = list(range(R))
         slot = P
         feed = [BOS] * R
@@ -399,14 +399,17 @@ class VallEX:
                     stop[i] = why
             if all(done):
                 break
-            # Drop finished rows from the computation once a quarter of the batch is done.
+            # Drop finished rows from the computation once a quarter of the batch is done. The
+            # fused step takes a map of live rows into the cache; otherwise the cache is compacted.
             n_dead = sum(done[i] for i in live_rows)
             if n_dead and n_dead * 4 >= len(live_rows):
                 keep = [j for j, i in enumerate(live_rows) if not done[i]]
                 kt = torch.tensor(keep, device=dev)
-                cache = cache.index_select(2, kt)
+                if row_map is not None:
+                    row_map = row_map.index_select(0, kt)
+                else:
+                    cache = cache.index_select(2, kt)
                 live_rows = [live_rows[j] for j in keep]
-                live = live.index_select(0, kt)
                 if key_valid is not None:
                     key_valid = key_valid.index_select(0, kt)
                     key_start = key_start.index_select(0, kt)
@@ -414,7 +417,7 @@ class VallEX:
             pos = torch.tensor([reqs[row_req[i]].T + len(pickers[i].history) for i in live_rows], device=dev)
             xs = (_emb(c.ar_audio_emb, toks) * 1.0 + c.ar_audio_alpha * self._pos(int(pos.max()) + 1)[pos])
             m = None if key_valid is None else key_valid[:, None, None, :slot + 1]
-            h = stack.forward_cached(xs.unsqueeze(1), cache, slot, m, key_start)
+            h = stack.forward_cached(xs.unsqueeze(1), cache, slot, m, key_start, row_map)
             logits = _head(c.ar_head, h[:, -1])
             slot += 1
 

@@ -85,11 +85,11 @@ def _build() -> Path:
 
 def _declare(lib) -> None:
     P, I, L, F = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
-    lib.vx_attn_decode.argtypes = [P, L, P, P, L, L, P, I, I, I, I, P, F, I, I]
+    lib.vx_attn_decode.argtypes = [P, L, P, P, L, L, P, I, I, I, I, P, P, F, I, I]
     lib.vx_attn_decode.restype = None
     lib.vx_linear_i8.argtypes = [P, L, I, I, P, P, P, P, P, I, I, I]
     lib.vx_linear_i8.restype = None
-    lib.vx_decode_i8.argtypes = [P, I, P, I, I, I, I, P, L, I, P, I]
+    lib.vx_decode_i8.argtypes = [P, I, P, I, I, I, I, P, L, L, I, P, P, I]
     lib.vx_decode_i8.restype = None
     lib.vx_softmax_bf16.argtypes = [P, L, I, I]
     lib.vx_softmax_bf16.restype = None
@@ -151,7 +151,7 @@ def attn_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n: int,
     assert k.dtype == v.dtype and k.stride() == v.stride() and k.stride(3) == 1 and k.stride(2) == D
     out = torch.empty(B, H, D)
     _lib.vx_attn_decode(q.data_ptr(), q.stride(0), k.data_ptr(), v.data_ptr(), k.stride(0), k.stride(1),
-                        out.data_ptr(), B, H, D, int(n), _ptr(starts), float(scale),
+                        out.data_ptr(), B, H, D, int(n), _ptr(starts), None, float(scale),
                         int(k.dtype == torch.bfloat16), torch.get_num_threads())
     return out
 
@@ -282,12 +282,21 @@ class Int8DecodeStep:
         self.d_ff = stack.layers[0].ff1.out_features
         self._keep = stack  # the pointers above are into its tensors
 
-    def __call__(self, x: torch.Tensor, cache: torch.Tensor, slot: int, starts: torch.Tensor | None) -> torch.Tensor:
-        """x: float32 [B, D] (the new position's input); cache: bf16 [L, 2, B, H, Smax, hd],
-        contiguous. Returns the residual stream after the last layer, [B, D] (not normed)."""
+    def __call__(self, x: torch.Tensor, cache: torch.Tensor, slot: int, starts: torch.Tensor | None,
+                 rows: torch.Tensor | None = None) -> torch.Tensor:
+        """x: float32 [B, D] (the new position's input); cache: bf16 [L, 2, R, H, Smax, hd],
+        contiguous; rows: None (R == B), or int32 [B], the cache row of each row of x (a batch
+        whose finished rows were dropped: nothing is copied). Returns the residual stream after
+        the last layer, [B, D] (not normed)."""
         x = x.contiguous().clone()
         B = x.shape[0]
+        if rows is None and cache.shape[2] != B:
+            raise ValueError(f"{B} rows against a cache of {cache.shape[2]} and no row map")
+        if rows is not None:
+            rows = rows.to(torch.int32).contiguous()
+            if rows.shape != (B,) or int(rows.min()) < 0 or int(rows.max()) >= cache.shape[2]:
+                raise ValueError(f"row map {rows.tolist()} does not fit {B} rows and a cache of {cache.shape[2]}")
         _lib.vx_decode_i8(ctypes.byref(self.layers), self.n_layers, x.data_ptr(), B, self.d, self.h,
-                          self.d_ff, cache.data_ptr(), cache.shape[4], int(slot), _ptr(starts),
-                          torch.get_num_threads())
+                          self.d_ff, cache.data_ptr(), cache.shape[2], cache.shape[4], int(slot), _ptr(starts),
+                          _ptr(rows), torch.get_num_threads())
         return x

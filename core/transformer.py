@@ -186,17 +186,24 @@ class Stack(nn.Module):
         return layer.ff2(torch.relu_(layer.ff1(h)))
 
     # -- AR: prefill / decode with a static cache ------------------------------------------------
+    def fused_decode(self, cache: torch.Tensor, rows: int) -> bool:
+        """Whether a one-position step of `rows` rows over `cache` runs as one native call (which
+        can also take a row map into the cache: see forward_cached)."""
+        return (self.decode_step is not None and rows <= native.FUSED_ROWS
+                and cache.dtype == torch.bfloat16 and cache.is_contiguous())
+
     def forward_cached(self, x: torch.Tensor, cache: torch.Tensor, start: int, mask,
-                       key_start: torch.Tensor | None = None) -> torch.Tensor:
+                       key_start: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
         """x: [B, S, D] float32 inputs for cache slots [start, start+S). cache: [L, 2, B, H, Smax, hd].
         mask: None, or bool [B or 1, 1, S, start+S] (True = attend); key_start: the same left
         padding as int32 [B] first valid keys (used by the native decode step). Returns the
         final-normed float32 hidden state of the last row [B, 1, D] (the last layer computes only
-        that row)."""
+        that row). rows: int32 [B], the cache row of each row of x, only where `fused_decode`."""
         n, S = len(self.layers), x.shape[1]
-        if (S == 1 and self.decode_step is not None and x.shape[0] <= native.FUSED_ROWS
-                and cache.dtype == torch.bfloat16 and cache.is_contiguous()):
-            return self.norm(self.decode_step(x[:, 0], cache, start, key_start)[:, None])
+        if S == 1 and self.fused_decode(cache, x.shape[0]):
+            return self.norm(self.decode_step(x[:, 0], cache, start, key_start, rows)[:, None])
+        if rows is not None:
+            raise ValueError("a row map needs the fused decode step (Stack.fused_decode)")
         for i, layer in enumerate(self.layers):
             qf = S - 1 if i == n - 1 else 0
             h = self._norm(layer.norm1, x, None)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from core import native
-from core.lm import VallEX
+from core.lm import LMRequest, VallEX
 from core.sampling import Sampling
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -169,6 +169,46 @@ def test_fused_int8_decode_step_is_batch_invariant(golden, B):
         alone = [stack.forward_cached(x[b:b + 1], cache[:, :, b:b + 1].clone(), slot, None, starts[b:b + 1])
                  for b in range(B)]
     assert torch.equal(together, torch.cat(alone))
+
+
+@needs_native
+def test_fused_int8_decode_step_row_map(golden):
+    # A batch whose finished rows were dropped: the live rows name their cache rows, and get
+    # exactly what a compacted cache gives; the other cache rows are not touched.
+    stack = _tiny_int8(golden).core.ar
+    L, H, hd, smax, slot, R = len(stack.layers), stack.h, stack.hd, 20, 11, 6
+    g = torch.Generator().manual_seed(3)
+    cache = torch.randn(L, 2, R, H, smax, hd, generator=g).to(torch.bfloat16)
+    live = torch.tensor([1, 4, 5], dtype=torch.int32)
+    x = torch.randn(3, 1, stack.d, generator=g)
+    starts = torch.tensor([2, 0, 7], dtype=torch.int32)
+    mapped, compact = cache.clone(), cache.index_select(2, live.long()).contiguous()
+    with torch.inference_mode():
+        a = stack.forward_cached(x, mapped, slot, None, starts, live)
+        b = stack.forward_cached(x, compact, slot, None, starts)
+    assert torch.equal(a, b)
+    assert torch.equal(mapped.index_select(2, live.long()), compact)
+    dead = torch.tensor([0, 2, 3])
+    assert torch.equal(mapped.index_select(2, dead), cache.index_select(2, dead))
+    with pytest.raises(ValueError, match="row map"):
+        stack.decode_step(x[:, 0], cache, slot, starts, torch.tensor([0, 1, 6], dtype=torch.int32))
+
+
+@needs_native
+def test_int8_batch_with_rows_ending_apart_matches_one_by_one(golden):
+    # Different text lengths give different frame caps: rows finish at different steps and are
+    # dropped through the row map; every sentence still gets its one-by-one tokens.
+    model = _tiny_int8(golden)
+    s = Sampling(top_k=1, guards=False)
+    g = torch.Generator().manual_seed(4)
+    prompt = torch.randint(0, 1024, (6, 8), generator=g)
+    reqs = [LMRequest(torch.randint(5, 60, (n,), generator=g), torch.zeros(n, dtype=torch.long), 2, prompt)
+            for n in (3, 5, 4, 7, 3)]
+    one = [model.generate(r.text_ids, r.text_langs, r.prompt_text_len, r.prompt_codes, s) for r in reqs]
+    batch = model.generate_batch(reqs, s)
+    assert len({g.codes.shape[0] for g in one}) > 1
+    for a, b in zip(one, batch):
+        assert torch.equal(a.codes, b.codes)
 
 
 @needs_native
