@@ -24,6 +24,13 @@ static inline float bf16f(uint16_t x) {
     return f;
 }
 
+static inline uint16_t f32_bf16(float f) {  /* round to nearest even, as torch's .to(bfloat16) */
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);  /* NaN stays NaN */
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #define VX_AVX512 1
 static inline __m512 exp_ps(__m512 x) {  /* x <= 0 */
@@ -263,26 +270,38 @@ static inline __attribute__((always_inline)) void block16(const int8_t *wb, int 
 #ifdef VX_AVX512
 static inline __attribute__((always_inline)) void dequant16(__m512i acc, int n, int cols, float xsc,
                                                             const float *scale, const int32_t *rowsum,
-                                                            const float *bias, int relu, float *yr) {
+                                                            const float *bias, int relu, void *y, int64_t at,
+                                                            int bf16) {
     __mmask16 k = cols >= 16 ? 0xffff : (__mmask16)((1u << cols) - 1);
     __m512i a = _mm512_sub_epi32(acc, _mm512_slli_epi32(_mm512_maskz_loadu_epi32(k, rowsum + n), 7));
     __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(a), _mm512_set1_ps(xsc)), _mm512_maskz_loadu_ps(k, scale + n));
     v = _mm512_add_ps(v, bias ? _mm512_maskz_loadu_ps(k, bias + n) : _mm512_setzero_ps());
     if (relu) v = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ), _mm512_setzero_ps());
-    _mm512_mask_storeu_ps(yr, k, v);
+    if (bf16) {  /* round to nearest even, as f32_bf16 (NaN aside) */
+        __m512i u = _mm512_castps_si512(v);
+        u = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff),
+                                                 _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))));
+        _mm256_mask_storeu_epi16((uint16_t *)y + at, k, _mm512_cvtepi32_epi16(_mm512_srli_epi32(u, 16)));
+    } else {
+        _mm512_mask_storeu_ps((float *)y + at, k, v);
+    }
 }
 #endif
 
 static void dequant_row(const int32_t *acc, int n0, int cols, float xsc, const float *scale,
-                        const int32_t *rowsum, const float *bias, int relu, float *yr) {
+                        const int32_t *rowsum, const float *bias, int relu, void *y, int64_t at, int bf16) {
 #ifdef VX_AVX512
     for (int r = 0; r < cols; r += 16)
-        dequant16(_mm512_loadu_si512(acc + r), n0 + r, cols - r, xsc, scale, rowsum, bias, relu, yr + r);
+        dequant16(_mm512_loadu_si512(acc + r), n0 + r, cols - r, xsc, scale, rowsum, bias, relu, y, at + r, bf16);
 #else
     for (int r = 0; r < cols; r++) {
         int n = n0 + r;
         float val = (float)(acc[r] - 128 * rowsum[n]) * xsc * scale[n] + (bias ? bias[n] : 0.f);
-        yr[r] = relu && val < 0.f ? 0.f : val;
+        val = relu && val < 0.f ? 0.f : val;
+        if (bf16)
+            ((uint16_t *)y)[at + r] = f32_bf16(val);
+        else
+            ((float *)y)[at + r] = val;
     }
 #endif
 }
@@ -297,8 +316,9 @@ static void dequant_row(const int32_t *acc, int n0, int cols, float xsc, const f
 typedef struct {  /* where a tile's last pass puts its results: dequant16 into y */
     const float *xscale, *scale, *bias;
     const int32_t *rowsum;
-    float *y;
-    int n0, cols, ldy, relu;
+    void *y;  /* float32, or bf16 (bf16) */
+    int64_t at;  /* the tile's first row, first column in y */
+    int n0, cols, ldy, relu, bf16;
 } vx_tile_out;
 
 static inline __attribute__((always_inline)) void tile_i8(const uint8_t *a, int64_t lda, const int8_t *b0,
@@ -329,11 +349,12 @@ static inline __attribute__((always_inline)) void tile_i8(const uint8_t *a, int6
     }
     if (o)
         for (int i = 0; i < mr; i++) {
-            float *yr = o->y + (int64_t)i * o->ldy + o->n0;
-            dequant16(_mm512_loadu_si512(t[i]), o->n0, o->cols, o->xscale[i], o->scale, o->rowsum, o->bias, o->relu, yr);
+            int64_t at = o->at + (int64_t)i * o->ldy;
+            dequant16(_mm512_loadu_si512(t[i]), o->n0, o->cols, o->xscale[i], o->scale, o->rowsum, o->bias, o->relu,
+                      o->y, at, o->bf16);
             if (o->cols > 16)
                 dequant16(_mm512_loadu_si512(t[i] + 16), o->n0 + 16, o->cols - 16, o->xscale[i], o->scale, o->rowsum,
-                          o->bias, o->relu, yr + 16);
+                          o->bias, o->relu, o->y, at + 16, o->bf16);
         }
 }
 
@@ -343,7 +364,7 @@ static inline __attribute__((always_inline)) void tile_i8(const uint8_t *a, int6
    cores (~90% of vpdpbusd's peak), against ~580 for fbgemm's dynamic int8 Linear with its
    activation quantization. Needs the weights padded to a multiple of 32 rows. */
 static void gemm_i8(const uint8_t *xq, float *xscale, int M, int k4, const int8_t *wp, const float *scale,
-                    const int32_t *rowsum, const float *bias, float *y, int N, int relu) {
+                    const int32_t *rowsum, const float *bias, void *y, int N, int relu, int bf16) {
     int npan = (N + 31) / 32;
     int32_t *cb = k4 > GEMM_KC ? malloc(sizeof(int32_t) * (size_t)M * 32) : NULL;
 #pragma omp for schedule(static)
@@ -355,7 +376,7 @@ static void gemm_i8(const uint8_t *xq, float *xscale, int M, int k4, const int8_
             int last = k0 + kc == k4;
             const int8_t *w0 = b0 + (int64_t)k0 * 16, *w1 = b1 + (int64_t)k0 * 16;
             for (int m = 0; m < M; m += GEMM_MR) {
-                vx_tile_out o = {xscale + m, scale, bias, rowsum, y + (int64_t)m * N, n0, cols, N, relu};
+                vx_tile_out o = {xscale + m, scale, bias, rowsum, y, (int64_t)m * N + n0, n0, cols, N, relu, bf16};
                 const vx_tile_out *op = last ? &o : NULL;
                 const uint8_t *a = xq + (int64_t)m * k4 + k0;
                 int32_t *c = cb ? cb + (int64_t)m * 32 : NULL;
@@ -381,17 +402,11 @@ int vx_has_gemm_i8(void) {
 #endif
 }
 
-/* y[m, n] = act(scale[n] * sum_k w[n, k] x[m, k] + bias[n]): int8 weights with per-output-channel
-   scales, each activation row quantized on the fly to int8 with one scale (symmetric, per row:
-   finer than fbgemm's dynamic mode, one scale per tensor and 7 bits). wp: the weights packed by
-   core/native.py as [ceil(N/32)*2][k4/4][16][4] (k4 = K rounded up to 4, zero padding); scale,
-   rowsum (sum_k w[n, k]) and bias are padded to a multiple of 32. x rows are xs floats apart; y
-   is [M, N] contiguous. Up to MAX_MB rows (the decode step) stream the weights once through
-   block16; more rows go through gemm_i8. Integer sums are exact, so both give the same floats. */
 /* Up to a few rows (the decode step): each 16-row weight block is read once for all of them. An
    orphaned work-share: called by every thread of vx_linear_i8's parallel region. */
 static void rows_i8(const uint8_t *xq, const float *xscale, int M, int k4, const int8_t *wp,
-                    const float *scale, const int32_t *rowsum, const float *bias, float *y, int N, int relu) {
+                    const float *scale, const int32_t *rowsum, const float *bias, void *y, int N, int relu,
+                    int bf16) {
     int groups = k4 / 4, nblk = (N + 15) / 16;
 #pragma omp for schedule(static)
     for (int nb = 0; nb < nblk; nb++) {
@@ -433,14 +448,22 @@ static void rows_i8(const uint8_t *xq, const float *xscale, int M, int k4, const
                 }
 #endif
             for (int j = 0; j < mb; j++)
-                dequant_row(acc[j], n0, rows, xscale[m0 + j], scale, rowsum, bias, relu,
-                            y + (int64_t)(m0 + j) * N + n0);
+                dequant_row(acc[j], n0, rows, xscale[m0 + j], scale, rowsum, bias, relu, y,
+                            (int64_t)(m0 + j) * N + n0, bf16);
         }
     }
 }
 
+/* y[m, n] = act(scale[n] * sum_k w[n, k] x[m, k] + bias[n]): int8 weights with per-output-channel
+   scales, each activation row quantized on the fly to int8 with one scale (symmetric, per row:
+   finer than fbgemm's dynamic mode, one scale per tensor and 7 bits). wp: the weights packed by
+   core/native.py as [ceil(N/32)*2][k4/4][16][4] (k4 = K rounded up to 4, zero padding); scale,
+   rowsum (sum_k w[n, k]) and bias are padded to a multiple of 32. x rows are xs floats apart; y
+   is [M, N] contiguous, float32 or bf16 (out_bf16, rounded to nearest even). Up to MAX_MB rows (the decode step) stream the weights once through
+   block16; more rows go through gemm_i8. Integer sums are exact, so both give the same floats. */
 void vx_linear_i8(const float *x, int64_t xs, int M, int K, const int8_t *wp, const float *scale,
-                  const int32_t *rowsum, const float *bias, float *y, int N, int relu, int n_threads) {
+                  const int32_t *rowsum, const float *bias, void *y, int N, int relu, int out_bf16,
+                  int n_threads) {
     int k4 = (K + 3) & ~3;
     uint8_t *xq = malloc((size_t)M * k4 + 64);
     float *xscale = malloc(sizeof(float) * (size_t)(M > 0 ? M : 1));
@@ -450,10 +473,10 @@ void vx_linear_i8(const float *x, int64_t xs, int M, int K, const int8_t *wp, co
         for (int m = 0; m < M; m++) quantize_row(x + m * xs, K, k4, xq + (int64_t)m * k4, xscale + m);
 #ifdef VX_GEMM_I8
         if (M > MAX_MB)
-            gemm_i8(xq, xscale, M, k4, wp, scale, rowsum, bias, y, N, relu);
+            gemm_i8(xq, xscale, M, k4, wp, scale, rowsum, bias, y, N, relu, out_bf16);
         else
 #endif
-            rows_i8(xq, xscale, M, k4, wp, scale, rowsum, bias, y, N, relu);
+            rows_i8(xq, xscale, M, k4, wp, scale, rowsum, bias, y, N, relu, out_bf16);
     }
     free(xq);
     free(xscale);
@@ -483,15 +506,9 @@ static void layer_norm(const float *x, const float *w, const float *b, float *y,
     for (int i = 0; i < D; i++) y[i] = (x[i] - mean) * inv * w[i] + b[i];
 }
 
-static inline uint16_t f32_bf16(float f) {  /* round to nearest even, as torch's .to(bfloat16) */
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);  /* NaN stays NaN */
-    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
 
 static void qlin(const vx_qlinear *l, const float *x, int M, float *y, int relu, int nt) {
-    vx_linear_i8(x, l->k, M, l->k, l->w, l->scale, l->rowsum, l->bias, y, l->n, relu, nt);
+    vx_linear_i8(x, l->k, M, l->k, l->w, l->scale, l->rowsum, l->bias, y, l->n, relu, 0, nt);
 }
 
 /* x: the residual stream [B, D] of the new position, updated in place through all layers (the
@@ -663,12 +680,14 @@ int vx_has_attn_full(void) {
 #endif
 }
 
-/* q: bf16 [B, H, Sq, hd] with (b, h) blocks qs elements apart (qs = Sq*hd when contiguous; more for
-   the last rows of a longer sequence), k, v: bf16 [B, H, Sk, hd] contiguous; every query sees
-   every key.
+/* q: bf16 [B, H, Sq, hd], element (b, h, s, d) at q[b*qst[0] + h*qst[1] + s*qst[2] + d]; k, v: bf16
+   [B, H, Sk, hd] with the strides kvst (the same for both). So q, k, v may be views into the
+   packed projection [B, S, 3, H, hd] as it comes out of the GEMM: no layout copies. Every query
+   sees every key.
    out: [B, Sq, H, hd] (the layout the output projection reads), float32 or bf16 (out_bf16).
    hd must be a multiple of 16 and at most 64. */
-void vx_attn_full(const uint16_t *q, int64_t qs, const uint16_t *k, const uint16_t *v, void *out, int B, int H,
+void vx_attn_full(const uint16_t *q, const int64_t *qst, const uint16_t *k, const uint16_t *v, const int64_t *kvst,
+                  void *out, int B, int H,
                   int Sq, int Sk, int hd, float scale, int out_bf16, int n_threads) {
 #ifdef VX_ATTN_FULL
     int hp = hd / 2, nv = hd / 16, nkb = (Sk + 15) / 16, np = (Sk + 1) / 2, sk32 = (Sk + 31) / 32 * 32;
@@ -686,19 +705,20 @@ void vx_attn_full(const uint16_t *q, int64_t qs, const uint16_t *k, const uint16
                                                 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
 #pragma omp for schedule(dynamic, 1)
         for (int bh = 0; bh < B * H; bh++) {
-            const uint16_t *qh = q + (int64_t)bh * qs, *kh = k + (int64_t)bh * Sk * hd, *vh = v + (int64_t)bh * Sk * hd;
             int b = bh / H, h = bh % H;
+            int64_t kvo = b * kvst[0] + h * kvst[1], krs = kvst[2];
+            const uint16_t *qh = q + b * qst[0] + h * qst[1], *kh = k + kvo, *vh = v + kvo;
             /* keys: [key block][d pair][16 keys] (a dword = 2 consecutive d of one key), zero-padded */
             for (int kb = 0; kb < nkb; kb++)
                 for (int j = 0; j < 16; j++) {
                     int key = kb * 16 + j;
-                    const uint32_t *kr = (const uint32_t *)(kh + (int64_t)key * hd);
+                    const uint32_t *kr = (const uint32_t *)(kh + (int64_t)(key < Sk ? key : 0) * krs);
                     uint32_t *dst = kp + (int64_t)kb * hp * 16 + j;
                     for (int i = 0; i < hp; i++) dst[i * 16] = key < Sk ? kr[i] : 0u;
                 }
             /* values: [key pair][d][2 keys], zero-padded */
             for (int jp = 0; jp < np; jp++) {
-                const uint16_t *v0 = vh + (int64_t)(2 * jp) * hd, *v1 = 2 * jp + 1 < Sk ? v0 + hd : NULL;
+                const uint16_t *v0 = vh + (int64_t)(2 * jp) * krs, *v1 = 2 * jp + 1 < Sk ? v0 + krs : NULL;
                 uint32_t *dst = vp + (int64_t)jp * hd;
                 if (v1) {  /* interleave 16 d of both rows per store */
                     for (int d = 0; d < hd; d += 16) {
@@ -712,11 +732,10 @@ void vx_attn_full(const uint16_t *q, int64_t qs, const uint16_t *k, const uint16
             }
             for (int q0 = 0; q0 < Sq; q0 += QB) {
                 int nq = Sq - q0 < QB ? Sq - q0 : QB;
-                const uint32_t *qb = (const uint32_t *)(qh + (int64_t)q0 * hd);
-                if (nq < QB) {  /* last block: pad with copies of its first row */
-                    for (int r = 0; r < QB; r++) memcpy(qpad + r * hp, qb + (r < nq ? r : 0) * hp, sizeof(uint32_t) * hp);
-                    qb = qpad;
-                }
+                /* the block's rows side by side (the last block padded with copies of its first) */
+                for (int r = 0; r < QB; r++)
+                    memcpy(qpad + r * hp, qh + (int64_t)(q0 + (r < nq ? r : 0)) * qst[2], sizeof(uint32_t) * hp);
+                const uint32_t *qb = qpad;
                 for (int kb = 0; kb < nkb; kb += 4) {
                     int c = nkb - kb < 4 ? nkb - kb : 4;
                     const uint32_t *kpb = kp + (int64_t)kb * hp * 16;
@@ -775,7 +794,7 @@ void vx_attn_full(const uint16_t *q, int64_t qs, const uint16_t *k, const uint16
         free(qpad);
     }
 #else
-    (void)q; (void)qs; (void)k; (void)v; (void)out; (void)B; (void)H; (void)Sq; (void)Sk; (void)hd; (void)scale;
+    (void)q; (void)qst; (void)k; (void)v; (void)kvst; (void)out; (void)B; (void)H; (void)Sq; (void)Sk; (void)hd; (void)scale;
     (void)out_bf16; (void)n_threads;
 #endif
 }

@@ -87,7 +87,7 @@ def _declare(lib) -> None:
     P, I, L, F = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
     lib.vx_attn_decode.argtypes = [P, L, P, P, L, L, P, I, I, I, I, P, P, F, I, I]
     lib.vx_attn_decode.restype = None
-    lib.vx_linear_i8.argtypes = [P, L, I, I, P, P, P, P, P, I, I, I]
+    lib.vx_linear_i8.argtypes = [P, L, I, I, P, P, P, P, P, I, I, I, I]
     lib.vx_linear_i8.restype = None
     lib.vx_decode_i8.argtypes = [P, I, P, I, I, I, I, P, L, L, I, P, P, I]
     lib.vx_decode_i8.restype = None
@@ -97,7 +97,7 @@ def _declare(lib) -> None:
     lib.vx_has_gemm_i8.restype = I
     lib.vx_has_attn_full.argtypes = []
     lib.vx_has_attn_full.restype = I
-    lib.vx_attn_full.argtypes = [P, L, P, P, P, I, I, I, I, I, F, I, I]
+    lib.vx_attn_full.argtypes = [P, P, P, P, P, P, I, I, I, I, I, F, I, I]
     lib.vx_attn_full.restype = None
 
 
@@ -168,19 +168,22 @@ def softmax_(s: torch.Tensor) -> torch.Tensor:
 
 def attn_full(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
               out_dtype: torch.dtype) -> torch.Tensor | None:
-    """Unmasked attention of bf16 q [B, H, Sq, hd] (rows contiguous; it may be the last Sq rows of
-    a longer sequence) over contiguous bf16 k, v [B, H, Sk, hd]. Returns [B, Sq, H * hd] in
+    """Unmasked attention of bf16 q [B, H, Sq, hd] over bf16 k, v [B, H, Sk, hd], any strides with
+    the last dim contiguous (k and v: the same strides): e.g. views into the projection
+    [B, S, 3, H, hd], or q the last Sq rows of a longer sequence. Returns [B, Sq, H * hd] in
     out_dtype (float32 or bfloat16), or None when the kernel does not cover the case (no AVX-512
     BF16, head size not a multiple of 16 up to 64): the caller then uses its matmul path."""
     B, H, Sq, hd = q.shape
     Sk = k.shape[2]
     if (_lib is None or not _lib.vx_has_attn_full() or hd % 16 or hd > 64 or Sk == 0
             or q.dtype != torch.bfloat16 or k.dtype != torch.bfloat16 or v.dtype != torch.bfloat16
-            or not (k.is_contiguous() and v.is_contiguous()) or out_dtype not in (torch.float32, torch.bfloat16)
-            or q.stride(3) != 1 or q.stride(2) != hd or q.stride(0) != H * q.stride(1)):
+            or k.stride() != v.stride() or k.stride(3) != 1 or q.stride(3) != 1
+            or out_dtype not in (torch.float32, torch.bfloat16)):
         return None
+    qst = (ctypes.c_int64 * 3)(*q.stride()[:3])
+    kvst = (ctypes.c_int64 * 3)(*k.stride()[:3])
     out = torch.empty(B, Sq, H * hd, dtype=out_dtype)
-    _lib.vx_attn_full(q.data_ptr(), q.stride(1), k.data_ptr(), v.data_ptr(), out.data_ptr(), B, H, Sq, Sk, hd,
+    _lib.vx_attn_full(q.data_ptr(), qst, k.data_ptr(), v.data_ptr(), kvst, out.data_ptr(), B, H, Sq, Sk, hd,
                       float(scale), int(out_dtype == torch.bfloat16), torch.get_num_threads())
     return out
 
@@ -232,21 +235,25 @@ class Int8Linear(torch.nn.Module):
         self.register_buffer("rowsum", _pad32(w.sum(1, dtype=torch.int32)))
         self.register_buffer("b", None if bias is None else _pad32(bias.detach().float()))
 
-    def forward(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, relu: bool = False, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """out_dtype: float32, or bfloat16 (rounded in the kernel: the NAR's attention input)."""
         shape = x.shape
         rows = x.numel() // shape[-1]
         if self.dyn is not None and (rows > DECODE_ROWS or x.dtype != torch.float32):
             y = self.dyn(x)
-            return torch.relu_(y) if relu else y
+            y = torch.relu_(y) if relu else y
+            return y if out_dtype == torch.float32 else y.to(out_dtype)
         x2 = x.reshape(rows, shape[-1])
         if x2.dtype != torch.float32:
             x2 = x2.float()
         if x2.stride(1) != 1:
             x2 = x2.contiguous()
-        y = torch.empty(rows, self.out_features)
+        if out_dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"out_dtype {out_dtype}: float32 or bfloat16")
+        y = torch.empty(rows, self.out_features, dtype=out_dtype)
         _lib.vx_linear_i8(x2.data_ptr(), x2.stride(0), rows, self.in_features, self.w.data_ptr(),
                           self.scale.data_ptr(), self.rowsum.data_ptr(), _ptr(self.b), y.data_ptr(),
-                          self.out_features, int(relu), torch.get_num_threads())
+                          self.out_features, int(relu), int(out_dtype == torch.bfloat16), torch.get_num_threads())
         return y.view(*shape[:-1], self.out_features)
 
 

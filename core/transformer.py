@@ -146,7 +146,10 @@ class Stack(nn.Module):
         key_start: int32 [B], the first valid key per row (left padding) for the native decode
         step, which gets it instead of `mask`."""
         B, S, _ = h.shape
-        qkv = layer.qkv(h)
+        if self.fast_cpu and S > 1 and self.kv_dtype == torch.bfloat16 and isinstance(layer.qkv, native.Int8Linear):
+            qkv = layer.qkv(h, out_dtype=torch.bfloat16)  # rounded in the GEMM: no conversion pass
+        else:
+            qkv = layer.qkv(h)
         if self.fast_cpu and S == 1 and cache_k is not None:
             qkv = qkv.view(B, 3, self.h, self.hd)
             qkv = qkv if qkv.dtype == torch.float32 else qkv.float()
@@ -156,6 +159,13 @@ class Stack(nn.Module):
             return layer.out(o.view(B, 1, self.d))
         if qkv.dtype != self.kv_dtype:  # CPU fp32 / int8 activations with a bf16 cache, or the reverse
             qkv = qkv.to(self.kv_dtype)
+        if self.fast_cpu and mask is None and cache_k is None and qkv.dtype == torch.bfloat16:
+            # The NAR: the fused kernel reads q, k, v as views of the projection [B, S, 3, H, hd].
+            qkv5 = qkv.view(B, S, 3, self.h, self.hd)
+            q, k, v = (qkv5[:, :, i].transpose(1, 2) for i in range(3))
+            o = native.attn_full(q[:, :, q_from:], k, v, self.hd ** -0.5, self.act_dtype)
+            if o is not None:
+                return layer.out(o)
         if self.fast_cpu:  # contiguous [3, B, H, S, hd]: strided bf16 matmuls are several times slower
             qkv = qkv.view(B, S, 3, self.h, self.hd).permute(2, 0, 3, 1, 4).contiguous()
             q, k, v = qkv[0], qkv[1], qkv[2]

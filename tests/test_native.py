@@ -89,6 +89,23 @@ def test_full_attention_kernel_matches_sdpa(B, H, S, hd, q_from, out_dtype):
 
 
 @needs_native
+@pytest.mark.parametrize("B, S, H, hd, q_from", [(1, 45, 4, 64, 0), (2, 30, 3, 32, 11)])
+def test_full_attention_kernel_reads_views_of_the_projection(B, S, H, hd, q_from):
+    # q, k, v straight from the packed projection [B, S, 3, H, hd] (the NAR path): same result
+    # as from contiguous copies.
+    torch.manual_seed(B + S)
+    qkv = torch.randn(B, S, 3, H, hd).bfloat16()
+    q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
+    got = native.attn_full(q[:, :, q_from:], k, v, hd ** -0.5, torch.float32)
+    if got is None:
+        pytest.skip("no AVX-512 BF16: the matmul path is used")
+    want = native.attn_full(q[:, :, q_from:].contiguous(), k.contiguous(), v.contiguous(), hd ** -0.5, torch.float32)
+    assert torch.equal(got, want)
+    ref = F.scaled_dot_product_attention(q[:, :, q_from:].float(), k.float(), v.float())
+    assert (got - ref.transpose(1, 2).reshape(B, S - q_from, H * hd)).abs().max() < 5e-3
+
+
+@needs_native
 def test_full_attention_kernel_declines_what_it_does_not_cover():
     q = torch.randn(1, 2, 5, 24).bfloat16()  # head size not a multiple of 16
     assert native.attn_full(q, q, q, 0.2, torch.float32) is None
@@ -144,6 +161,9 @@ def test_int8_gemm_many_rows(K, N):
         for i in (0, rows // 2, rows - 1):
             assert torch.equal(got[i:i + 1], m(x[i:i + 1])), f"row {i} of {rows}"
         torch.testing.assert_close(m(x, relu=True), torch.relu(got))
+        # bf16 output (the NAR's q, k, v): rounded in the kernel as torch rounds
+        assert torch.equal(m(x, out_dtype=torch.bfloat16), got.to(torch.bfloat16))
+        assert torch.equal(m(x[:3], relu=True, out_dtype=torch.bfloat16), torch.relu(got[:3]).to(torch.bfloat16))
     # bf16 activations (an AR prefill from a bf16 stream) are taken as float32
     x = torch.randn(20, K, dtype=torch.bfloat16)
     assert torch.equal(m(x), m(x.float()))
