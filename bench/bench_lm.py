@@ -33,8 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared"
-SCHEMA = SHARED / "golden" / "schema" / "vallex-full.json"
-GOLDEN = SHARED / "golden"
+GOLDEN = Path(os.environ.get("VALLEX_GOLDEN", SHARED / "golden"))  # as in tests/conftest.py
+SCHEMA = GOLDEN / "schema" / "vallex-full.json"
 REF_BENCH = SHARED / "tools" / "ref_bench.py"
 
 PROMPT_FRAMES, TEXT_IDS, PROMPT_TEXT = 225, 24, 8
@@ -50,6 +50,14 @@ MODES = {
 
 def _rss_mb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+
+
+def _gpu_mb(device: str) -> dict:
+    import torch
+
+    if not device.startswith("cuda"):
+        return {}
+    return {"device_name": torch.cuda.get_device_name(), "peak_gpu_mb": torch.cuda.max_memory_allocated() // 2**20}
 
 
 def _workload(n_text=TEXT_IDS, seed=0):
@@ -86,7 +94,7 @@ def worker_single(args) -> dict:
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    model = VallEX.from_checkpoint(args.ckpt, n_heads=16, **MODES[args.mode])
+    model = VallEX.from_checkpoint(args.ckpt, n_heads=16, device=args.device, **MODES[args.mode])
     load_s = time.perf_counter() - t0
     rss_load = _rss_mb()
     ids, langs, prompt = _workload()
@@ -100,7 +108,8 @@ def worker_single(args) -> dict:
            "ar_tok_per_s": round(n / g.timings["ar_s"], 2), "nar_s": round(g.timings["nar_s"], 3),
            "total_s": round(g.timings["ar_s"] + g.timings["nar_s"], 3),
            "rtf_lm": round((g.timings["ar_s"] + g.timings["nar_s"]) / (n / 75), 3),
-           "peak_rss_mb": _rss_mb(), "rss_after_load_mb": rss_load, "load_s": round(load_s, 2)}
+           "peak_rss_mb": _rss_mb(), "rss_after_load_mb": rss_load, "load_s": round(load_s, 2),
+           "device": args.device, **_gpu_mb(args.device)}
     tokens = {"ar": g.codes[:, 0].tolist(), "nar": g.codes.tolist()}
     out_dir = Path(args.work)
     (out_dir / f"tokens-{args.mode}.json").write_text(json.dumps(tokens))
@@ -114,11 +123,11 @@ def worker_single(args) -> dict:
         want = torch.tensor(ref["nar"])
         res["bench_nar_agreement"] = round(float((nar[:, 1:] == want[:, 1:]).float().mean()), 4)
     if args.mode != "fp32":
-        res.update(_golden_agreement(args.mode))
+        res.update(_golden_agreement(args.mode, args.device))
     return res
 
 
-def _golden_agreement(mode) -> dict:
+def _golden_agreement(mode, device) -> dict:
     import torch
 
     from core.lm import VallEX, Sampling
@@ -126,7 +135,7 @@ def _golden_agreement(mode) -> dict:
     cases_exact = ar_same = ar_total = nar_same = nar_total = n_cases = 0
     for cfg_dir in sorted(p for p in (GOLDEN / "model").iterdir() if p.is_dir()):
         cfg = json.loads((cfg_dir / "config.json").read_text())
-        model = VallEX.from_checkpoint(cfg_dir / "checkpoint.pt", n_heads=int(cfg["nhead"]), **MODES[mode])
+        model = VallEX.from_checkpoint(cfg_dir / "checkpoint.pt", n_heads=int(cfg["nhead"]), device=device, **MODES[mode])
         for c in json.loads((cfg_dir / "cases.json").read_text()):
             n_cases += 1
             args = (torch.tensor(c["text_ids"]), torch.tensor(c["text_langs"]), c["prompt_text_len"],
@@ -150,7 +159,7 @@ def worker_batch(args) -> dict:
     from core.lm import LMRequest, VallEX, Sampling
 
     torch.set_num_threads(args.threads)
-    model = VallEX.from_checkpoint(args.ckpt, n_heads=16, **MODES[args.mode])
+    model = VallEX.from_checkpoint(args.ckpt, n_heads=16, device=args.device, **MODES[args.mode])
     _, _, prompt = _workload()
     reqs = []
     for i, n_text in enumerate([20, 21, 22, 23, 24, 24, 25, 26, 27, 28]):
@@ -173,7 +182,8 @@ def worker_batch(args) -> dict:
             "one_by_one_lm_s": round(ar1 + nar1, 2), "batch_lm_s": round(arb + narb, 2),
             "lm_speedup": round((ar1 + nar1) / (arb + narb), 2),
             "one_by_one_nar_s": round(nar1, 2), "batch_nar_s": round(narb, 2),
-            "ar_tokens_equal": ar_same, "all_tokens_equal": same, "peak_rss_mb": _rss_mb()}
+            "ar_tokens_equal": ar_same, "all_tokens_equal": same, "peak_rss_mb": _rss_mb(),
+            "device": args.device, **_gpu_mb(args.device)}
 
 
 # ------------------------------------------------------------------------------ driver
@@ -215,6 +225,7 @@ def main():
     ap.add_argument("--modes", default="fp32,bf16,int8-dynamic,int8-weight")
     ap.add_argument("--batch-modes", default="fp32,int8-dynamic")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (ours only; the reference runs on the CPU)")
     ap.add_argument("--ckpt", default=str(Path(tempfile.gettempdir()) / "vallex-bench" / "full-random.pt"))
     ap.add_argument("--json", default=None)
     ap.add_argument("--quick", action="store_true", help="96 frames instead of 384 (smoke run)")
@@ -264,7 +275,7 @@ def main():
         for m in modes:
             print(f"ours {m}{tag} ...", flush=True)
             cmd = [py, __file__, "--worker", "single", "--mode", m, "--ckpt", str(ckpt), "--work", work,
-                   "--threads", str(args.threads)] + (["--quick"] if args.quick else [])
+                   "--threads", str(args.threads), "--device", args.device] + (["--quick"] if args.quick else [])
             rounds[m].append(_run(cmd))
             print(f"  {rounds[m][-1]}", flush=True)
     ref = _median(rounds["reference"]) if not args.no_ref else None
@@ -277,7 +288,7 @@ def main():
     for m in [m for m in args.batch_modes.split(",") if m]:
         print(f"batch of 10, {m} ...", flush=True)
         cmd = [py, __file__, "--worker", "batch", "--mode", m, "--ckpt", str(ckpt), "--work", work,
-               "--threads", str(args.threads)] + (["--quick"] if args.quick else []) + \
+               "--threads", str(args.threads), "--device", args.device] + (["--quick"] if args.quick else []) + \
             (["--batch-frames", str(args.batch_frames)] if args.batch_frames else [])
         r = _run(cmd)
         results["batch"][m] = r
