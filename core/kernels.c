@@ -630,7 +630,8 @@ score tensor, a softmax over it, a second matmul and two layout copies, each a p
 Here each (row, head) pair keeps its keys and values packed for vdpbf16ps in L2, and a block of
 QB queries goes scores -> softmax -> weighted values through an L1-sized buffer. Same arithmetic as
 that path: bf16 products summed in float32, probabilities rounded to bf16 (here before the 1/sum,
-which is applied in float32 at the end). */
+which is applied in float32 at the end). The row maxima are taken as the scores are made and the
+probabilities are written as bf16 in one pass: the softmax was ~20% of the kernel with three. */
 #if defined(__AVX512BF16__) && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #define VX_ATTN_FULL 1
 #define QB 6 /* queries per block: QB x 4 float32 accumulators + 4 operand registers */
@@ -653,14 +654,25 @@ static inline __attribute__((always_inline)) void dp_block(const uint32_t *a, in
     }
 }
 
-/* scaled scores of QB queries (hp pairs each) against nkb <= 4 packed key blocks ([hp][16] each) */
+/* scaled scores of QB queries (hp pairs each) against nkb <= 4 packed key blocks ([hp][16] each),
+   with each row's running maximum over the first `valid` keys of the group (the rest is padding) */
 static inline __attribute__((always_inline)) void qk_blocks(const uint32_t *q, int hp, const uint32_t *kp, int nkb,
-                                                            float *s, int64_t ss, float scale) {
+                                                            int valid, float *s, int64_t ss, float scale,
+                                                            __m512 vmax[QB]) {
     __m512 acc[QB][4];
     dp_block(q, hp, hp, kp, 1, hp, nkb, acc);
     __m512 vs = _mm512_set1_ps(scale);
+    __mmask16 m[4];
+    for (int c = 0; c < nkb; c++) {
+        int n = valid - c * 16;
+        m[c] = n >= 16 ? 0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
+    }
     for (int r = 0; r < QB; r++)
-        for (int c = 0; c < nkb; c++) _mm512_storeu_ps(s + r * ss + c * 16, _mm512_mul_ps(acc[r][c], vs));
+        for (int c = 0; c < nkb; c++) {
+            __m512 x = _mm512_mul_ps(acc[r][c], vs);
+            _mm512_storeu_ps(s + r * ss + c * 16, x);
+            vmax[r] = _mm512_mask_max_ps(vmax[r], m[c], vmax[r], x);
+        }
 }
 
 /* QB rows of bf16 probabilities (np key pairs, rows ps apart) times the packed value pairs ([np][nv]) */
@@ -736,38 +748,32 @@ void vx_attn_full(const uint16_t *q, const int64_t *qst, const uint16_t *k, cons
                 for (int r = 0; r < QB; r++)
                     memcpy(qpad + r * hp, qh + (int64_t)(q0 + (r < nq ? r : 0)) * qst[2], sizeof(uint32_t) * hp);
                 const uint32_t *qb = qpad;
+                __m512 vmax[QB];
+                for (int r = 0; r < QB; r++) vmax[r] = _mm512_set1_ps(-INFINITY);
                 for (int kb = 0; kb < nkb; kb += 4) {
-                    int c = nkb - kb < 4 ? nkb - kb : 4;
+                    int c = nkb - kb < 4 ? nkb - kb : 4, valid = Sk - kb * 16;
                     const uint32_t *kpb = kp + (int64_t)kb * hp * 16;
                     switch (c) {  /* constant block count: the accumulators stay in registers */
-                        case 1: qk_blocks(qb, hp, kpb, 1, s + kb * 16, ss, scale); break;
-                        case 2: qk_blocks(qb, hp, kpb, 2, s + kb * 16, ss, scale); break;
-                        case 3: qk_blocks(qb, hp, kpb, 3, s + kb * 16, ss, scale); break;
-                        default: qk_blocks(qb, hp, kpb, 4, s + kb * 16, ss, scale); break;
+                        case 1: qk_blocks(qb, hp, kpb, 1, valid, s + kb * 16, ss, scale, vmax); break;
+                        case 2: qk_blocks(qb, hp, kpb, 2, valid, s + kb * 16, ss, scale, vmax); break;
+                        case 3: qk_blocks(qb, hp, kpb, 3, valid, s + kb * 16, ss, scale, vmax); break;
+                        default: qk_blocks(qb, hp, kpb, 4, valid, s + kb * 16, ss, scale, vmax); break;
                     }
                 }
+                /* softmax: exp(s - max) rounded to bf16 straight into the probability rows (a bf16
+                   row in key order is the pairs layout), zeros past Sk for the last pair */
                 float inv[QB];
                 for (int r = 0; r < QB; r++) {
-                    float *sr = s + r * ss;
-                    __m512 vmax = _mm512_set1_ps(-INFINITY);
-                    for (int i = 0; i < Sk; i += 16) {
-                        __mmask16 m = Sk - i >= 16 ? 0xffff : (__mmask16)((1u << (Sk - i)) - 1);
-                        vmax = _mm512_mask_max_ps(vmax, m, vmax, _mm512_maskz_loadu_ps(m, sr + i));
-                    }
-                    __m512 vm = _mm512_set1_ps(_mm512_reduce_max_ps(vmax)), vsum = _mm512_setzero_ps();
-                    for (int i = 0; i < sk32; i += 16) {  /* zeros past Sk: the pairs below read them */
+                    const float *sr = s + r * ss;
+                    uint16_t *pr = (uint16_t *)(p + r * pst);
+                    __m512 vm = _mm512_set1_ps(_mm512_reduce_max_ps(vmax[r])), vsum = _mm512_setzero_ps();
+                    for (int i = 0; i < sk32; i += 16) {
                         __mmask16 m = Sk - i >= 16 ? 0xffff : Sk <= i ? 0 : (__mmask16)((1u << (Sk - i)) - 1);
-                        __m512 e = _mm512_maskz_mov_ps(m, exp_ps(_mm512_sub_ps(_mm512_loadu_ps(sr + i), vm)));
-                        /* round to bf16 first, so the sum is over the probabilities actually used */
-                        e = (__m512)_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(e)), 16);
-                        _mm512_storeu_ps(sr + i, e);
+                        __m512 e = _mm512_maskz_mov_ps(m, exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, sr + i), vm)));
+                        _mm256_storeu_si256((__m256i *)(pr + i), (__m256i)_mm512_cvtneps_pbh(e));
                         vsum = _mm512_add_ps(vsum, e);
                     }
                     inv[r] = 1.f / _mm512_reduce_add_ps(vsum);
-                    uint32_t *pr = p + r * pst;
-                    for (int i = 0; i < sk32; i += 32)  /* 32 probabilities -> 16 pairs of consecutive keys */
-                        _mm512_storeu_si512(pr + i / 2, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(sr + i + 16),
-                                                                                    _mm512_loadu_ps(sr + i)));
                 }
                 __m512 acc[QB][4];
                 switch (nv) {

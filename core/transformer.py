@@ -87,6 +87,7 @@ class AdaNorm(nn.Module):
         self.project = nn.Linear(d, 2 * d)
         self.register_buffer("stage_w", torch.empty(0), persistent=False)
         self.register_buffer("stage_b", torch.empty(0), persistent=False)
+        self.folded: tuple[torch.Tensor, torch.Tensor] | None = None  # see fold()
 
     @torch.no_grad()
     def precompute(self, stage_embeddings: list[torch.Tensor]) -> None:
@@ -100,7 +101,16 @@ class AdaNorm(nn.Module):
         self.stage_b = torch.stack(bs).float()
         del self.project
 
+    @torch.no_grad()
+    def fold(self) -> None:
+        """Reduced-precision modes: w * (LN(x) g + beta) + b = LN(x) (w g) + (w beta + b), one
+        layer_norm instead of three passes over [S, D] (float32 rounding differs: not for fp32)."""
+        g, beta = self.norm.weight.float(), self.norm.bias.float()
+        self.folded = (self.stage_w * g, self.stage_w * beta + self.stage_b)
+
     def forward(self, x: torch.Tensor, stage: int) -> torch.Tensor:
+        if self.folded is not None:
+            return F.layer_norm(x, (x.shape[-1],), self.folded[0][stage], self.folded[1][stage], LN_EPS)
         return self.stage_w[stage] * self.norm(x) + self.stage_b[stage]
 
 
@@ -219,9 +229,9 @@ class Stack(nn.Module):
             h = self._norm(layer.norm1, x, None)
             m = mask[..., qf:, :] if (mask is not None and qf) else mask
             a = self._attn(layer, h, m, cache[i, 0], cache[i, 1], start, q_from=qf, key_start=key_start)
-            x = (x[:, qf:] if qf else x) + a
+            x = (x[:, qf:] if qf else x) + a if (i == 0 or qf) else x.add_(a)
             h = self._norm(layer.norm2, x, None)
-            x = x + self._ffn(layer, h)
+            x.add_(self._ffn(layer, h))
         return self.norm(x)
 
     # -- NAR: one full bidirectional pass ---------------------------------------------------------
@@ -233,7 +243,8 @@ class Stack(nn.Module):
             last = i == n - 1 and keep_from > 0
             h = self._norm(layer.norm1, x, stage)
             a = self._attn(layer, h, mask, q_from=keep_from if last else 0)
-            x = (x[:, keep_from:] if last else x) + a
+            # in place once x is this pass's own tensor (same floats): one pass over [S, D] less
+            x = (x[:, keep_from:] if last else x) + a if (i == 0 or last) else x.add_(a)
             h = self._norm(layer.norm2, x, stage)
-            x = x + self._ffn(layer, h)
+            x.add_(self._ffn(layer, h))
         return self.norm(x, stage)
