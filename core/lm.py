@@ -10,6 +10,7 @@ Public API:
 
 `text_ids` / `text_langs` are 1-D (prompt transcript first, one model language id per id: en=0,
 zh=1, ja=2); `prompt_codes` is [T, 8] (T may be 0). Codes come back on the CPU as int64.
+Requests, their checks and the result type are in core/lm_io.py; the layers in core/transformer.py.
 
 Reference behaviour reproduced in float32 (see ../shared/golden/README.md): the 16 x len(text_ids)
 length cap (exactly 16*L frames, the sample at the cap is discarded), immediate EOS -> no frames,
@@ -20,9 +21,7 @@ the tied NAR heads. Greedy (`Sampling(top_k=1)`) is the parity mode.
 from __future__ import annotations
 
 import logging
-import math
 import time
-from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
@@ -31,9 +30,10 @@ from torch import nn
 
 from core.checkpoint import (N_CODES, _fill_tied_aliases, _reference_tying, check_state_dict, checkpoint_to_internal,
                              infer_config, read_state_dict, reference_schema)
-from core.errors import StudioError, TextError, VoiceError
+from core.errors import StudioError, VoiceError
+from core.lm_io import MAX_CONTEXT_FRAMES, Generation, LMRequest, Req, codes_1d, prepare, unpack
 from core.quantize import DEFAULT_INT8, INT8_BACKENDS, apply_precision, release_pages, trim_heap, tune_allocator
-from core.sampling import EOS, FRAME_RATE, Sampling, TokenPicker
+from core.sampling import EOS, Sampling, TokenPicker
 from core.transformer import Stack, sinusoid_table
 
 __all__ = ["VallEX", "Sampling", "Generation", "LMRequest", "reference_schema", "MAX_CONTEXT_FRAMES"]
@@ -42,47 +42,6 @@ log = logging.getLogger(__name__)
 
 BOS = 1025  # AR audio embedding row used as BOS
 LENGTH_CAP = 16  # reference: at most 16 frames per text id (total text)
-MAX_CONTEXT_FRAMES = 22 * FRAME_RATE  # training clips were <= 22 s: prompt + output
-MIN_PROMPT_FRAMES = 3 * FRAME_RATE  # a trimmed prompt keeps at least 3 s
-
-
-# ------------------------------------------------------------------------------------ results
-
-
-@dataclass
-class Generation:
-    """One sentence's codes. stop_reason: "eos" | "limit" (16 x text ids) | "max_frames" | "guard"."""
-
-    codes: torch.Tensor  # int64 [N, 8]
-    stop_reason: str
-    warnings: list[str] = field(default_factory=list)
-    seed: int = 0
-    timings: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class LMRequest:
-    text_ids: Any
-    text_langs: Any
-    prompt_text_len: int = 0
-    prompt_codes: Any = None
-
-
-@dataclass
-class _Req:  # validated, on the model's device
-    ids: torch.Tensor  # [L] long
-    langs: torch.Tensor  # [L] long
-    p_len: int
-    prompt: torch.Tensor  # [T, 8] long
-    warnings: list[str]
-
-    @property
-    def L(self) -> int:
-        return int(self.ids.numel())
-
-    @property
-    def T(self) -> int:
-        return int(self.prompt.shape[0])
 
 
 # ------------------------------------------------------------------------------------ the model
@@ -230,7 +189,7 @@ class VallEX:
     def generate_nar(self, text_ids, text_langs, prompt_text_len, prompt_codes, ar_codes) -> torch.Tensor:
         """All 8 codebooks [N, 8] for the given codebook-0 codes (column 0 = ar_codes)."""
         req = self._prepare(text_ids, text_langs, prompt_text_len, prompt_codes)
-        ar = _codes_1d(ar_codes, "ar_codes")
+        ar = codes_1d(ar_codes, "ar_codes")
         return self._nar([req], [ar.to(self.device)])[0].cpu()
 
     @torch.inference_mode()
@@ -246,7 +205,7 @@ class VallEX:
         with seed `sampling.seed + i` (or a drawn seed + i), so it gives the same tokens as
         `generate` with that seed; greedy gives the same tokens as one-by-one greedy."""
         sampling = sampling or Sampling()
-        reqs = [self._prepare(*_unpack(r)) for r in requests]
+        reqs = [self._prepare(*unpack(r)) for r in requests]
         if not reqs:
             return []
         base = sampling.seed if sampling.seed is not None else int(torch.randint(0, 2**31 - 1, (1,)).item())
@@ -268,49 +227,8 @@ class VallEX:
         return results
 
     # -- input checks -------------------------------------------------------------------------------
-    def _prepare(self, text_ids, text_langs, prompt_text_len, prompt_codes) -> _Req:
-        ids = _ints_1d(text_ids, "text_ids", TextError)
-        langs = _ints_1d(text_langs, "text_langs", TextError)
-        if ids.numel() == 0:
-            raise TextError("empty text: text_ids has no ids", hint="Give the text to speak.")
-        if langs.numel() != ids.numel():
-            raise TextError(f"length mismatch: {ids.numel()} text_ids but {langs.numel()} text_langs "
-                            "(one language id per text id)")
-        n_text = self.config["n_text"]
-        if int(ids.min()) < 0 or int(ids.max()) >= n_text:
-            bad = ids[(ids < 0) | (ids >= n_text)][:5].tolist()
-            raise TextError(f"text_ids out of range 0..{n_text - 1}: {bad}")
-        if int(langs.min()) < 0 or int(langs.max()) > 2:
-            bad = langs[(langs < 0) | (langs > 2)][:5].tolist()
-            raise TextError(f"text_langs out of range (0=en, 1=zh, 2=ja): {bad}")
-        try:
-            p_len = int(prompt_text_len)
-            if p_len != prompt_text_len:
-                raise ValueError
-        except (TypeError, ValueError):
-            raise TextError(f"prompt_text_len must be an int, got {prompt_text_len!r}") from None
-        if not 0 <= p_len < ids.numel():
-            raise TextError(f"prompt_text_len {p_len} out of range: there are {ids.numel()} text ids and "
-                            "at least one must be target text")
-        prompt = _prompt_codes(prompt_codes)
-        warns: list[str] = []
-        T = prompt.shape[0]
-        n_target = ids.numel() - p_len
-        rate = min(8.0, max(3.0, T / p_len)) if p_len and T else 5.0
-        budget = max(MIN_PROMPT_FRAMES, MAX_CONTEXT_FRAMES - int(math.ceil(rate * n_target)))
-        if T > budget:
-            drop = T - budget
-            k = int(round(p_len * drop / T)) if p_len else 0
-            k = min(k, p_len)
-            msg = (f"prompt trimmed: {T / FRAME_RATE:.1f} s of prompt + about {rate * n_target / FRAME_RATE:.1f} s "
-                   f"of speech exceeds the model's ~{MAX_CONTEXT_FRAMES // FRAME_RATE} s context; kept the last "
-                   f"{budget / FRAME_RATE:.1f} s of the prompt" + (f" and dropped its first {k} text ids" if k else ""))
-            log.warning(msg)
-            warns.append(msg)
-            prompt = prompt[drop:]
-            ids, langs, p_len = ids[k:], langs[k:], p_len - k
-        dev = self.device
-        return _Req(ids.to(dev), langs.to(dev), p_len, prompt.to(dev), warns)
+    def _prepare(self, text_ids, text_langs, prompt_text_len, prompt_codes) -> Req:
+        return prepare(text_ids, text_langs, prompt_text_len, prompt_codes, self.config["n_text"], self.device)
 
     # -- positions / embeddings -------------------------------------------------------------------
     def _pos(self, n: int) -> torch.Tensor:
@@ -318,7 +236,7 @@ class VallEX:
             self._pe = sinusoid_table(n, self.config["d_model"], device=self.device)
         return self._pe[:n]
 
-    def _text_in(self, r: _Req, nar: bool) -> torch.Tensor:
+    def _text_in(self, r: Req, nar: bool) -> torch.Tensor:
         c = self.core
         te, le, alpha = (c.nar_text_emb, c.nar_lang_emb, c.nar_text_alpha) if nar else \
             (c.ar_text_emb, c.ar_lang_emb, c.ar_text_alpha)
@@ -326,7 +244,7 @@ class VallEX:
         return x * 1.0 + alpha * self._pos(r.L)
 
     # -- AR ---------------------------------------------------------------------------------------
-    def _ar(self, reqs: list[_Req], s: Sampling, seeds: list[int] | None = None) -> list[dict]:
+    def _ar(self, reqs: list[Req], s: Sampling, seeds: list[int] | None = None) -> list[dict]:
         c, stack, dev = self.core, self.core.ar, self.device
         nb = 1 if s.greedy else s.best_of
         B = len(reqs)
@@ -439,7 +357,7 @@ class VallEX:
         return out
 
     # -- NAR --------------------------------------------------------------------------------------
-    def _nar(self, reqs: list[_Req], ars: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _nar(self, reqs: list[Req], ars: list[torch.Tensor]) -> list[torch.Tensor]:
         c, stack, dev = self.core, self.core.nar, self.device
         if dev.type == "cpu" and len(reqs) > 1:
             # The NAR passes are compute-bound on a CPU: a batch saves nothing and its padding and
@@ -511,69 +429,6 @@ def _parse_dtype(dtype) -> torch.dtype:
 
 def _beam_seed(seed: int, beam: int) -> int:
     return (seed * 1_000_003 + beam * 7_919) % (2**63 - 1) if beam else seed
-
-
-def _unpack(r) -> tuple:
-    if isinstance(r, LMRequest):
-        return r.text_ids, r.text_langs, r.prompt_text_len, r.prompt_codes
-    if isinstance(r, dict):
-        try:
-            return r["text_ids"], r["text_langs"], r.get("prompt_text_len", 0), r.get("prompt_codes")
-        except KeyError as e:
-            raise StudioError(f"request is missing {e}") from None
-    if isinstance(r, (tuple, list)) and 2 <= len(r) <= 4:
-        r = tuple(r) + (0, None)[len(r) - 2:]
-        return r[:4]
-    raise StudioError(f"unsupported request {type(r).__name__}: use LMRequest or a dict")
-
-
-def _to_tensor(x, name: str, err) -> torch.Tensor:
-    if isinstance(x, torch.Tensor):
-        t = x.detach().cpu()
-    else:
-        try:
-            t = torch.as_tensor(x if x is not None else [])
-        except Exception:
-            raise err(f"{name} must be a list or tensor of ints, got {type(x).__name__}") from None
-    if t.dtype == torch.bool or t.is_complex():
-        raise err(f"{name} must hold integers, got {t.dtype}")
-    if t.is_floating_point():
-        if t.numel() and not bool(torch.all(torch.isfinite(t) & (t == torch.round(t)))):
-            raise err(f"{name} must hold integers, got non-integral values")
-    return t.long() if t.numel() else t.reshape(t.shape).long()
-
-
-def _ints_1d(x, name: str, err=StudioError) -> torch.Tensor:
-    t = _to_tensor(x, name, err)
-    if t.dim() == 2 and t.shape[0] == 1:
-        t = t[0]
-    if t.dim() != 1:
-        raise err(f"{name} must be 1-D, got shape {list(t.shape)}")
-    return t
-
-
-def _codes_1d(x, name: str) -> torch.Tensor:
-    t = _ints_1d(x, name, VoiceError)
-    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= N_CODES):
-        bad = t[(t < 0) | (t >= N_CODES)][:5].tolist()
-        raise VoiceError(f"{name} outside 0..{N_CODES - 1}: {bad}")
-    return t
-
-
-def _prompt_codes(x) -> torch.Tensor:
-    if x is None:
-        return torch.zeros(0, 8, dtype=torch.long)
-    t = _to_tensor(x, "prompt_codes", VoiceError)
-    if t.numel() == 0:
-        return torch.zeros(0, 8, dtype=torch.long)
-    if t.dim() == 3 and t.shape[0] == 1:
-        t = t[0]
-    if t.dim() != 2 or t.shape[1] != 8:
-        raise VoiceError(f"prompt_codes must be [T, 8] (frames x codebooks), got shape {list(t.shape)}")
-    if int(t.min()) < 0 or int(t.max()) >= N_CODES:
-        bad = t[(t < 0) | (t >= N_CODES)][:5].tolist()
-        raise VoiceError(f"prompt_codes outside 0..{N_CODES - 1}: {bad}")
-    return t.contiguous()
 
 
 def _prefix_mask(text_lens: list[int], pre: list[int], P: int, dev) -> torch.Tensor:
