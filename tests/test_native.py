@@ -106,6 +106,57 @@ def test_full_attention_kernel_reads_views_of_the_projection(B, S, H, hd, q_from
 
 
 @needs_native
+@pytest.mark.parametrize("S", [37, 70])
+def test_full_attention_kernel_all_scores_far_below_zero(S):
+    # Every score in about -150..-100: exp underflows unless the softmax subtracts the true row maximum. The
+    # kernel takes that maximum as it makes the scores, over the real keys only (S is not a
+    # multiple of 16, so the last key block is padded with zero scores).
+    torch.manual_seed(S)
+    hd = 64
+    q = torch.randn(1, 2, S, hd).abs() + 1.0
+    k = -(torch.rand(1, 2, S, hd) + 1.0) * 6.0
+    v = torch.randn(1, 2, S, hd)
+    q, k, v = q.bfloat16(), k.bfloat16(), v.bfloat16()
+    got = native.attn_full(q, k, v, hd ** -0.5, torch.float32)
+    if got is None:
+        pytest.skip("no AVX-512 BF16: the matmul path is used")
+    want = F.scaled_dot_product_attention(q.float(), k.float(), v.float()).transpose(1, 2).reshape(1, S, 2 * hd)
+    assert torch.isfinite(got).all()
+    assert (got - want).abs().max() < 2e-2
+
+
+def test_adaln_fold_matches_the_reference_order():
+    # The reduced-precision modes fold AdaLN's per-stage (w, b) into the LayerNorm's affine; the
+    # fp32 mode keeps the reference's `w * LN(x) + b` (exact order).
+    from core.transformer import AdaNorm
+
+    torch.manual_seed(0)
+    d = 48
+    ada = AdaNorm(d)
+    with torch.no_grad():
+        ada.norm.weight.copy_(torch.randn(d))
+        ada.norm.bias.copy_(torch.randn(d))
+        ada.project.weight.copy_(torch.randn(2 * d, d) * 0.1)
+        ada.project.bias.copy_(torch.randn(2 * d))
+    ada.precompute([torch.randn(1, d) for _ in range(3)])
+    x = torch.randn(2, 9, d) * 3
+    want = [ada(x, s) for s in range(3)]
+    assert ada.folded is None
+    ada.fold()
+    for s in range(3):
+        assert torch.allclose(ada(x, s), want[s], atol=1e-5, rtol=1e-5)
+
+
+def test_only_reduced_precision_modes_fold_adaln(golden):
+    cfg = golden / "model" / "tiny-a"
+    fp32 = VallEX.from_checkpoint(cfg / "checkpoint.pt", n_heads=4)
+    assert all(getattr(m, "folded", None) is None for m in fp32.core.nar.modules())
+    if native.available():
+        bf16 = VallEX.from_checkpoint(cfg / "checkpoint.pt", n_heads=4, dtype=torch.bfloat16)
+        assert all(m.folded is not None for m in bf16.core.nar.modules() if hasattr(m, "fold"))
+
+
+@needs_native
 def test_full_attention_kernel_declines_what_it_does_not_cover():
     q = torch.randn(1, 2, 5, 24).bfloat16()  # head size not a multiple of 16
     assert native.attn_full(q, q, q, 0.2, torch.float32) is None
