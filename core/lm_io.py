@@ -111,6 +111,8 @@ def prepare(text_ids, text_langs, prompt_text_len, prompt_codes, n_text: int, de
 
 
 def unpack(r) -> tuple:
+    """A request as an LMRequest, a dict or a 2-4 tuple -> (text_ids, text_langs, prompt_text_len,
+    prompt_codes)."""
     if isinstance(r, LMRequest):
         return r.text_ids, r.text_langs, r.prompt_text_len, r.prompt_codes
     if isinstance(r, dict):
