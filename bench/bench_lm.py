@@ -237,6 +237,15 @@ def main():
     ap.add_argument("--mode", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if not args.worker:
+        import torch
+
+        try:
+            dev = torch.device(args.device)
+        except RuntimeError:
+            sys.exit(f"--device {args.device!r}: use cpu or cuda (cuda:N)")
+        if dev.type not in ("cpu", "cuda") or (dev.type == "cuda" and not torch.cuda.is_available()):
+            sys.exit(f"--device {args.device!r}: not available here (cpu, or cuda with a CUDA build and a GPU)")
 
     if args.worker:
         fn = worker_single if args.worker == "single" else worker_batch

@@ -49,6 +49,14 @@ static inline __m512 exp_ps(__m512 x) {  /* x <= 0 */
     return _mm512_scalef_ps(p, n);  /* p * 2^n */
 }
 
+/* 16 floats -> bf16, round to nearest even as f32_bf16 (NaN aside), masked store */
+static inline void store_bf16(uint16_t *dst, __mmask16 m, __m512 v) {
+    __m512i u = _mm512_castps_si512(v);
+    u = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff),
+                                             _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))));
+    _mm256_mask_storeu_epi16(dst, m, _mm512_cvtepi32_epi16(_mm512_srli_epi32(u, 16)));
+}
+
 static inline __m512 load_bf16(const uint16_t *p, __mmask16 m) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
 }
@@ -277,14 +285,10 @@ static inline __attribute__((always_inline)) void dequant16(__m512i acc, int n, 
     __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(a), _mm512_set1_ps(xsc)), _mm512_maskz_loadu_ps(k, scale + n));
     v = _mm512_add_ps(v, bias ? _mm512_maskz_loadu_ps(k, bias + n) : _mm512_setzero_ps());
     if (relu) v = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ), _mm512_setzero_ps());
-    if (bf16) {  /* round to nearest even, as f32_bf16 (NaN aside) */
-        __m512i u = _mm512_castps_si512(v);
-        u = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff),
-                                                 _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))));
-        _mm256_mask_storeu_epi16((uint16_t *)y + at, k, _mm512_cvtepi32_epi16(_mm512_srli_epi32(u, 16)));
-    } else {
+    if (bf16)
+        store_bf16((uint16_t *)y + at, k, v);
+    else
         _mm512_mask_storeu_ps((float *)y + at, k, v);
-    }
 }
 #endif
 
@@ -459,8 +463,9 @@ static void rows_i8(const uint8_t *xq, const float *xscale, int M, int k4, const
    finer than fbgemm's dynamic mode, one scale per tensor and 7 bits). wp: the weights packed by
    core/native.py as [ceil(N/32)*2][k4/4][16][4] (k4 = K rounded up to 4, zero padding); scale,
    rowsum (sum_k w[n, k]) and bias are padded to a multiple of 32. x rows are xs floats apart; y
-   is [M, N] contiguous, float32 or bf16 (out_bf16, rounded to nearest even). Up to MAX_MB rows (the decode step) stream the weights once through
-   block16; more rows go through gemm_i8. Integer sums are exact, so both give the same floats. */
+   is [M, N] contiguous, float32 or bf16 (out_bf16, rounded to nearest even). Up to MAX_MB rows
+   (the decode step) stream the weights once through block16; more rows go through gemm_i8.
+   Integer sums are exact, so both give the same floats. */
 void vx_linear_i8(const float *x, int64_t xs, int M, int K, const int8_t *wp, const float *scale,
                   const int32_t *rowsum, const float *bias, void *y, int N, int relu, int out_bf16,
                   int n_threads) {
@@ -505,7 +510,6 @@ static void layer_norm(const float *x, const float *w, const float *b, float *y,
     float inv = 1.f / sqrtf(var / (float)D + 1e-5f);
     for (int i = 0; i < D; i++) y[i] = (x[i] - mean) * inv * w[i] + b[i];
 }
-
 
 static void qlin(const vx_qlinear *l, const float *x, int M, float *y, int relu, int nt) {
     vx_linear_i8(x, l->k, M, l->k, l->w, l->scale, l->rowsum, l->bias, y, l->n, relu, 0, nt);
@@ -587,12 +591,9 @@ static void softmax_row(uint16_t *s, int n, float *buf) {
         vsum = _mm512_add_ps(vsum, e);
     }
     __m512 inv = _mm512_set1_ps(1.f / _mm512_reduce_add_ps(vsum));
-    const __m512i half = _mm512_set1_epi32(0x7fff), one = _mm512_set1_epi32(1);
     for (int i = 0; i < n; i += 16) {
         __mmask16 m = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
-        __m512i u = _mm512_castps_si512(_mm512_mul_ps(_mm512_loadu_ps(buf + i), inv));
-        u = _mm512_add_epi32(u, _mm512_add_epi32(half, _mm512_and_si512(_mm512_srli_epi32(u, 16), one)));
-        _mm256_mask_storeu_epi16(s + i, m, _mm512_cvtepi32_epi16(_mm512_srli_epi32(u, 16)));
+        store_bf16(s + i, m, _mm512_mul_ps(_mm512_loadu_ps(buf + i), inv));
     }
 }
 #else

@@ -161,13 +161,17 @@ class VallEX:
                 for name, p in list(mod.named_parameters(recurse=False)):
                     setattr(mod, name, nn.Parameter(p.detach().to(device), requires_grad=False))
             mmapped = False
-        # AdaLN: (w, b) per stage from the (constant) stage embeddings, as the reference computes them.
+        # AdaLN: (w, b) per stage from the (constant) stage embeddings, as the reference computes them;
+        # folded into the LayerNorm's affine in the reduced-precision modes (fp32 keeps the order).
+        reduced = dtype != torch.float32 or quantize is not None
         with torch.no_grad():
             stage_embs = [e.weight.detach() for e in core.nar_stage_embs]
             for mod in list(core.nar.modules()):
                 if hasattr(mod, "precompute"):
                     w = mod.project.weight
                     mod.precompute(stage_embs)
+                    if reduced:
+                        mod.fold()
                     if mmapped:
                         release_pages(w)
             if device.type != "meta":

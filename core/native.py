@@ -237,6 +237,8 @@ class Int8Linear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, relu: bool = False, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """out_dtype: float32, or bfloat16 (rounded in the kernel: the NAR's attention input)."""
+        if out_dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"out_dtype {out_dtype}: float32 or bfloat16")
         shape = x.shape
         rows = x.numel() // shape[-1]
         if self.dyn is not None and (rows > DECODE_ROWS or x.dtype != torch.float32):
@@ -248,8 +250,6 @@ class Int8Linear(torch.nn.Module):
             x2 = x2.float()
         if x2.stride(1) != 1:
             x2 = x2.contiguous()
-        if out_dtype not in (torch.float32, torch.bfloat16):
-            raise ValueError(f"out_dtype {out_dtype}: float32 or bfloat16")
         y = torch.empty(rows, self.out_features, dtype=out_dtype)
         _lib.vx_linear_i8(x2.data_ptr(), x2.stride(0), rows, self.in_features, self.w.data_ptr(),
                           self.scale.data_ptr(), self.rowsum.data_ptr(), _ptr(self.b), y.data_ptr(),

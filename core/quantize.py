@@ -155,9 +155,6 @@ def _use_native(stack, device) -> bool:
         return False
     stack.fast_cpu = True
     stack.kv_dtype = torch.bfloat16
-    for mod in stack.modules():
-        if hasattr(mod, "fold"):
-            mod.fold()
     return True
 
 

@@ -229,7 +229,10 @@ class Stack(nn.Module):
             h = self._norm(layer.norm1, x, None)
             m = mask[..., qf:, :] if (mask is not None and qf) else mask
             a = self._attn(layer, h, m, cache[i, 0], cache[i, 1], start, q_from=qf, key_start=key_start)
-            x = (x[:, qf:] if qf else x) + a if (i == 0 or qf) else x.add_(a)
+            if i == 0 or qf:  # a new tensor: the caller's x, or only the last row is kept
+                x = (x[:, qf:] if qf else x) + a
+            else:  # x is this call's own: in place, the same floats, one pass over [S, D] less
+                x.add_(a)
             h = self._norm(layer.norm2, x, None)
             x.add_(self._ffn(layer, h))
         return self.norm(x)
@@ -243,8 +246,10 @@ class Stack(nn.Module):
             last = i == n - 1 and keep_from > 0
             h = self._norm(layer.norm1, x, stage)
             a = self._attn(layer, h, mask, q_from=keep_from if last else 0)
-            # in place once x is this pass's own tensor (same floats): one pass over [S, D] less
-            x = (x[:, keep_from:] if last else x) + a if (i == 0 or last) else x.add_(a)
+            if i == 0 or last:  # as in forward_cached
+                x = (x[:, keep_from:] if last else x) + a
+            else:
+                x.add_(a)
             h = self._norm(layer.norm2, x, stage)
             x.add_(self._ffn(layer, h))
         return self.norm(x, stage)

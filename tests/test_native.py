@@ -147,13 +147,18 @@ def test_adaln_fold_matches_the_reference_order():
         assert torch.allclose(ada(x, s), want[s], atol=1e-5, rtol=1e-5)
 
 
-def test_only_reduced_precision_modes_fold_adaln(golden):
+@pytest.mark.parametrize("native_on", [True, False])
+def test_only_reduced_precision_modes_fold_adaln(golden, monkeypatch, native_on):
+    # The fold belongs to the precision, not to the kernels: the same with VALLEX_NATIVE=0.
+    if not native_on:
+        monkeypatch.setattr(native, "available", lambda: False)
     cfg = golden / "model" / "tiny-a"
     fp32 = VallEX.from_checkpoint(cfg / "checkpoint.pt", n_heads=4)
     assert all(getattr(m, "folded", None) is None for m in fp32.core.nar.modules())
-    if native.available():
-        bf16 = VallEX.from_checkpoint(cfg / "checkpoint.pt", n_heads=4, dtype=torch.bfloat16)
-        assert all(m.folded is not None for m in bf16.core.nar.modules() if hasattr(m, "fold"))
+    for kw in (dict(dtype=torch.bfloat16), dict(quantize="int8")):
+        m = VallEX.from_checkpoint(cfg / "checkpoint.pt", n_heads=4, **kw)
+        norms = [x for x in m.core.nar.modules() if hasattr(x, "fold")]
+        assert norms and all(x.folded is not None for x in norms)
 
 
 @needs_native
@@ -189,6 +194,9 @@ def test_int8_decode_linear_close_to_float(K, N):
         err = (got - want).abs().max() / want.abs().max()
         assert err < 0.03, f"rows={rows}: relative error {err:.4f}"
         torch.testing.assert_close(m(x, relu=True), torch.relu(got))
+        assert torch.equal(m(x, out_dtype=torch.bfloat16), got.bfloat16())  # rounded in the kernel
+    with pytest.raises(ValueError, match="float32 or bfloat16"):
+        m(x, out_dtype=torch.float16)
     x = torch.randn(native.DECODE_ROWS + 3, K)
     if not native.gemm_available():  # more rows than the decode step has: fbgemm, exactly
         assert torch.equal(m(x), dyn(x))
