@@ -264,7 +264,7 @@ class VallEX:
         max_cap = max(cp for cp, _ in caps)
         S_max = P + max_cap
         n_layers = len(stack.layers)
-        cache = torch.empty(n_layers, 2, R, stack.h, S_max, stack.hd, dtype=stack.kv_dtype, device=dev)
+        cache = torch.empty(n_layers, 2, R, stack.h, S_max, stack.cache_row, dtype=stack.kv_dtype, device=dev)
 
         # Prefill (one row per request, left-padded): [text ; BOS + prompt codebook 0].
         x = torch.zeros(B, P, c.d, device=dev)

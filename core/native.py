@@ -91,6 +91,8 @@ def _declare(lib) -> None:
     lib.vx_linear_i8.restype = None
     lib.vx_decode_i8.argtypes = [P, I, P, I, I, I, I, P, L, L, I, P, P, I]
     lib.vx_decode_i8.restype = None
+    lib.vx_kv_quantize.argtypes = [P, L, I, P, I]
+    lib.vx_kv_quantize.restype = None
     lib.vx_softmax_bf16.argtypes = [P, L, I, I]
     lib.vx_softmax_bf16.restype = None
     lib.vx_has_gemm_i8.argtypes = []
@@ -139,20 +141,42 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
+KV_KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}  # the kv codes of vx_attn_decode
+
+
+def kv_quantize(x: torch.Tensor) -> torch.Tensor:
+    """[..., D] float32 / bf16 -> the int8 KV cache's rows, int8 [..., D + 4]: D values and their
+    float32 scale (max|x| / 127; value = scale * int8, rounded to nearest even). The same code
+    (kernels.c's kv_put_i8) as the fused decode step's, so every path writes the same bytes."""
+    D = x.shape[-1]
+    xf = x.float().contiguous()
+    out = torch.empty(*x.shape[:-1], D + 4, dtype=torch.int8)
+    _lib.vx_kv_quantize(xf.data_ptr(), xf.numel() // max(D, 1), D, out.data_ptr(), torch.get_num_threads())
+    return out
+
+
+def kv_dequantize(rows: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """int8 KV cache rows [..., D + 4] -> [..., D] values in dtype."""
+    scale = rows[..., -4:].contiguous().view(torch.float32)
+    return (rows[..., :-4].float() * scale).to(dtype)
+
+
 def attn_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n: int,
                 starts: torch.Tensor | None, scale: float) -> torch.Tensor:
     """One query row per (batch row, head) against keys [starts[b], n) of a static cache.
 
     q: float32 [B, H, D] with contiguous heads (any batch stride); k, v: [B, H, Smax, D] float32
-    or bfloat16, contiguous in the last two dims, same strides; starts: int32 [B] or None.
-    Returns float32 [B, H, D]."""
+    or bfloat16, or int8 rows [B, H, Smax, D + 4] (kv_quantize), contiguous in the last two dims,
+    same strides; starts: int32 [B] or None. Returns float32 [B, H, D]."""
     B, H, D = q.shape
+    row = D + 4 if k.dtype == torch.int8 else D
     assert q.dtype == torch.float32 and q.stride(2) == 1 and q.stride(1) == D
-    assert k.dtype == v.dtype and k.stride() == v.stride() and k.stride(3) == 1 and k.stride(2) == D
+    assert k.dtype == v.dtype and k.dtype in KV_KINDS and k.shape[-1] == row
+    assert k.stride() == v.stride() and k.stride(3) == 1 and k.stride(2) == row
     out = torch.empty(B, H, D)
     _lib.vx_attn_decode(q.data_ptr(), q.stride(0), k.data_ptr(), v.data_ptr(), k.stride(0), k.stride(1),
                         out.data_ptr(), B, H, D, int(n), _ptr(starts), None, float(scale),
-                        int(k.dtype == torch.bfloat16), torch.get_num_threads())
+                        KV_KINDS[k.dtype], torch.get_num_threads())
     return out
 
 
@@ -291,7 +315,7 @@ class Int8DecodeStep:
 
     def __call__(self, x: torch.Tensor, cache: torch.Tensor, slot: int, starts: torch.Tensor | None,
                  rows: torch.Tensor | None = None) -> torch.Tensor:
-        """x: float32 [B, D] (the new position's input); cache: bf16 [L, 2, R, H, Smax, hd],
+        """x: float32 [B, D] (the new position's input); cache: int8 rows [L, 2, R, H, Smax, hd + 4],
         contiguous; rows: None (R == B), or int32 [B], the cache row of each row of x (a batch
         whose finished rows were dropped: nothing is copied). Returns the residual stream after
         the last layer, [B, D] (not normed)."""

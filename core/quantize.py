@@ -149,8 +149,9 @@ class Int8WeightLinear(nn.Module):
 
 
 def _use_native(stack, device) -> bool:
-    """Reduced-precision modes on the CPU: the native decode kernels, a bf16 KV cache and bf16
-    matmul attention (core.transformer), when core/native.py could build its kernels."""
+    """Reduced-precision modes on the CPU: the native decode kernels, a bf16 KV cache (the int8
+    AR then switches to int8 rows) and bf16 matmul attention (core.transformer), when
+    core/native.py could build its kernels."""
     if device.type != "cpu" or not native.available():
         return False
     stack.fast_cpu = True
@@ -278,6 +279,7 @@ def apply_precision(core, dtype: torch.dtype, quantize: str | None, device, mmap
                 trim_heap()
                 if stack is core.ar:
                     stack.decode_step = native.Int8DecodeStep(stack)
+                    stack.kv_dtype = torch.int8  # int8 rows: half the bytes a decode step streams
     elif quantize == "int8-weight":
         act = torch.bfloat16 if dtype == torch.float32 else dtype
         for stack in (core.ar, core.nar):

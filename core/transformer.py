@@ -66,6 +66,11 @@ def _matmul_attention(q, k, v, mask, scale: float) -> torch.Tensor:
     return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
+def _to_cache(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """k or v [..., hd] as the cache stores them: int8 rows (native.kv_quantize) or a cast."""
+    return native.kv_quantize(x) if dtype == torch.int8 else x
+
+
 class Norm(nn.Module):
     """LayerNorm parameters (weight, bias) of the reference's `LayerNorm` / `nn.LayerNorm`."""
 
@@ -150,25 +155,36 @@ class Stack(nn.Module):
         y = norm(x, stage) if self.adaptive else norm(x)
         return y if y.dtype == self.act_dtype else y.to(self.act_dtype)
 
+    @property
+    def attn_dtype(self) -> torch.dtype:
+        """The dtype attention computes in: the cache's, bf16 over an int8 cache."""
+        return torch.bfloat16 if self.kv_dtype == torch.int8 else self.kv_dtype
+
+    @property
+    def cache_row(self) -> int:
+        """The last dim of a KV cache: hd, or hd + 4 bytes for int8 rows (native.kv_quantize)."""
+        return self.hd + 4 if self.kv_dtype == torch.int8 else self.hd
+
     def _attn(self, layer: Layer, h, mask, cache_k=None, cache_v=None, start=0, q_from=0, key_start=None):
         """h: [B, S, D] (act dtype). With a cache, the new k/v go to [start, start+S) and the
         queries see cache[:start+S]. q_from: only queries from that row on are computed.
         key_start: int32 [B], the first valid key per row (left padding) for the native decode
         step, which gets it instead of `mask`."""
         B, S, _ = h.shape
-        if self.fast_cpu and S > 1 and self.kv_dtype == torch.bfloat16 and isinstance(layer.qkv, native.Int8Linear):
+        at = self.attn_dtype
+        if self.fast_cpu and S > 1 and at == torch.bfloat16 and isinstance(layer.qkv, native.Int8Linear):
             qkv = layer.qkv(h, out_dtype=torch.bfloat16)  # rounded in the GEMM: no conversion pass
         else:
             qkv = layer.qkv(h)
         if self.fast_cpu and S == 1 and cache_k is not None:
             qkv = qkv.view(B, 3, self.h, self.hd)
             qkv = qkv if qkv.dtype == torch.float32 else qkv.float()
-            cache_k[:, :, start] = qkv[:, 1]
-            cache_v[:, :, start] = qkv[:, 2]
+            cache_k[:, :, start] = _to_cache(qkv[:, 1], cache_k.dtype)
+            cache_v[:, :, start] = _to_cache(qkv[:, 2], cache_v.dtype)
             o = native.attn_decode(qkv[:, 0], cache_k, cache_v, start + 1, key_start, self.hd ** -0.5)
             return layer.out(o.view(B, 1, self.d))
-        if qkv.dtype != self.kv_dtype:  # CPU fp32 / int8 activations with a bf16 cache, or the reverse
-            qkv = qkv.to(self.kv_dtype)
+        if qkv.dtype != at:  # CPU fp32 / int8 activations with a bf16 cache, or the reverse
+            qkv = qkv.to(at)
         if self.fast_cpu and mask is None and cache_k is None and qkv.dtype == torch.bfloat16:
             # The NAR: the fused kernel reads q, k, v as views of the projection [B, S, 3, H, hd].
             qkv5 = qkv.view(B, S, 3, self.h, self.hd)
@@ -183,10 +199,14 @@ class Stack(nn.Module):
             qkv = qkv.view(B, S, 3, self.h, self.hd).transpose(1, 3)  # [B, H, 3, S, hd]
             q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         if cache_k is not None:
-            cache_k[:, :, start:start + S] = k
-            cache_v[:, :, start:start + S] = v
-            k = cache_k[:, :, :start + S]
-            v = cache_v[:, :, :start + S]
+            cache_k[:, :, start:start + S] = _to_cache(k, cache_k.dtype)
+            cache_v[:, :, start:start + S] = _to_cache(v, cache_v.dtype)
+            if cache_k.dtype != torch.int8:
+                k = cache_k[:, :, :start + S]
+                v = cache_v[:, :, :start + S]
+            elif start:  # int8 rows: the earlier keys dequantized, this call's own as computed
+                k = torch.cat([native.kv_dequantize(cache_k[:, :, :start], at), k], dim=2)
+                v = torch.cat([native.kv_dequantize(cache_v[:, :, :start], at), v], dim=2)
         if q_from:
             q = q[:, :, q_from:]
         if self.fast_cpu and mask is None and q.dtype == torch.bfloat16:
@@ -210,11 +230,12 @@ class Stack(nn.Module):
         """Whether a one-position step of `rows` rows over `cache` runs as one native call (which
         can also take a row map into the cache: see forward_cached)."""
         return (self.decode_step is not None and rows <= native.FUSED_ROWS
-                and cache.dtype == torch.bfloat16 and cache.is_contiguous())
+                and cache.dtype == torch.int8 and cache.is_contiguous())
 
     def forward_cached(self, x: torch.Tensor, cache: torch.Tensor, start: int, mask,
                        key_start: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """x: [B, S, D] float32 inputs for cache slots [start, start+S). cache: [L, 2, B, H, Smax, hd].
+        """x: [B, S, D] float32 inputs for cache slots [start, start+S). cache: [L, 2, B, H, Smax,
+        cache_row] of kv_dtype.
         mask: None, or bool [B or 1, 1, S, start+S] (True = attend); key_start: the same left
         padding as int32 [B] first valid keys (used by the native decode step). Returns the
         final-normed float32 hidden state of the last row [B, 1, D] (the last layer computes only

@@ -28,25 +28,54 @@ def _sdpa_reference(q, k, v, n, starts):
 
 
 @needs_native
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("D", [64, 24, 4])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int8])
+@pytest.mark.parametrize("D", [128, 64, 32, 48, 24, 4])
 def test_attention_decode_matches_sdpa(dtype, D):
     g = torch.Generator().manual_seed(D)
-    B, H, smax, n = 3, 5, 41, 33
+    B, H, smax, n = 3, 5, 41, 33  # 33 keys: two blocks of 16 and a tail of one
     q = torch.randn(B, H, D, generator=g)
-    k = torch.randn(B, H, smax, D, generator=g).to(dtype)
-    v = torch.randn(B, H, smax, D, generator=g).to(dtype)
-    k[:, :, n:] = float("nan")  # past the current length: must never be read
-    v[:, :, n:] = float("nan")
+    k, v = (torch.randn(B, H, smax, D, generator=g) for _ in range(2))
+    if dtype == torch.int8:  # rows of D values + a float32 scale; the truth is what they stand for
+        k, v = native.kv_quantize(k), native.kv_quantize(v)
+        kf, vf = native.kv_dequantize(k), native.kv_dequantize(v)
+        nan = torch.tensor([float("nan")]).view(torch.int8)
+        k[:, :, n:, -4:] = nan  # past the current length: must never be read
+        v[:, :, n:, -4:] = nan
+    else:
+        k, v = k.to(dtype), v.to(dtype)
+        k[:, :, n:] = float("nan")
+        v[:, :, n:] = float("nan")
+        kf, vf = k, v
     starts = torch.tensor([0, 5, 32], dtype=torch.int32)  # left padding; the last row sees one key
     got = native.attn_decode(q, k, v, n, starts, D ** -0.5)
-    want = _sdpa_reference(q, k, v, n, starts.tolist())
+    want = _sdpa_reference(q, kf, vf, n, starts.tolist())
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     # A query with a batch stride (a view into a packed q|k|v row) gives the same.
     qkv = torch.randn(B, 3, H, D, generator=g)
     qkv[:, 0] = q
     torch.testing.assert_close(native.attn_decode(qkv[:, 0], k, v, n, None, D ** -0.5),
-                               _sdpa_reference(q, k, v, n, None), rtol=1e-5, atol=1e-5)
+                               _sdpa_reference(q, kf, vf, n, None), rtol=1e-5, atol=1e-5)
+
+
+@needs_native
+@pytest.mark.parametrize("D", [64, 20])
+def test_int8_kv_rows(D):
+    # Each row: D int8 values and a float32 scale = max|x| / 127 (the largest value maps to
+    # +-127), rounded to nearest even; a row of zeros stays zeros (no 0 / 0).
+    g = torch.Generator().manual_seed(D)
+    x = torch.randn(3, 7, D, generator=g) * torch.logspace(-3, 3, 7)[:, None]
+    x[1, 2] = 0.0
+    rows = native.kv_quantize(x.bfloat16())  # the prefill's bf16 keys
+    assert rows.dtype == torch.int8 and rows.shape == (3, 7, D + 4)
+    xb = x.bfloat16().float()
+    scale = rows[..., -4:].contiguous().view(torch.float32)[..., 0]
+    torch.testing.assert_close(scale, xb.abs().amax(-1) / 127, rtol=0, atol=0)
+    want = torch.where(scale[..., None] > 0, xb / scale[..., None], 0.0).round().to(torch.int8)
+    assert torch.equal(rows[..., :D], want)
+    assert int(rows[..., :D].abs().amax(-1)[scale > 0].min()) == 127
+    assert not bool(rows[1, 2].any())
+    err = (native.kv_dequantize(rows) - xb).abs()
+    assert bool((err <= scale[..., None] / 2 * 1.0001).all())
 
 
 @needs_native
@@ -240,7 +269,7 @@ def test_fused_int8_decode_step_is_batch_invariant(golden, B):
     stack = _tiny_int8(golden).core.ar
     L, H, hd, smax, slot = len(stack.layers), stack.h, stack.hd, 20, 11
     g = torch.Generator().manual_seed(2)
-    cache = torch.randn(L, 2, B, H, smax, hd, generator=g).to(torch.bfloat16)
+    cache = native.kv_quantize(torch.randn(L, 2, B, H, smax, hd, generator=g))
     x = torch.randn(B, 1, stack.d, generator=g)
     starts = torch.tensor([(3 * b) % 10 for b in range(B)], dtype=torch.int32)
     with torch.inference_mode():
@@ -257,7 +286,7 @@ def test_fused_int8_decode_step_row_map(golden):
     stack = _tiny_int8(golden).core.ar
     L, H, hd, smax, slot, R = len(stack.layers), stack.h, stack.hd, 20, 11, 6
     g = torch.Generator().manual_seed(3)
-    cache = torch.randn(L, 2, R, H, smax, hd, generator=g).to(torch.bfloat16)
+    cache = native.kv_quantize(torch.randn(L, 2, R, H, smax, hd, generator=g))
     live = torch.tensor([1, 4, 5], dtype=torch.int32)
     x = torch.randn(3, 1, stack.d, generator=g)
     starts = torch.tensor([2, 0, 7], dtype=torch.int32)
@@ -295,10 +324,10 @@ def test_int8_batch_with_rows_ending_apart_matches_one_by_one(golden):
 def test_fused_int8_decode_step_matches_per_op_path(golden, name, heads, B):
     model = _tiny_int8(golden, name, heads)
     stack = model.core.ar
-    assert stack.fast_cpu and stack.decode_step is not None and stack.kv_dtype == torch.bfloat16
+    assert stack.fast_cpu and stack.decode_step is not None and stack.kv_dtype == torch.int8
     L, H, hd, smax, slot = len(stack.layers), stack.h, stack.hd, 20, 11
     g = torch.Generator().manual_seed(1)
-    cache = torch.randn(L, 2, B, H, smax, hd, generator=g).to(torch.bfloat16)
+    cache = native.kv_quantize(torch.randn(L, 2, B, H, smax, hd, generator=g))
     x = torch.randn(B, 1, stack.d, generator=g)
     starts = torch.tensor([0, 4, 9] * (B // 3) + [0] * (B % 3), dtype=torch.int32)
     c1, c2 = cache.clone(), cache.clone()
@@ -310,7 +339,11 @@ def test_fused_int8_decode_step_matches_per_op_path(golden, name, heads, B):
         finally:
             stack.decode_step = step
     torch.testing.assert_close(fused, per_op, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(c1.float(), c2.float(), rtol=0, atol=0.02)  # the new k/v, bf16-rounded
+    # The new k/v: the same int8 rows up to a rounding step (the two paths' layer norms differ in
+    # the last float bits).
+    new1, new2 = (native.kv_dequantize(c[:, :, :, :, slot]) for c in (c1, c2))
+    step = c1[:, :, :, :, slot, -4:].contiguous().view(torch.float32)
+    assert bool(((new1 - new2).abs() <= step * 1.001 + 1e-6).all())
     assert torch.equal(c1[:, :, :, :, :slot], cache[:, :, :, :, :slot])  # earlier slots untouched
 
 
@@ -433,3 +466,46 @@ def test_int8_batch_gives_the_one_by_one_tokens(golden, sampling):
         s = sampling if sampling.seed is None else dataclasses.replace(sampling, seed=sampling.seed + i)
         alone = model.generate(r.text_ids, r.text_langs, r.prompt_text_len, r.prompt_codes, s)
         assert torch.equal(got.codes, alone.codes), f"request {i}"
+
+
+@needs_native
+def test_int8_kv_cache_in_every_ar_path(golden):
+    # The int8 mode keeps its AR cache as int8 rows: the fused step (<= FUSED_ROWS rows), the
+    # per-op step (more rows: prefill, then attn_decode over the int8 cache), and best-of beams
+    # (the prefix copied row to row) all generate from it.
+    model = _tiny_int8(golden)
+    assert model.core.ar.kv_dtype == torch.int8 and model.core.ar.cache_row == model.core.ar.hd + 4
+    assert model.core.nar.kv_dtype == torch.bfloat16  # no cache in the NAR
+    g = torch.Generator().manual_seed(6)
+    prompt = torch.randint(0, 1024, (5, 8), generator=g)
+    n_req = native.FUSED_ROWS + 2
+    reqs = [LMRequest(torch.randint(5, 60, (4,), generator=g), torch.zeros(4, dtype=torch.long), 1, prompt)
+            for _ in range(n_req)]
+    s = Sampling(top_k=1, guards=False, max_frames=12)
+    batch = model.generate_batch(reqs, s)
+    one = [model.generate(r.text_ids, r.text_langs, r.prompt_text_len, r.prompt_codes, s) for r in reqs]
+    assert all(0 < b.codes.shape[0] <= 12 for b in batch)
+    for a, b in zip(one, batch):  # each row quantized, stored and attended on its own
+        assert torch.equal(a.codes, b.codes)
+    beams = model.generate_ar(reqs[0].text_ids, reqs[0].text_langs, 1, prompt,
+                              sampling=Sampling(seed=3, best_of=3, max_frames=10))
+    assert 0 < beams.numel() <= 10
+
+
+@needs_native
+def test_int8_cache_prefill_in_two_chunks(golden):
+    # A prefill that continues a filled int8 cache attends to the earlier keys dequantized: close
+    # to one prefill of the whole prefix (which attends to its keys as computed).
+    stack = _tiny_int8(golden).core.ar
+    L, S, a = len(stack.layers), 14, 9
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(1, S, stack.d, generator=g)
+    causal = torch.ones(S, S, dtype=torch.bool).tril()[None, None]
+    c1, c2 = (torch.zeros(L, 2, 1, stack.h, 20, stack.cache_row, dtype=torch.int8) for _ in range(2))
+    with torch.inference_mode():
+        whole = stack.forward_cached(x, c1, 0, causal)
+        stack.forward_cached(x[:, :a], c2, 0, causal[..., :a, :a])
+        tail = stack.forward_cached(x[:, a:], c2, a, causal[..., a:, :])
+    torch.testing.assert_close(tail, whole, rtol=0.05, atol=0.05)
+    if native.gemm_available():  # row-count-independent int8 Linear (fbgemm's scale is per tensor)
+        assert torch.equal(c1[..., :a, :], c2[..., :a, :])  # the first chunk's rows: the same bytes
