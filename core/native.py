@@ -1,4 +1,4 @@
-"""The decode-step CPU kernels of `core/kernels.c`: built once with the system C compiler, loaded
+"""The CPU kernels of `core/kernels/` (C): built once with the system C compiler, loaded
 with ctypes, used when present.
 
 Plain C + ctypes rather than a PyTorch C++ extension: it compiles in about a second (no torch
@@ -29,7 +29,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("kernels.c")
+SOURCE_DIR = Path(__file__).with_name("kernels")  # *.c (one shared object) + common.h
 FLAGS = ["-O3", "-fopenmp", "-std=c11", "-shared", "-fPIC"]  # + -march=$VALLEX_KERNEL_MARCH (native)
 DECODE_ROWS = 8  # without the tiled GEMM (no VNNI), vx_linear_i8 takes up to this many rows; more: fbgemm
 FUSED_ROWS = 16  # the fused decode step (no per-op overhead) still wins up to this many rows
@@ -61,7 +61,8 @@ def _build() -> Path:
     cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
     if not cc:
         raise RuntimeError("no C compiler (cc / gcc) on PATH")
-    src = SOURCE.read_bytes()
+    sources = sorted(SOURCE_DIR.glob("*.c"))
+    src = b"".join(f.name.encode() + f.read_bytes() for f in sorted(SOURCE_DIR.glob("*.[ch]")))
     flags = FLAGS + [f"-march={os.environ.get('VALLEX_KERNEL_MARCH', 'native')}"]
     key = hashlib.sha256(src + " ".join(flags).encode() + _cpu_key().encode()).hexdigest()[:16]
     out_dir = cache_dir()
@@ -72,7 +73,7 @@ def _build() -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
     os.close(fd)
     try:
-        p = subprocess.run([cc, *flags, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True,
+        p = subprocess.run([cc, *flags, "-o", tmp, *map(str, sources), "-lm"], capture_output=True, text=True,
                            timeout=120)
         if p.returncode != 0:
             raise RuntimeError(f"{cc} failed: {p.stderr.strip()[-400:]}")
@@ -147,7 +148,7 @@ KV_KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}  # the kv codes 
 def kv_quantize(x: torch.Tensor) -> torch.Tensor:
     """[..., D] float32 / bf16 -> the int8 KV cache's rows, int8 [..., D + 4]: D values and their
     float32 scale (max|x| / 127; value = scale * int8, rounded to nearest even). The same code
-    (kernels.c's kv_put_i8) as the fused decode step's, so every path writes the same bytes."""
+    (vx_kv_put_i8) as the fused decode step's, so every path writes the same bytes."""
     D = x.shape[-1]
     xf = x.float().contiguous()
     out = torch.empty(*x.shape[:-1], D + 4, dtype=torch.int8)

@@ -48,7 +48,7 @@ _SCORES_CHUNK = 8 * 1024 * 1024
 
 def _matmul_attention(q, k, v, mask, scale: float) -> torch.Tensor:
     """Attention as two bf16 matmuls and a softmax that reads bf16 and sums in float32 (in place,
-    core/kernels.c): on this CPU class ~1.4x faster than SDPA's flash kernel, which gains nothing
+    core/kernels/): on this CPU class ~1.4x faster than SDPA's flash kernel, which gains nothing
     from bf16 inputs here.
     (The probabilities are rounded to bf16 either way: the second matmul takes bf16.)
     q: bf16 [B, H, Sq, hd] contiguous; k, v: bf16 [B, H, Sk, hd]; mask: None or bool, True = attend."""

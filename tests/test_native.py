@@ -1,4 +1,4 @@
-"""The native decode kernels (core/kernels.c via core/native.py): each against plain PyTorch, the
+"""The native kernels (core/kernels/ via core/native.py): each against plain PyTorch, the
 int8 engine's fused decode step against its per-op path, and the fallback when they can't be built."""
 from __future__ import annotations
 
@@ -433,13 +433,19 @@ want = torch.softmax(s.float(), -1).nan_to_num(0.0)
 got = native.softmax_(s.clone()).float()
 torch.testing.assert_close(got, want, rtol=8e-3, atol=1e-3)
 assert bool((got[1, :9] == 0).all()) and bool((got[2] == 0).all())
+k8, v8 = native.kv_quantize(torch.randn(2, 3, 30, 64)), native.kv_quantize(torch.randn(2, 3, 30, 64))
+q = torch.randn(2, 3, 64)
+got = native.attn_decode(q, k8, v8, 25, None, 0.125)
+want = torch.nn.functional.scaled_dot_product_attention(q[:, :, None], native.kv_dequantize(k8)[:, :, :25],
+                                                        native.kv_dequantize(v8)[:, :, :25], scale=0.125)[:, :, 0]
+torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 print("portable ok")
 """
 
 
 @needs_native
 def test_portable_build_without_avx512_is_correct(tmp_path):
-    # CPUs without AVX-512 VNNI get the plain-C loops of kernels.c: build them for a baseline x86-64.
+    # CPUs without AVX-512 VNNI get the plain-C loops of core/kernels/: build them for a baseline x86-64.
     env = dict(os.environ, VALLEX_KERNEL_CACHE=str(tmp_path / "k"), VALLEX_KERNEL_MARCH="x86-64-v2")
     p = subprocess.run([sys.executable, "-c", _PORTABLE_CHECK], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=300)

@@ -1,0 +1,248 @@
+/* The full passes' attention (NAR, prefill): an in-place bf16 softmax, and a fused unmasked
+attention over bf16 q, k, v. */
+#include "common.h"
+
+/* ---- softmax over rows of bf16 attention scores, in place ------------------------------------
+
+Why hand-written: the NAR's 7 passes x 12 layers each take a softmax over 16 x 633 x 633 bf16
+scores, and PyTorch's (Sleef exp, a float32 copy, a fresh output) spent ~20% of the int8 NAR in it.
+This one reads each row once into an L1-resident float32 buffer, sums in float32 and writes the
+probabilities back over the scores, rounded to bf16 (nearest even, as torch's .to(bfloat16)).
+exp is a degree-6 polynomial after range reduction (relative error ~2e-7, far below bf16's 4e-3).
+Masked scores (-inf) give exactly 0; a row with every score masked gives zeros, not NaN. */
+#ifdef VX_AVX512
+static void softmax_row(uint16_t *s, int n, float *buf) {
+    __m512 vmax = _mm512_set1_ps(-INFINITY);
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
+        vmax = _mm512_mask_max_ps(vmax, m, vmax, load_bf16(s + i, m));
+    }
+    float mx = _mm512_reduce_max_ps(vmax);
+    if (mx == -INFINITY) {
+        memset(s, 0, sizeof(uint16_t) * (size_t)n);
+        return;
+    }
+    __m512 vm = _mm512_set1_ps(mx), vsum = _mm512_setzero_ps(), ninf = _mm512_set1_ps(-INFINITY);
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
+        __m512 x = load_bf16(s + i, m);
+        m &= _mm512_cmp_ps_mask(x, ninf, _CMP_NEQ_OQ);
+        __m512 e = _mm512_maskz_mov_ps(m, exp_ps(_mm512_sub_ps(x, vm)));
+        _mm512_storeu_ps(buf + i, e);
+        vsum = _mm512_add_ps(vsum, e);
+    }
+    __m512 inv = _mm512_set1_ps(1.f / _mm512_reduce_add_ps(vsum));
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
+        store_bf16(s + i, m, _mm512_mul_ps(_mm512_loadu_ps(buf + i), inv));
+    }
+}
+#else
+static void softmax_row(uint16_t *s, int n, float *buf) {
+    float mx = -INFINITY, sum = 0.f;
+    for (int i = 0; i < n; i++) mx = fmaxf(mx, bf16f(s[i]));
+    if (mx == -INFINITY) {
+        memset(s, 0, sizeof(uint16_t) * (size_t)n);
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        float x = bf16f(s[i]);
+        buf[i] = x == -INFINITY ? 0.f : expf(x - mx);
+        sum += buf[i];
+    }
+    for (int i = 0; i < n; i++) s[i] = f32_bf16(buf[i] / sum);
+}
+#endif
+
+/* s: bf16 [rows, n] contiguous, replaced by softmax over each row. */
+void vx_softmax_bf16(uint16_t *s, int64_t rows, int n, int n_threads) {
+#pragma omp parallel num_threads(n_threads)
+    {
+        float *buf = aligned_alloc(64, sizeof(float) * (size_t)((n + 15) / 16 * 16));
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < rows; r++) softmax_row(s + r * n, n, buf);
+        free(buf);
+    }
+}
+
+/* ---- full (unmasked) attention over bf16 q, k, v: the NAR's -----------------------------------
+
+Why hand-written: with PyTorch ops the NAR's attention is a batched bf16 matmul to a [H, S, S]
+score tensor, a softmax over it, a second matmul and two layout copies, each a pass over memory.
+Here each (row, head) pair keeps its keys and values packed for vdpbf16ps in L2, and a block of
+QB queries goes scores -> softmax -> weighted values through an L1-sized buffer. Same arithmetic as
+that path: bf16 products summed in float32, probabilities rounded to bf16 (here before the 1/sum,
+which is applied in float32 at the end). The row maxima are taken as the scores are made and the
+probabilities are written as bf16 in one pass: the softmax was ~20% of the kernel with three. */
+#if defined(__AVX512BF16__) && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define VX_ATTN_FULL 1
+#define QB 6 /* queries per block: QB x 4 float32 accumulators + 4 operand registers */
+
+/* acc[r][c] = sum_i a[r][i] . b(i, c) over n steps: QB rows of bf16 pairs (row r at a + r*as, one
+   dword per step) against nc <= 4 packed bf16 vectors per step, vector (i, c) at b + (i*bi + c*bc)*16.
+   Both halves of the attention are this: scores (a = queries, b = key blocks) and weighted values
+   (a = probabilities of key pairs, b = value pairs). */
+static inline __attribute__((always_inline)) void dp_block(const uint32_t *a, int64_t as, int n, const uint32_t *b,
+                                                           int64_t bi, int64_t bc, int nc, __m512 acc[QB][4]) {
+    for (int r = 0; r < QB; r++)
+        for (int c = 0; c < 4; c++) acc[r][c] = _mm512_setzero_ps();
+    for (int i = 0; i < n; i++) {
+        __m512bh w[4];
+        for (int c = 0; c < nc; c++) w[c] = (__m512bh)_mm512_loadu_si512(b + ((int64_t)i * bi + c * bc) * 16);
+        for (int r = 0; r < QB; r++) {
+            __m512bh x = (__m512bh)_mm512_set1_epi32((int)a[r * as + i]);
+            for (int c = 0; c < nc; c++) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], x, w[c]);
+        }
+    }
+}
+
+/* scaled scores of QB queries (hp pairs each) against nkb <= 4 packed key blocks ([hp][16] each),
+   with each row's running maximum over the first `valid` keys of the group (the rest is padding) */
+static inline __attribute__((always_inline)) void qk_blocks(const uint32_t *q, int hp, const uint32_t *kp, int nkb,
+                                                            int valid, float *s, int64_t ss, float scale,
+                                                            __m512 vmax[QB]) {
+    __m512 acc[QB][4];
+    dp_block(q, hp, hp, kp, 1, hp, nkb, acc);
+    __m512 vs = _mm512_set1_ps(scale);
+    __mmask16 m[4];
+    for (int c = 0; c < nkb; c++) {
+        int n = valid - c * 16;
+        m[c] = n >= 16 ? 0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
+    }
+    for (int r = 0; r < QB; r++)
+        for (int c = 0; c < nkb; c++) {
+            __m512 x = _mm512_mul_ps(acc[r][c], vs);
+            _mm512_storeu_ps(s + r * ss + c * 16, x);
+            vmax[r] = _mm512_mask_max_ps(vmax[r], m[c], vmax[r], x);
+        }
+}
+
+/* QB rows of bf16 probabilities (np key pairs, rows ps apart) times the packed value pairs ([np][nv]) */
+static inline __attribute__((always_inline)) void pv_block(const uint32_t *p, int64_t ps, int np, const uint32_t *vp,
+                                                           int nv, __m512 acc[QB][4]) {
+    dp_block(p, ps, np, vp, nv, 1, nv, acc);
+}
+
+#endif
+
+/* 1 when vx_attn_full is compiled in (AVX-512 BF16); 0: the caller keeps the matmul path. */
+int vx_has_attn_full(void) {
+#ifdef VX_ATTN_FULL
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* q: bf16 [B, H, Sq, hd], element (b, h, s, d) at q[b*qst[0] + h*qst[1] + s*qst[2] + d]; k, v: bf16
+   [B, H, Sk, hd] with the strides kvst (the same for both). So q, k, v may be views into the
+   packed projection [B, S, 3, H, hd] as it comes out of the GEMM: no layout copies. Every query
+   sees every key.
+   out: [B, Sq, H, hd] (the layout the output projection reads), float32 or bf16 (out_bf16).
+   hd must be a multiple of 16 and at most 64. */
+void vx_attn_full(const uint16_t *q, const int64_t *qst, const uint16_t *k, const uint16_t *v, const int64_t *kvst,
+                  void *out, int B, int H,
+                  int Sq, int Sk, int hd, float scale, int out_bf16, int n_threads) {
+#ifdef VX_ATTN_FULL
+    int hp = hd / 2, nv = hd / 16, nkb = (Sk + 15) / 16, np = (Sk + 1) / 2, sk32 = (Sk + 31) / 32 * 32;
+    int64_t ss = (int64_t)nkb * 16 + 16;  /* score row stride (floats), >= sk32 */
+    int64_t pst = (np + 31) / 16 * 16;  /* pair row stride: >= sk32 / 2, a multiple of 64 B (aligned_alloc) */
+#pragma omp parallel num_threads(n_threads)
+    {
+        uint32_t *kp = aligned_alloc(64, sizeof(uint32_t) * (size_t)nkb * hp * 16);
+        uint32_t *vp = aligned_alloc(64, sizeof(uint32_t) * (size_t)np * hd);
+        float *s = aligned_alloc(64, sizeof(float) * (size_t)QB * ss);
+        uint32_t *p = aligned_alloc(64, sizeof(uint32_t) * (size_t)QB * pst);
+        uint32_t *qpad = aligned_alloc(64, sizeof(uint32_t) * (size_t)QB * hp);
+        /* word d of a packed value pair = (row 0, d) | (row 1, d) << 16; rows sit at 0..15, 16..31 */
+        const __m512i ileave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                                23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+#pragma omp for schedule(dynamic, 1)
+        for (int bh = 0; bh < B * H; bh++) {
+            int b = bh / H, h = bh % H;
+            int64_t kvo = b * kvst[0] + h * kvst[1], krs = kvst[2];
+            const uint16_t *qh = q + b * qst[0] + h * qst[1], *kh = k + kvo, *vh = v + kvo;
+            /* keys: [key block][d pair][16 keys] (a dword = 2 consecutive d of one key), zero-padded */
+            for (int kb = 0; kb < nkb; kb++)
+                for (int j = 0; j < 16; j++) {
+                    int key = kb * 16 + j;
+                    const uint32_t *kr = (const uint32_t *)(kh + (int64_t)(key < Sk ? key : 0) * krs);
+                    uint32_t *dst = kp + (int64_t)kb * hp * 16 + j;
+                    for (int i = 0; i < hp; i++) dst[i * 16] = key < Sk ? kr[i] : 0u;
+                }
+            /* values: [key pair][d][2 keys], zero-padded */
+            for (int jp = 0; jp < np; jp++) {
+                const uint16_t *v0 = vh + (int64_t)(2 * jp) * krs, *v1 = 2 * jp + 1 < Sk ? v0 + krs : NULL;
+                uint32_t *dst = vp + (int64_t)jp * hd;
+                if (v1) {  /* interleave 16 d of both rows per store */
+                    for (int d = 0; d < hd; d += 16) {
+                        __m512i a = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(v0 + d)));
+                        a = _mm512_inserti64x4(a, _mm256_loadu_si256((const __m256i *)(v1 + d)), 1);
+                        _mm512_storeu_si512(dst + d, _mm512_permutexvar_epi16(ileave, a));
+                    }
+                } else {
+                    for (int d = 0; d < hd; d++) dst[d] = (uint32_t)v0[d];
+                }
+            }
+            for (int q0 = 0; q0 < Sq; q0 += QB) {
+                int nq = Sq - q0 < QB ? Sq - q0 : QB;
+                /* the block's rows side by side (the last block padded with copies of its first) */
+                for (int r = 0; r < QB; r++)
+                    memcpy(qpad + r * hp, qh + (int64_t)(q0 + (r < nq ? r : 0)) * qst[2], sizeof(uint32_t) * hp);
+                const uint32_t *qb = qpad;
+                __m512 vmax[QB];
+                for (int r = 0; r < QB; r++) vmax[r] = _mm512_set1_ps(-INFINITY);
+                for (int kb = 0; kb < nkb; kb += 4) {
+                    int c = nkb - kb < 4 ? nkb - kb : 4, valid = Sk - kb * 16;
+                    const uint32_t *kpb = kp + (int64_t)kb * hp * 16;
+                    switch (c) {  /* constant block count: the accumulators stay in registers */
+                        case 1: qk_blocks(qb, hp, kpb, 1, valid, s + kb * 16, ss, scale, vmax); break;
+                        case 2: qk_blocks(qb, hp, kpb, 2, valid, s + kb * 16, ss, scale, vmax); break;
+                        case 3: qk_blocks(qb, hp, kpb, 3, valid, s + kb * 16, ss, scale, vmax); break;
+                        default: qk_blocks(qb, hp, kpb, 4, valid, s + kb * 16, ss, scale, vmax); break;
+                    }
+                }
+                /* softmax: exp(s - max) rounded to bf16 straight into the probability rows (a bf16
+                   row in key order is the pairs layout), zeros past Sk for the last pair */
+                float inv[QB];
+                for (int r = 0; r < QB; r++) {
+                    const float *sr = s + r * ss;
+                    uint16_t *pr = (uint16_t *)(p + r * pst);
+                    __m512 vm = _mm512_set1_ps(_mm512_reduce_max_ps(vmax[r])), vsum = _mm512_setzero_ps();
+                    for (int i = 0; i < sk32; i += 16) {
+                        __mmask16 m = Sk - i >= 16 ? 0xffff : Sk <= i ? 0 : (__mmask16)((1u << (Sk - i)) - 1);
+                        __m512 e = _mm512_maskz_mov_ps(m, exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, sr + i), vm)));
+                        _mm256_storeu_si256((__m256i *)(pr + i), (__m256i)_mm512_cvtneps_pbh(e));
+                        vsum = _mm512_add_ps(vsum, e);
+                    }
+                    inv[r] = 1.f / _mm512_reduce_add_ps(vsum);
+                }
+                __m512 acc[QB][4];
+                switch (nv) {
+                    case 1: pv_block(p, pst, np, vp, 1, acc); break;
+                    case 2: pv_block(p, pst, np, vp, 2, acc); break;
+                    case 3: pv_block(p, pst, np, vp, 3, acc); break;
+                    default: pv_block(p, pst, np, vp, 4, acc); break;
+                }
+                for (int r = 0; r < nq; r++) {
+                    int64_t o = (((int64_t)b * Sq + q0 + r) * H + h) * hd;
+                    __m512 vi = _mm512_set1_ps(inv[r]);
+                    for (int c = 0; c < nv; c++) {
+                        __m512 y = _mm512_mul_ps(acc[r][c], vi);
+                        if (out_bf16) _mm256_storeu_si256((__m256i *)((uint16_t *)out + o + c * 16), (__m256i)_mm512_cvtneps_pbh(y));
+                        else _mm512_storeu_ps((float *)out + o + c * 16, y);
+                    }
+                }
+            }
+        }
+        free(kp);
+        free(vp);
+        free(s);
+        free(p);
+        free(qpad);
+    }
+#else
+    (void)q; (void)qst; (void)k; (void)v; (void)kvst; (void)out; (void)B; (void)H; (void)Sq; (void)Sk; (void)hd; (void)scale;
+    (void)out_bf16; (void)n_threads;
+#endif
+}

@@ -1,0 +1,96 @@
+/* What the CPU kernels (the .c files beside this one) share: bf16 conversions, a vector exp, the int8 KV cache
+row layout and the entry points one file calls in another. core/native.py compiles the .c files
+into one shared object with -O3 -march=native -fopenmp (`omp simd reduction` vectorises the float
+sums without -ffast-math); their OpenMP regions run on PyTorch's own libgomp. */
+#ifndef VX_COMMON_H
+#define VX_COMMON_H
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+static inline float bf16f(uint16_t x) {
+    uint32_t u = (uint32_t)x << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static inline uint16_t f32_bf16(float f) {  /* round to nearest even, as torch's .to(bfloat16) */
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);  /* NaN stays NaN */
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define VX_AVX512 1
+static inline __m512 exp_ps(__m512 x) {  /* x <= 0 */
+    x = _mm512_max_ps(x, _mm512_set1_ps(-88.f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);  /* ln 2 in two parts */
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606820309417e-06f), r);     /* |r| <= ln2 / 2 */
+    __m512 p = _mm512_set1_ps(1.f / 720.f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120.f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24.f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6.f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+    return _mm512_scalef_ps(p, n);  /* p * 2^n */
+}
+
+/* 16 floats -> bf16, round to nearest even as f32_bf16 (NaN aside), masked store */
+static inline void store_bf16(uint16_t *dst, __mmask16 m, __m512 v) {
+    __m512i u = _mm512_castps_si512(v);
+    u = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff),
+                                             _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))));
+    _mm256_mask_storeu_epi16(dst, m, _mm512_cvtepi32_epi16(_mm512_srli_epi32(u, 16)));
+}
+
+static inline __m512 load_bf16(const uint16_t *p, __mmask16 m) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+}
+
+/* Into L2: the cache lines of [p, p + bytes), p NULL: nothing (a macro: as an inline function, gcc 12
+   dropped the prefetches). The decode kernels fetch the next
+   (row, head)'s keys and values while they work on this one: each is only ~30-60 KB, too short a
+   stream for the hardware prefetcher to reach full speed, and without it the batched step read
+   the int8 cache at ~15 GB/s instead of ~27. */
+#define PREFETCH_L2(p, bytes)                                                                         \
+    do {                                                                                              \
+        if (p)                                                                                        \
+            for (int l_ = 0; l_ < (bytes); l_ += 64) _mm_prefetch((const char *)(p) + l_, _MM_HINT_T1); \
+    } while (0)
+#endif
+
+/* ---- the int8 KV cache (the int8 mode's AR) -------------------------------------------------
+A cache row of one head is D int8 values and then their float32 scale (value = scale * int8), D + 4
+bytes: one tensor, so the cache is sliced, copied and row-mapped as before. Against bf16 it halves
+the bytes the batched decode step streams (~200 MB a step at 10 rows and 441 keys, bound by memory
+bandwidth), at a rounding step of max|x| / 127 per 64 values: finer than the int8 activations that
+every Linear of the mode already quantizes per 1024. */
+#define KV_F32 0
+#define KV_BF16 1
+#define KV_I8 2
+
+static inline float kv_scale(const int8_t *row, int D) {
+    float sc;
+    memcpy(&sc, row + D, sizeof sc);
+    return sc;
+}
+
+/* entry points used across files (attn_decode.c, linear_i8.c) */
+void vx_kv_put_i8(const float *x, int D, int8_t *row);
+void vx_attn_decode(const float *q, int64_t qsb, const void *k, const void *v, int64_t sb, int64_t sh,
+                    float *out, int B, int H, int D, int n, const int32_t *starts, const int32_t *rows,
+                    float scale, int kv, int n_threads);
+void vx_linear_i8(const float *x, int64_t xs, int M, int K, const int8_t *wp, const float *scale,
+                  const int32_t *rowsum, const float *bias, void *y, int N, int relu, int out_bf16,
+                  int n_threads);
+
+#endif

@@ -1,0 +1,293 @@
+/* The int8 Linear of the int8 mode (vx_linear_i8): VNNI-packed per-channel int8 weights, each
+activation row quantized to int8 on the fly. A GEMV that streams the weights once for up to 16 rows
+(the decode step: fbgemm / oneDNN int8 GEMV read them at ~18 GB/s here, below the memory
+bandwidth), and a tiled GEMM for more (the NAR, the prefill). */
+#include "common.h"
+
+/* One activation row -> int8 with one scale, stored +128 (unsigned) and padded to k4 with 128
+   (= 0): the u8 operand of vpdpbusd. Rounds to nearest even (lrintf's default mode, and the
+   vector conversion's): both branches give the same bytes. The scalar branch called lrintf once
+   an element, ~15% of a 10-row decode step. */
+static void quantize_row(const float *xr, int K, int k4, uint8_t *q, float *xscale) {
+    float amax = 0.f;
+    int i = 0;
+#ifdef VX_AVX512
+    __m512 vmax = _mm512_setzero_ps();
+    for (; i + 16 <= K; i += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(xr + i)));
+    amax = _mm512_reduce_max_ps(vmax);
+#endif
+    for (; i < K; i++) amax = fmaxf(amax, fabsf(xr[i]));
+    float s = amax > 0.f ? amax / 127.f : 1.f, inv = 1.f / s;
+    i = 0;
+#ifdef VX_AVX512
+    __m512 vinv = _mm512_set1_ps(inv);
+    __m512i off = _mm512_set1_epi32(128);
+    for (; i + 16 <= K; i += 16) {
+        __m512i v = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xr + i), vinv)), off);
+        _mm_storeu_si128((__m128i *)(q + i), _mm512_cvtepi32_epi8(v));
+    }
+#endif
+    for (; i < K; i++) q[i] = (uint8_t)(lrintf(xr[i] * inv) + 128);
+    for (i = K; i < k4; i++) q[i] = 128;
+    *xscale = s;
+}
+
+#define MAX_MB 16 /* activation rows per pass over a weight block: 16 accumulators + 1 weight register */
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512F__)
+/* MB activation rows against one block of 16 weight rows. The block is packed [k4/4][16][4]:
+   each 64-byte load holds 4 consecutive k of all 16 rows, so vpdpbusd with the broadcast 4 bytes
+   of x adds into 16 per-row sums at once: no horizontal reductions, one weight stream, and each
+   weight load serves all MB rows (MB independent sums hide the latency; one row uses four sums
+   over interleaved k groups instead, in block16_one). Every cache line is prefetched 4 KB ahead;
+   with several rows also 32 KB ahead into L2: their MB vpdpbusd per line otherwise stall the
+   stream (10 rows: 11.8 -> 9.0 ms a step at 20 keys, A/B in one process). */
+static inline void block16_one(const int8_t *wb, int groups, const uint8_t *xq, __m512i *out) {
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+    const int32_t *xr = (const int32_t *)xq;
+    int g = 0;
+    for (; g + 4 <= groups; g += 4) {
+        const int8_t *p = wb + (int64_t)g * 64;
+        for (int l = 0; l < 4; l++) _mm_prefetch((const char *)(p + 4096 + 64 * l), _MM_HINT_T0);
+        a0 = _mm512_dpbusd_epi32(a0, _mm512_set1_epi32(xr[g]), _mm512_loadu_si512(p));
+        a1 = _mm512_dpbusd_epi32(a1, _mm512_set1_epi32(xr[g + 1]), _mm512_loadu_si512(p + 64));
+        a2 = _mm512_dpbusd_epi32(a2, _mm512_set1_epi32(xr[g + 2]), _mm512_loadu_si512(p + 128));
+        a3 = _mm512_dpbusd_epi32(a3, _mm512_set1_epi32(xr[g + 3]), _mm512_loadu_si512(p + 192));
+    }
+    for (; g < groups; g++) a0 = _mm512_dpbusd_epi32(a0, _mm512_set1_epi32(xr[g]), _mm512_loadu_si512(wb + (int64_t)g * 64));
+    out[0] = _mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3));
+}
+
+static inline __attribute__((always_inline)) void block16(const int8_t *wb, int groups, const uint8_t *xq, int k4,
+                                                          int MB, __m512i *out) {
+    __m512i a[MAX_MB];
+    const int32_t *xr[MAX_MB];
+    for (int j = 0; j < MB; j++) {
+        a[j] = _mm512_setzero_si512();
+        xr[j] = (const int32_t *)(xq + (int64_t)j * k4);
+    }
+    for (int g = 0; g < groups; g++) {
+        _mm_prefetch((const char *)(wb + (int64_t)(g + 64) * 64), _MM_HINT_T0);
+        _mm_prefetch((const char *)(wb + (int64_t)(g + 512) * 64), _MM_HINT_T1);
+        __m512i w = _mm512_loadu_si512(wb + (int64_t)g * 64);
+        for (int j = 0; j < MB; j++) a[j] = _mm512_dpbusd_epi32(a[j], _mm512_set1_epi32(xr[j][g]), w);
+    }
+    for (int j = 0; j < MB; j++) out[j] = a[j];
+}
+#endif
+
+/* The float results of int32 sums of one activation row against output channels n0.. (x was
+   quantized +128, hence the rowsum term). The few-row and the many-row paths both end here, with
+   the same IEEE operations in the same order, so a row's result does not depend on how many rows
+   came with it. */
+#ifdef VX_AVX512
+static inline __attribute__((always_inline)) void dequant16(__m512i acc, int n, int cols, float xsc,
+                                                            const float *scale, const int32_t *rowsum,
+                                                            const float *bias, int relu, void *y, int64_t at,
+                                                            int bf16) {
+    __mmask16 k = cols >= 16 ? 0xffff : (__mmask16)((1u << cols) - 1);
+    __m512i a = _mm512_sub_epi32(acc, _mm512_slli_epi32(_mm512_maskz_loadu_epi32(k, rowsum + n), 7));
+    __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(a), _mm512_set1_ps(xsc)), _mm512_maskz_loadu_ps(k, scale + n));
+    v = _mm512_add_ps(v, bias ? _mm512_maskz_loadu_ps(k, bias + n) : _mm512_setzero_ps());
+    if (relu) v = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ), _mm512_setzero_ps());
+    if (bf16)
+        store_bf16((uint16_t *)y + at, k, v);
+    else
+        _mm512_mask_storeu_ps((float *)y + at, k, v);
+}
+#endif
+
+static void dequant_row(const int32_t *acc, int n0, int cols, float xsc, const float *scale,
+                        const int32_t *rowsum, const float *bias, int relu, void *y, int64_t at, int bf16) {
+#ifdef VX_AVX512
+    for (int r = 0; r < cols; r += 16)
+        dequant16(_mm512_loadu_si512(acc + r), n0 + r, cols - r, xsc, scale, rowsum, bias, relu, y, at + r, bf16);
+#else
+    for (int r = 0; r < cols; r++) {
+        int n = n0 + r;
+        float val = (float)(acc[r] - 128 * rowsum[n]) * xsc * scale[n] + (bias ? bias[n] : 0.f);
+        val = relu && val < 0.f ? 0.f : val;
+        if (bf16)
+            ((uint16_t *)y)[at + r] = f32_bf16(val);
+        else
+            ((float *)y)[at + r] = val;
+    }
+#endif
+}
+
+#if defined(VX_AVX512) && defined(__AVX512VNNI__)
+#define VX_GEMM_I8 1
+#define GEMM_MR 12   /* rows per tile: 24 accumulators + 2 weight registers + 1 broadcast */
+#define GEMM_KC 2048 /* k per pass: 12 rows x 2 KB of activations stay in L1 between the panels' reloads */
+
+/* mr (<= GEMM_MR) activation rows x 32 output channels (two packed 16-row weight blocks b0, b1)
+   over `groups` groups of 4 k, added to (acc_in) or stored over c (int32, rows ldc apart). */
+typedef struct {  /* where a tile's last pass puts its results: dequant16 into y */
+    const float *xscale, *scale, *bias;
+    const int32_t *rowsum;
+    void *y;  /* float32, or bf16 (bf16) */
+    int64_t at;  /* the tile's first row, first column in y */
+    int n0, cols, ldy, relu, bf16;
+} vx_tile_out;
+
+static inline __attribute__((always_inline)) void tile_i8(const uint8_t *a, int64_t lda, const int8_t *b0,
+                                                          const int8_t *b1, int groups, int mr, int32_t *c,
+                                                          int ldc, int acc_in, const vx_tile_out *o) {
+    __m512i c0[GEMM_MR], c1[GEMM_MR];
+    for (int i = 0; i < mr; i++) {
+        c0[i] = acc_in ? _mm512_loadu_si512(c + i * ldc) : _mm512_setzero_si512();
+        c1[i] = acc_in ? _mm512_loadu_si512(c + i * ldc + 16) : _mm512_setzero_si512();
+    }
+    for (int g = 0; g < groups; g++) {
+        __m512i w0 = _mm512_loadu_si512(b0 + (int64_t)g * 64), w1 = _mm512_loadu_si512(b1 + (int64_t)g * 64);
+        for (int i = 0; i < mr; i++) {
+            __m512i x = _mm512_set1_epi32(*(const int32_t *)(a + i * lda + 4 * g));
+            c0[i] = _mm512_dpbusd_epi32(c0[i], x, w0);
+            c1[i] = _mm512_dpbusd_epi32(c1[i], x, w1);
+        }
+    }
+    int32_t t[GEMM_MR][32];  /* the last pass over k: through L1 to dequant16 (indexing the
+                                accumulators there would spill them in the loop above) */
+    if (o) {
+        c = &t[0][0];
+        ldc = 32;
+    }
+    for (int i = 0; i < mr; i++) {
+        _mm512_storeu_si512(c + i * ldc, c0[i]);
+        _mm512_storeu_si512(c + i * ldc + 16, c1[i]);
+    }
+    if (o)
+        for (int i = 0; i < mr; i++) {
+            int64_t at = o->at + (int64_t)i * o->ldy;
+            dequant16(_mm512_loadu_si512(t[i]), o->n0, o->cols, o->xscale[i], o->scale, o->rowsum, o->bias, o->relu,
+                      o->y, at, o->bf16);
+            if (o->cols > 16)
+                dequant16(_mm512_loadu_si512(t[i] + 16), o->n0 + 16, o->cols - 16, o->xscale[i], o->scale, o->rowsum,
+                          o->bias, o->relu, o->y, at + 16, o->bf16);
+        }
+}
+
+/* Many rows (the NAR, the AR prefill): the weights go 32 output channels (a panel, 32-128 KB,
+   kept in L2) at a time, split between the threads; each panel meets all rows in tiles of 12,
+   k in passes of GEMM_KC, into an int32 buffer, then dequant_row. On this CPU ~830 GOP/s on 2
+   cores (~90% of vpdpbusd's peak), against ~580 for fbgemm's dynamic int8 Linear with its
+   activation quantization. Needs the weights padded to a multiple of 32 rows. */
+static void gemm_i8(const uint8_t *xq, float *xscale, int M, int k4, const int8_t *wp, const float *scale,
+                    const int32_t *rowsum, const float *bias, void *y, int N, int relu, int bf16) {
+    int npan = (N + 31) / 32;
+    int32_t *cb = k4 > GEMM_KC ? malloc(sizeof(int32_t) * (size_t)M * 32) : NULL;
+#pragma omp for schedule(static)
+    for (int p = 0; p < npan; p++) {
+        const int8_t *b0 = wp + (int64_t)(2 * p) * 16 * k4, *b1 = b0 + (int64_t)16 * k4;
+        int n0 = 32 * p, cols = N - n0 < 32 ? N - n0 : 32;
+        for (int k0 = 0; k0 < k4; k0 += GEMM_KC) {
+            int kc = k4 - k0 < GEMM_KC ? k4 - k0 : GEMM_KC, groups = kc / 4, in = k0 > 0;
+            int last = k0 + kc == k4;
+            const int8_t *w0 = b0 + (int64_t)k0 * 16, *w1 = b1 + (int64_t)k0 * 16;
+            for (int m = 0; m < M; m += GEMM_MR) {
+                vx_tile_out o = {xscale + m, scale, bias, rowsum, y, (int64_t)m * N + n0, n0, cols, N, relu, bf16};
+                const vx_tile_out *op = last ? &o : NULL;
+                const uint8_t *a = xq + (int64_t)m * k4 + k0;
+                int32_t *c = cb ? cb + (int64_t)m * 32 : NULL;
+                switch (M - m < GEMM_MR ? M - m : GEMM_MR) {  /* constant mr: the accumulators stay in registers */
+#define VX_TILE(r) case r: tile_i8(a, k4, w0, w1, groups, r, c, 32, in, op); break;
+                    VX_TILE(1) VX_TILE(2) VX_TILE(3) VX_TILE(4) VX_TILE(5) VX_TILE(6)
+                    VX_TILE(7) VX_TILE(8) VX_TILE(9) VX_TILE(10) VX_TILE(11) VX_TILE(12)
+#undef VX_TILE
+                    default: break;
+                }
+            }
+        }
+    }
+    free(cb);
+}
+#endif
+
+int vx_has_gemm_i8(void) {
+#ifdef VX_GEMM_I8
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* Up to a few rows (the decode step): each 16-row weight block is read once for all of them. An
+   orphaned work-share: called by every thread of vx_linear_i8's parallel region. */
+static void rows_i8(const uint8_t *xq, const float *xscale, int M, int k4, const int8_t *wp,
+                    const float *scale, const int32_t *rowsum, const float *bias, void *y, int N, int relu,
+                    int bf16) {
+    int groups = k4 / 4, nblk = (N + 15) / 16;
+#pragma omp for schedule(static)
+    for (int nb = 0; nb < nblk; nb++) {
+        const int8_t *wb = wp + (int64_t)nb * 16 * k4;
+        int n0 = nb * 16, rows = N - n0 < 16 ? N - n0 : 16;
+        for (int m0 = 0; m0 < M; m0 += MAX_MB) {
+            int mb = M - m0 < MAX_MB ? M - m0 : MAX_MB;
+            const uint8_t *xm = xq + (int64_t)m0 * k4;
+            int32_t acc[MAX_MB][16];
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512F__)
+            __m512i out[MAX_MB];
+            switch (mb) {  /* constant MB: the accumulators stay in registers */
+                case 1: block16_one(wb, groups, xm, out); break;
+                case 2: block16(wb, groups, xm, k4, 2, out); break;
+                case 3: block16(wb, groups, xm, k4, 3, out); break;
+                case 4: block16(wb, groups, xm, k4, 4, out); break;
+                case 5: block16(wb, groups, xm, k4, 5, out); break;
+                case 6: block16(wb, groups, xm, k4, 6, out); break;
+                case 7: block16(wb, groups, xm, k4, 7, out); break;
+                case 8: block16(wb, groups, xm, k4, 8, out); break;
+                case 9: block16(wb, groups, xm, k4, 9, out); break;
+                case 10: block16(wb, groups, xm, k4, 10, out); break;
+                case 11: block16(wb, groups, xm, k4, 11, out); break;
+                case 12: block16(wb, groups, xm, k4, 12, out); break;
+                case 13: block16(wb, groups, xm, k4, 13, out); break;
+                case 14: block16(wb, groups, xm, k4, 14, out); break;
+                case 15: block16(wb, groups, xm, k4, 15, out); break;
+                default: block16(wb, groups, xm, k4, 16, out); break;
+            }
+            for (int j = 0; j < mb; j++) _mm512_storeu_si512(acc[j], out[j]);
+#else
+            for (int j = 0; j < mb; j++)
+                for (int r = 0; r < 16; r++) {
+                    int32_t sacc = 0;
+                    for (int g = 0; g < groups; g++)
+                        for (int t = 0; t < 4; t++)
+                            sacc += (int32_t)xm[(int64_t)j * k4 + 4 * g + t] * (int32_t)wb[((int64_t)g * 16 + r) * 4 + t];
+                    acc[j][r] = sacc;
+                }
+#endif
+            for (int j = 0; j < mb; j++)
+                dequant_row(acc[j], n0, rows, xscale[m0 + j], scale, rowsum, bias, relu, y,
+                            (int64_t)(m0 + j) * N + n0, bf16);
+        }
+    }
+}
+
+/* y[m, n] = act(scale[n] * sum_k w[n, k] x[m, k] + bias[n]): int8 weights with per-output-channel
+   scales, each activation row quantized on the fly to int8 with one scale (symmetric, per row:
+   finer than fbgemm's dynamic mode, one scale per tensor and 7 bits). wp: the weights packed by
+   core/native.py as [ceil(N/32)*2][k4/4][16][4] (k4 = K rounded up to 4, zero padding); scale,
+   rowsum (sum_k w[n, k]) and bias are padded to a multiple of 32. x rows are xs floats apart; y
+   is [M, N] contiguous, float32 or bf16 (out_bf16, rounded to nearest even). Up to MAX_MB rows
+   (the decode step) stream the weights once through block16; more rows go through gemm_i8.
+   Integer sums are exact, so both give the same floats. */
+void vx_linear_i8(const float *x, int64_t xs, int M, int K, const int8_t *wp, const float *scale,
+                  const int32_t *rowsum, const float *bias, void *y, int N, int relu, int out_bf16,
+                  int n_threads) {
+    int k4 = (K + 3) & ~3;
+    uint8_t *xq = malloc((size_t)M * k4 + 64);
+    float *xscale = malloc(sizeof(float) * (size_t)(M > 0 ? M : 1));
+#pragma omp parallel num_threads(n_threads)
+    {
+#pragma omp for schedule(static)
+        for (int m = 0; m < M; m++) quantize_row(x + m * xs, K, k4, xq + (int64_t)m * k4, xscale + m);
+#ifdef VX_GEMM_I8
+        if (M > MAX_MB)
+            gemm_i8(xq, xscale, M, k4, wp, scale, rowsum, bias, y, N, relu, out_bf16);
+        else
+#endif
+            rows_i8(xq, xscale, M, k4, wp, scale, rowsum, bias, y, N, relu, out_bf16);
+    }
+    free(xq);
+    free(xscale);
+}
