@@ -58,13 +58,13 @@ static inline void block16_one(const int8_t *wb, int groups, const uint8_t *xq, 
     out[0] = _mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3));
 }
 
-static inline __attribute__((always_inline)) void block16(const int8_t *wb, int groups, const uint8_t *xq, int k4,
+static inline __attribute__((always_inline)) void block16(const int8_t *wb, int groups, const uint8_t *xq, int64_t lda,
                                                           int MB, __m512i *out) {
     __m512i a[MAX_MB];
     const int32_t *xr[MAX_MB];
     for (int j = 0; j < MB; j++) {
         a[j] = _mm512_setzero_si512();
-        xr[j] = (const int32_t *)(xq + (int64_t)j * k4);
+        xr[j] = (const int32_t *)(xq + (int64_t)j * lda);
     }
     for (int g = 0; g < groups; g++) {
         _mm_prefetch((const char *)(wb + (int64_t)(g + 64) * 64), _MM_HINT_T0);
@@ -172,7 +172,7 @@ static inline __attribute__((always_inline)) void tile_i8(const uint8_t *a, int6
    k in passes of GEMM_KC, into an int32 buffer, then dequant_row. On this CPU ~830 GOP/s on 2
    cores (~90% of vpdpbusd's peak), against ~580 for fbgemm's dynamic int8 Linear with its
    activation quantization. Needs the weights padded to a multiple of 32 rows. */
-static void gemm_i8(const uint8_t *xq, float *xscale, int M, int k4, const int8_t *wp, const float *scale,
+static void gemm_i8(const uint8_t *xq, int64_t lda, float *xscale, int M, int k4, const int8_t *wp, const float *scale,
                     const int32_t *rowsum, const float *bias, void *y, int N, int relu, int bf16) {
     int npan = (N + 31) / 32;
     int32_t *cb = k4 > GEMM_KC ? malloc(sizeof(int32_t) * (size_t)M * 32) : NULL;
@@ -187,10 +187,10 @@ static void gemm_i8(const uint8_t *xq, float *xscale, int M, int k4, const int8_
             for (int m = 0; m < M; m += GEMM_MR) {
                 vx_tile_out o = {xscale + m, scale, bias, rowsum, y, (int64_t)m * N + n0, n0, cols, N, relu, bf16};
                 const vx_tile_out *op = last ? &o : NULL;
-                const uint8_t *a = xq + (int64_t)m * k4 + k0;
+                const uint8_t *a = xq + (int64_t)m * lda + k0;
                 int32_t *c = cb ? cb + (int64_t)m * 32 : NULL;
                 switch (M - m < GEMM_MR ? M - m : GEMM_MR) {  /* constant mr: the accumulators stay in registers */
-#define VX_TILE(r) case r: tile_i8(a, k4, w0, w1, groups, r, c, 32, in, op); break;
+#define VX_TILE(r) case r: tile_i8(a, lda, w0, w1, groups, r, c, 32, in, op); break;
                     VX_TILE(1) VX_TILE(2) VX_TILE(3) VX_TILE(4) VX_TILE(5) VX_TILE(6)
                     VX_TILE(7) VX_TILE(8) VX_TILE(9) VX_TILE(10) VX_TILE(11) VX_TILE(12)
 #undef VX_TILE
@@ -213,7 +213,7 @@ int vx_has_gemm_i8(void) {
 
 /* Up to a few rows (the decode step): each 16-row weight block is read once for all of them. An
    orphaned work-share: called by every thread of vx_linear_i8's parallel region. */
-static void rows_i8(const uint8_t *xq, const float *xscale, int M, int k4, const int8_t *wp,
+static void rows_i8(const uint8_t *xq, int64_t lda, const float *xscale, int M, int k4, const int8_t *wp,
                     const float *scale, const int32_t *rowsum, const float *bias, void *y, int N, int relu,
                     int bf16) {
     int groups = k4 / 4, nblk = (N + 15) / 16;
@@ -223,27 +223,27 @@ static void rows_i8(const uint8_t *xq, const float *xscale, int M, int k4, const
         int n0 = nb * 16, rows = N - n0 < 16 ? N - n0 : 16;
         for (int m0 = 0; m0 < M; m0 += MAX_MB) {
             int mb = M - m0 < MAX_MB ? M - m0 : MAX_MB;
-            const uint8_t *xm = xq + (int64_t)m0 * k4;
+            const uint8_t *xm = xq + (int64_t)m0 * lda;
             int32_t acc[MAX_MB][16];
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512F__)
             __m512i out[MAX_MB];
             switch (mb) {  /* constant MB: the accumulators stay in registers */
                 case 1: block16_one(wb, groups, xm, out); break;
-                case 2: block16(wb, groups, xm, k4, 2, out); break;
-                case 3: block16(wb, groups, xm, k4, 3, out); break;
-                case 4: block16(wb, groups, xm, k4, 4, out); break;
-                case 5: block16(wb, groups, xm, k4, 5, out); break;
-                case 6: block16(wb, groups, xm, k4, 6, out); break;
-                case 7: block16(wb, groups, xm, k4, 7, out); break;
-                case 8: block16(wb, groups, xm, k4, 8, out); break;
-                case 9: block16(wb, groups, xm, k4, 9, out); break;
-                case 10: block16(wb, groups, xm, k4, 10, out); break;
-                case 11: block16(wb, groups, xm, k4, 11, out); break;
-                case 12: block16(wb, groups, xm, k4, 12, out); break;
-                case 13: block16(wb, groups, xm, k4, 13, out); break;
-                case 14: block16(wb, groups, xm, k4, 14, out); break;
-                case 15: block16(wb, groups, xm, k4, 15, out); break;
-                default: block16(wb, groups, xm, k4, 16, out); break;
+                case 2: block16(wb, groups, xm, lda, 2, out); break;
+                case 3: block16(wb, groups, xm, lda, 3, out); break;
+                case 4: block16(wb, groups, xm, lda, 4, out); break;
+                case 5: block16(wb, groups, xm, lda, 5, out); break;
+                case 6: block16(wb, groups, xm, lda, 6, out); break;
+                case 7: block16(wb, groups, xm, lda, 7, out); break;
+                case 8: block16(wb, groups, xm, lda, 8, out); break;
+                case 9: block16(wb, groups, xm, lda, 9, out); break;
+                case 10: block16(wb, groups, xm, lda, 10, out); break;
+                case 11: block16(wb, groups, xm, lda, 11, out); break;
+                case 12: block16(wb, groups, xm, lda, 12, out); break;
+                case 13: block16(wb, groups, xm, lda, 13, out); break;
+                case 14: block16(wb, groups, xm, lda, 14, out); break;
+                case 15: block16(wb, groups, xm, lda, 15, out); break;
+                default: block16(wb, groups, xm, lda, 16, out); break;
             }
             for (int j = 0; j < mb; j++) _mm512_storeu_si512(acc[j], out[j]);
 #else
@@ -252,7 +252,7 @@ static void rows_i8(const uint8_t *xq, const float *xscale, int M, int k4, const
                     int32_t sacc = 0;
                     for (int g = 0; g < groups; g++)
                         for (int t = 0; t < 4; t++)
-                            sacc += (int32_t)xm[(int64_t)j * k4 + 4 * g + t] * (int32_t)wb[((int64_t)g * 16 + r) * 4 + t];
+                            sacc += (int32_t)xm[(int64_t)j * lda + 4 * g + t] * (int32_t)wb[((int64_t)g * 16 + r) * 4 + t];
                     acc[j][r] = sacc;
                 }
 #endif
@@ -275,18 +275,21 @@ void vx_linear_i8(const float *x, int64_t xs, int M, int K, const int8_t *wp, co
                   const int32_t *rowsum, const float *bias, void *y, int N, int relu, int out_bf16,
                   int n_threads) {
     int k4 = (K + 3) & ~3;
-    uint8_t *xq = malloc((size_t)M * k4 + 64);
+    /* one more cache line per row: with k4 a multiple of 4 KB (ff2's 4096), the 12 rows of a GEMM
+       tile fell into one L1 set (8 ways) and evicted each other (~55% of peak -> ~75%) */
+    int64_t lda = ((k4 + 63) & ~63) + 64;
+    uint8_t *xq = malloc((size_t)M * lda + 64);
     float *xscale = malloc(sizeof(float) * (size_t)(M > 0 ? M : 1));
 #pragma omp parallel num_threads(n_threads)
     {
 #pragma omp for schedule(static)
-        for (int m = 0; m < M; m++) quantize_row(x + m * xs, K, k4, xq + (int64_t)m * k4, xscale + m);
+        for (int m = 0; m < M; m++) quantize_row(x + m * xs, K, k4, xq + (int64_t)m * lda, xscale + m);
 #ifdef VX_GEMM_I8
         if (M > MAX_MB)
-            gemm_i8(xq, xscale, M, k4, wp, scale, rowsum, bias, y, N, relu, out_bf16);
+            gemm_i8(xq, lda, xscale, M, k4, wp, scale, rowsum, bias, y, N, relu, out_bf16);
         else
 #endif
-            rows_i8(xq, xscale, M, k4, wp, scale, rowsum, bias, y, N, relu, out_bf16);
+            rows_i8(xq, lda, xscale, M, k4, wp, scale, rowsum, bias, y, N, relu, out_bf16);
     }
     free(xq);
     free(xscale);
