@@ -240,17 +240,29 @@ static void decode_i8(const float *qv, const int8_t *k, const int8_t *v, int D, 
 }
 #endif
 
-/* The scalar form of decode_i8 (no AVX-512): the same sums in another order. */
-static void decode_i8_scalar(const float *qv, const int8_t *k, const int8_t *v, int D, int s0, int n,
-                             float scale, float *p, float *o) {
-    int rs = D + 4;
+/* The scalar path, for any cache kind (no AVX-512, or a head size the vector kernels do not take):
+   the same sums as theirs in another order. Rows are rs elements apart (D, or D + 4 int8 bytes). */
+static void decode_scalar(const float *qv, const void *k, const void *v, int kv, int D, int s0, int n,
+                          float scale, float *p, float *o) {
+    int rs = kv == KV_I8 ? D + 4 : D;
     float mx = -INFINITY, sum = 0.f;
-    for (int s = s0; s < n; s++) {
-        const int8_t *kr = k + (int64_t)s * rs;
-        float acc = 0.f;
-        for (int d = 0; d < D; d++) acc += qv[d] * (float)kr[d];
-        p[s] = acc * scale * kv_scale(kr, D);
-        mx = p[s] > mx ? p[s] : mx;
+    for (int s = s0; s < n; s += 4) {
+        int c = n - s < 4 ? n - s : 4;
+        if (kv == KV_I8)
+            for (int j = 0; j < c; j++) {
+                const int8_t *kr = (const int8_t *)k + (int64_t)(s + j) * rs;
+                float acc = 0.f;
+                for (int d = 0; d < D; d++) acc += qv[d] * (float)kr[d];
+                p[s + j] = acc * kv_scale(kr, D);
+            }
+        else if (kv == KV_BF16)
+            dot4_bf16(qv, (const uint16_t *)k + (int64_t)s * D, D, c, p + s);
+        else
+            dot4_f32(qv, (const float *)k + (int64_t)s * D, D, c, p + s);
+        for (int j = 0; j < c; j++) {
+            p[s + j] *= scale;
+            if (p[s + j] > mx) mx = p[s + j];
+        }
     }
     for (int s = s0; s < n; s++) {
         p[s] = expf(p[s] - mx);
@@ -259,11 +271,22 @@ static void decode_i8_scalar(const float *qv, const int8_t *k, const int8_t *v, 
     float inv = sum > 0.f ? 1.f / sum : 0.f;
     for (int d = 0; d < D; d++) o[d] = 0.f;
     for (int s = s0; s < n; s++) {
-        const int8_t *vr = v + (int64_t)s * rs;
-        float w = p[s] * kv_scale(vr, D);
-        for (int d = 0; d < D; d++) o[d] += w * (float)vr[d];
+        float w = p[s] * inv;
+        if (kv == KV_I8) {
+            const int8_t *vr = (const int8_t *)v + (int64_t)s * rs;
+            w *= kv_scale(vr, D);
+#pragma omp simd
+            for (int d = 0; d < D; d++) o[d] += w * (float)vr[d];
+        } else if (kv == KV_BF16) {
+            const uint16_t *vr = (const uint16_t *)v + (int64_t)s * D;
+#pragma omp simd
+            for (int d = 0; d < D; d++) o[d] += w * bf16f(vr[d]);
+        } else {
+            const float *vr = (const float *)v + (int64_t)s * D;
+#pragma omp simd
+            for (int d = 0; d < D; d++) o[d] += w * vr[d];
+        }
     }
-    for (int d = 0; d < D; d++) o[d] *= inv;
 }
 
 /* Attention of one query per (row b, head h) over keys [starts[b], n) of a static KV cache.
@@ -275,7 +298,6 @@ static void decode_i8_scalar(const float *qv, const int8_t *k, const int8_t *v, 
 void vx_attn_decode(const float *q, int64_t qsb, const void *k, const void *v, int64_t sb, int64_t sh,
                     float *out, int B, int H, int D, int n, const int32_t *starts, const int32_t *rows,
                     float scale, int kv, int n_threads) {
-    int kv_bf16 = kv == KV_BF16;
 #pragma omp parallel num_threads(n_threads)
     {
         float *p = malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
@@ -286,63 +308,28 @@ void vx_attn_decode(const float *q, int64_t qsb, const void *k, const void *v, i
             int64_t base = (rows ? rows[b] : b) * sb + h * sh;
             int s0 = starts ? starts[b] : 0;
             float *o = out + (int64_t)bh * D;
-            float mx = -INFINITY, sum = 0.f;
             int es = kv == KV_F32 ? 4 : kv == KV_BF16 ? 2 : 1;  /* bytes per element */
-            const char *nk = NULL, *nv = NULL;  /* the next (row, head)'s keys and values */
+            const char *kb = (const char *)k + base * es, *vb = (const char *)v + base * es;
+#ifdef VX_AVX512
+            const char *nk = NULL, *nv = NULL;  /* the next (row, head)'s keys and values: prefetched */
             if (bh + 1 < B * H) {
                 int b1 = (bh + 1) / H, h1 = (bh + 1) % H;
                 int64_t base1 = ((rows ? rows[b1] : b1) * sb + h1 * sh) * es;
                 nk = (const char *)k + base1;
                 nv = (const char *)v + base1;
             }
-            (void)nk, (void)nv;  /* only the AVX-512 kernels prefetch */
-            if (kv == KV_I8) {
-#ifdef VX_AVX512
-                if (D % 16 == 0 && D <= 128) {
-                    decode_i8(qv, (const int8_t *)k + base, (const int8_t *)v + base, D, s0, n, scale, p, o,
-                              (const int8_t *)nk, (const int8_t *)nv);
-                    continue;
-                }
-#endif
-                decode_i8_scalar(qv, (const int8_t *)k + base, (const int8_t *)v + base, D, s0, n, scale, p, o);
+            if (kv == KV_I8 && D % 16 == 0 && D <= 128) {
+                decode_i8(qv, (const int8_t *)kb, (const int8_t *)vb, D, s0, n, scale, p, o,
+                          (const int8_t *)nk, (const int8_t *)nv);
                 continue;
             }
-#ifdef VX_AVX512
-            if (kv_bf16 && D % 32 == 0 && D <= 128) {
-                decode_bf16(qv, (const uint16_t *)k + base, (const uint16_t *)v + base, D, s0, n, scale, p, o,
-                                  (const uint16_t *)nk, (const uint16_t *)nv);
+            if (kv == KV_BF16 && D % 32 == 0 && D <= 128) {
+                decode_bf16(qv, (const uint16_t *)kb, (const uint16_t *)vb, D, s0, n, scale, p, o,
+                            (const uint16_t *)nk, (const uint16_t *)nv);
                 continue;
             }
 #endif
-            for (int s = s0; s < n; s += 4) {
-                int c = n - s < 4 ? n - s : 4;
-                if (kv_bf16)
-                    dot4_bf16(qv, (const uint16_t *)k + base + (int64_t)s * D, D, c, p + s);
-                else
-                    dot4_f32(qv, (const float *)k + base + (int64_t)s * D, D, c, p + s);
-                for (int j = 0; j < c; j++) {
-                    p[s + j] *= scale;
-                    if (p[s + j] > mx) mx = p[s + j];
-                }
-            }
-            for (int s = s0; s < n; s++) {
-                p[s] = expf(p[s] - mx);
-                sum += p[s];
-            }
-            float inv = sum > 0.f ? 1.f / sum : 0.f;
-            for (int d = 0; d < D; d++) o[d] = 0.f;
-            for (int s = s0; s < n; s++) {
-                float w = p[s] * inv;
-                if (kv_bf16) {
-                    const uint16_t *vr = (const uint16_t *)v + base + (int64_t)s * D;
-#pragma omp simd
-                    for (int d = 0; d < D; d++) o[d] += w * bf16f(vr[d]);
-                } else {
-                    const float *vr = (const float *)v + base + (int64_t)s * D;
-#pragma omp simd
-                    for (int d = 0; d < D; d++) o[d] += w * vr[d];
-                }
-            }
+            decode_scalar(qv, kb, vb, kv, D, s0, n, scale, p, o);
         }
         free(p);
     }
