@@ -275,9 +275,10 @@ class VallEX:
             x[b, P - pre[b]:] = torch.cat([self._text_in(r, nar=False), xa])
         pcache = cache[:, :, 0::nb] if nb > 1 else cache
         if stack.decode_step is not None and B > 1:
-            # The int8 decode step is batch-invariant (every row is quantized and attended on its
-            # own); prefilling each request unpadded, in its own slice of the cache, makes a batch
-            # give exactly the one-by-one tokens. The pad slots are never read (key_start).
+            # The fused decode step (int8, bf16) is batch-invariant (every row is quantized,
+            # summed and attended on its own); prefilling each request unpadded, in its own slice
+            # of the cache, makes a batch give exactly the one-by-one tokens. The pad slots are
+            # never read (key_start).
             h = torch.cat([stack.forward_cached(x[b:b + 1, P - pre[b]:], pcache[:, :, b:b + 1, :, P - pre[b]:], 0,
                                                 _prefix_mask([r.L], [pre[b]], pre[b], dev))
                            for b, r in enumerate(reqs)])

@@ -31,8 +31,6 @@ log = logging.getLogger(__name__)
 
 SOURCE_DIR = Path(__file__).with_name("kernels")  # *.c (one shared object) + common.h
 FLAGS = ["-O3", "-fopenmp", "-std=c11", "-shared", "-fPIC"]  # + -march=$VALLEX_KERNEL_MARCH (native)
-DECODE_ROWS = 8  # without the tiled GEMM (no VNNI), vx_linear_i8 takes up to this many rows; more: fbgemm
-FUSED_ROWS = 16  # the fused decode step (no per-op overhead) still wins up to this many rows
 
 _lock = threading.Lock()
 _lib = None
@@ -90,8 +88,12 @@ def _declare(lib) -> None:
     lib.vx_attn_decode.restype = None
     lib.vx_linear_i8.argtypes = [P, L, I, I, P, P, P, P, P, I, I, I, I]
     lib.vx_linear_i8.restype = None
-    lib.vx_decode_i8.argtypes = [P, I, P, I, I, I, I, P, L, L, I, P, P, I]
-    lib.vx_decode_i8.restype = None
+    lib.vx_linear_bf16.argtypes = [P, L, I, I, I, P, P, P, I, I, I, I]
+    lib.vx_linear_bf16.restype = None
+    lib.vx_has_linear_bf16.argtypes = []
+    lib.vx_has_linear_bf16.restype = I
+    lib.vx_decode.argtypes = [P, I, P, I, I, I, I, P, I, L, L, I, P, P, I]
+    lib.vx_decode.restype = None
     lib.vx_kv_quantize.argtypes = [P, L, I, P, I]
     lib.vx_kv_quantize.restype = None
     lib.vx_softmax_bf16.argtypes = [P, L, I, I]
@@ -213,122 +215,6 @@ def attn_full(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
     return out
 
 
-def pack_int8(w: torch.Tensor) -> torch.Tensor:
-    """int8 [N, K] -> the layout of vx_linear_i8: [ceil(N/32) * 2, ceil(K/4), 16, 4], zero-padded
-    (4 consecutive k of 16 output rows per 64 bytes; N padded to whole 32-row panels)."""
-    n, k = w.shape
-    n32, k4 = -(-n // 32) * 32, -(-k // 4) * 4
-    wp = torch.zeros(n32, k4, dtype=torch.int8)
-    wp[:n, :k] = w
-    return wp.view(n32 // 16, 16, k4 // 4, 4).permute(0, 2, 1, 3).contiguous()
-
-
-def _pad32(t: torch.Tensor) -> torch.Tensor:
-    n = t.shape[0]
-    out = torch.zeros(-(-n // 32) * 32, dtype=t.dtype)
-    out[:n] = t
-    return out
-
-
 def gemm_available() -> bool:
     """Whether vx_linear_i8 takes any number of rows (its tiled AVX-512 VNNI path)."""
     return _lib is not None and bool(_lib.vx_has_gemm_i8())
-
-
-class Int8Linear(torch.nn.Module):
-    """An int8 Linear over vx_linear_i8, made from a dynamically quantized fbgemm Linear (same
-    int8 weights). With the tiled GEMM (AVX-512 VNNI) it takes any number of rows and the fbgemm
-    module is dropped; without it, more than DECODE_ROWS rows go to the fbgemm module."""
-
-    def __init__(self, dyn: torch.nn.Module):
-        super().__init__()
-        qw, bias = dyn._packed_params._weight_bias()
-        if qw.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
-            scales = qw.q_per_channel_scales().float()
-            zps = qw.q_per_channel_zero_points()
-        else:
-            scales = torch.full((qw.shape[0],), qw.q_scale(), dtype=torch.float32)
-            zps = torch.full((qw.shape[0],), qw.q_zero_point())
-        if bool((zps != 0).any()):
-            raise ValueError("vx_linear_i8 needs symmetric int8 weights")
-        w = qw.int_repr()
-        n, k = w.shape
-        self.in_features, self.out_features = int(k), int(n)
-        self.dyn = None if gemm_available() else dyn
-        self.register_buffer("w", pack_int8(w))
-        self.register_buffer("scale", _pad32(scales.float()))
-        self.register_buffer("rowsum", _pad32(w.sum(1, dtype=torch.int32)))
-        self.register_buffer("b", None if bias is None else _pad32(bias.detach().float()))
-
-    def forward(self, x: torch.Tensor, relu: bool = False, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """out_dtype: float32, or bfloat16 (rounded in the kernel: the NAR's attention input)."""
-        if out_dtype not in (torch.float32, torch.bfloat16):
-            raise ValueError(f"out_dtype {out_dtype}: float32 or bfloat16")
-        shape = x.shape
-        rows = x.numel() // shape[-1]
-        if self.dyn is not None and (rows > DECODE_ROWS or x.dtype != torch.float32):
-            y = self.dyn(x)
-            y = torch.relu_(y) if relu else y
-            return y if out_dtype == torch.float32 else y.to(out_dtype)
-        x2 = x.reshape(rows, shape[-1])
-        if x2.dtype != torch.float32:
-            x2 = x2.float()
-        if x2.stride(1) != 1:
-            x2 = x2.contiguous()
-        y = torch.empty(rows, self.out_features, dtype=out_dtype)
-        _lib.vx_linear_i8(x2.data_ptr(), x2.stride(0), rows, self.in_features, self.w.data_ptr(),
-                          self.scale.data_ptr(), self.rowsum.data_ptr(), _ptr(self.b), y.data_ptr(),
-                          self.out_features, int(relu), int(out_dtype == torch.bfloat16), torch.get_num_threads())
-        return y.view(*shape[:-1], self.out_features)
-
-
-class _QLinear(ctypes.Structure):
-    _fields_ = [("w", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("rowsum", ctypes.c_void_p),
-                ("bias", ctypes.c_void_p), ("n", ctypes.c_int), ("k", ctypes.c_int)]
-
-
-class _QLayer(ctypes.Structure):
-    _fields_ = [("ln1_w", ctypes.c_void_p), ("ln1_b", ctypes.c_void_p), ("ln2_w", ctypes.c_void_p),
-                ("ln2_b", ctypes.c_void_p), ("qkv", _QLinear), ("out", _QLinear), ("ff1", _QLinear),
-                ("ff2", _QLinear)]
-
-
-class Int8DecodeStep:
-    """The int8 AR stack's whole decode step (all layers, one new position per row) as one call
-    of vx_decode_i8: the per-op path spends ~3 ms a step in Python and op dispatch, as long as
-    the attention itself. Holds pointers into the stack's tensors, so it lives as long as they do."""
-
-    def __init__(self, stack):
-        def lin(m: Int8Linear) -> _QLinear:
-            return _QLinear(m.w.data_ptr(), m.scale.data_ptr(), m.rowsum.data_ptr(), _ptr(m.b) or 0,
-                            m.out_features, m.in_features)
-
-        layers = []
-        for layer in stack.layers:
-            n1, n2 = layer.norm1, layer.norm2
-            layers.append(_QLayer(n1.weight.data_ptr(), n1.bias.data_ptr(), n2.weight.data_ptr(),
-                                  n2.bias.data_ptr(), lin(layer.qkv), lin(layer.out), lin(layer.ff1),
-                                  lin(layer.ff2)))
-        self.layers = (_QLayer * len(layers))(*layers)
-        self.n_layers, self.d, self.h = len(layers), stack.d, stack.h
-        self.d_ff = stack.layers[0].ff1.out_features
-        self._keep = stack  # the pointers above are into its tensors
-
-    def __call__(self, x: torch.Tensor, cache: torch.Tensor, slot: int, starts: torch.Tensor | None,
-                 rows: torch.Tensor | None = None) -> torch.Tensor:
-        """x: float32 [B, D] (the new position's input); cache: int8 rows [L, 2, R, H, Smax, hd + 4],
-        contiguous; rows: None (R == B), or int32 [B], the cache row of each row of x (a batch
-        whose finished rows were dropped: nothing is copied). Returns the residual stream after
-        the last layer, [B, D] (not normed)."""
-        x = x.contiguous().clone()
-        B = x.shape[0]
-        if rows is None and cache.shape[2] != B:
-            raise ValueError(f"{B} rows against a cache of {cache.shape[2]} and no row map")
-        if rows is not None:
-            rows = rows.to(torch.int32).contiguous()
-            if rows.shape != (B,) or int(rows.min()) < 0 or int(rows.max()) >= cache.shape[2]:
-                raise ValueError(f"row map {rows.tolist()} does not fit {B} rows and a cache of {cache.shape[2]}")
-        _lib.vx_decode_i8(ctypes.byref(self.layers), self.n_layers, x.data_ptr(), B, self.d, self.h,
-                          self.d_ff, cache.data_ptr(), cache.shape[2], cache.shape[4], int(slot), _ptr(starts),
-                          _ptr(rows), torch.get_num_threads())
-        return x

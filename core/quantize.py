@@ -23,7 +23,7 @@ import warnings
 import torch
 from torch import nn
 
-from core import native
+from core import native, native_linear
 
 INT8_BACKENDS = ("int8-dynamic", "int8-weight", "int8-torchao")
 DEFAULT_INT8 = "int8-dynamic"
@@ -223,12 +223,17 @@ def apply_precision(core, dtype: torch.dtype, quantize: str | None, device, mmap
 
     if quantize is None:
         pack = device.type == "cpu" and packing_available(dtype)
+        # bf16 on a CPU with AVX-512 BF16: the native Linear (one packed copy for the decode step's
+        # GEMV and the prefill's / NAR's GEMM, batch-invariant) and the AR's fused decode step
+        own = (dtype == torch.bfloat16 and device.type == "cpu" and native.available()
+               and native_linear.bf16_available())
         for stack in (core.ar, core.nar):
             for layer, name in _linears(stack):
                 lin = getattr(layer, name)
-                if pack:
+                if own or pack:
                     src = lin.weight
-                    setattr(layer, name, PackedLinear(src, lin.bias, dtype))
+                    setattr(layer, name, native_linear.Bf16Linear(src, lin.bias) if own
+                            else PackedLinear(src, lin.bias, dtype))
                     if mmapped:
                         release_pages(src)
                     if name == "ff2":
@@ -242,6 +247,8 @@ def apply_precision(core, dtype: torch.dtype, quantize: str | None, device, mmap
                 layer.act_dtype = dtype
             if dtype != torch.float32:
                 _use_native(stack, device)
+            if own and stack is core.ar:
+                stack.decode_step = native_linear.DecodeStep(stack)  # over the bf16 cache
         return
 
     if quantize not in INT8_BACKENDS:
@@ -275,10 +282,10 @@ def apply_precision(core, dtype: torch.dtype, quantize: str | None, device, mmap
                 # With that GEMM the fbgemm modules are dropped; without it the AR keeps them for
                 # its prefill (one more int8 copy) and the NAR stays on fbgemm.
                 for layer, name in _linears(stack):
-                    setattr(layer, name, native.Int8Linear(getattr(layer, name)))
+                    setattr(layer, name, native_linear.Int8Linear(getattr(layer, name)))
                 trim_heap()
                 if stack is core.ar:
-                    stack.decode_step = native.Int8DecodeStep(stack)
+                    stack.decode_step = native_linear.DecodeStep(stack)
                     stack.kv_dtype = torch.int8  # int8 rows: half the bytes a decode step streams
     elif quantize == "int8-weight":
         act = torch.bfloat16 if dtype == torch.float32 else dtype

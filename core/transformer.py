@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core import native
+from core.native_linear import FUSED_ROWS, NativeLinear
 
 LN_EPS = 1e-5
 
@@ -148,7 +149,7 @@ class Stack(nn.Module):
         # bf16 / int8 modes on the CPU (set by core.quantize): the one-row decode step uses the
         # kernels of core/native.py and full attention runs as bf16 matmuls (float32 softmax).
         self.fast_cpu = False
-        self.decode_step = None  # int8 mode: core.native.Int8DecodeStep, the whole step in one call
+        self.decode_step = None  # int8 / bf16 modes: core.native_linear.DecodeStep, the whole step in one call
 
     # -- helpers ----------------------------------------------------------------------------------
     def _norm(self, norm, x, stage):
@@ -172,7 +173,7 @@ class Stack(nn.Module):
         step, which gets it instead of `mask`."""
         B, S, _ = h.shape
         at = self.attn_dtype
-        if self.fast_cpu and S > 1 and at == torch.bfloat16 and isinstance(layer.qkv, native.Int8Linear):
+        if self.fast_cpu and S > 1 and at == torch.bfloat16 and isinstance(layer.qkv, NativeLinear):
             qkv = layer.qkv(h, out_dtype=torch.bfloat16)  # rounded in the GEMM: no conversion pass
         else:
             qkv = layer.qkv(h)
@@ -221,7 +222,7 @@ class Stack(nn.Module):
         return layer.out(o if o.dtype == self.act_dtype else o.to(self.act_dtype))
 
     def _ffn(self, layer: Layer, h):
-        if isinstance(layer.ff1, native.Int8Linear):
+        if isinstance(layer.ff1, NativeLinear):  # ReLU in the kernel
             return layer.ff2(layer.ff1(h, relu=True))
         return layer.ff2(torch.relu_(layer.ff1(h)))
 
@@ -229,8 +230,8 @@ class Stack(nn.Module):
     def fused_decode(self, cache: torch.Tensor, rows: int) -> bool:
         """Whether a one-position step of `rows` rows over `cache` runs as one native call (which
         can also take a row map into the cache: see forward_cached)."""
-        return (self.decode_step is not None and rows <= native.FUSED_ROWS
-                and cache.dtype == torch.int8 and cache.is_contiguous())
+        return (self.decode_step is not None and rows <= FUSED_ROWS
+                and cache.dtype == self.decode_step.kv_dtype and cache.is_contiguous())
 
     def forward_cached(self, x: torch.Tensor, cache: torch.Tensor, start: int, mask,
                        key_start: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:

@@ -11,12 +11,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core import native
+from core import native, native_linear
 from core.lm import LMRequest, VallEX
 from core.sampling import Sampling
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_native = pytest.mark.skipif(not native.available(), reason=f"no native kernels: {native.why_unavailable()}")
+needs_bf16 = pytest.mark.skipif(not native_linear.bf16_available(), reason="no AVX-512 BF16 kernels")
+# the modes with a fused decode step: int8 (int8 cache), bf16 (bf16 cache, where AVX-512 BF16 runs)
+FUSED_MODES = ["int8", pytest.param("bf16", marks=needs_bf16)]
 
 
 def _sdpa_reference(q, k, v, n, starts):
@@ -214,8 +217,8 @@ def _int8_linear(K, N, seed=0):
 @pytest.mark.parametrize("K, N", [(1024, 96), (100, 37), (24, 72), (320, 5)])
 def test_int8_decode_linear_close_to_float(K, N):
     lin, dyn = _int8_linear(K, N)
-    m = native.Int8Linear(dyn)
-    for rows in (1, 2, 3, native.DECODE_ROWS):
+    m = native_linear.Int8Linear(dyn)
+    for rows in (1, 2, 3, native_linear.DECODE_ROWS):
         x = torch.randn(rows, 1, K)
         want = lin(x)
         got = m(x)
@@ -226,7 +229,7 @@ def test_int8_decode_linear_close_to_float(K, N):
         assert torch.equal(m(x, out_dtype=torch.bfloat16), got.bfloat16())  # rounded in the kernel
     with pytest.raises(ValueError, match="float32 or bfloat16"):
         m(x, out_dtype=torch.float16)
-    x = torch.randn(native.DECODE_ROWS + 3, K)
+    x = torch.randn(native_linear.DECODE_ROWS + 3, K)
     if not native.gemm_available():  # more rows than the decode step has: fbgemm, exactly
         assert torch.equal(m(x), dyn(x))
 
@@ -239,7 +242,7 @@ def test_int8_gemm_many_rows(K, N):
     each row's result bit-identical to that row alone (few-row path), whatever the row count,
     including the tile remainders, a partial last panel, K not a multiple of 4 and K split in passes."""
     lin, dyn = _int8_linear(K, N, seed=K + N)
-    m = native.Int8Linear(dyn)
+    m = native_linear.Int8Linear(dyn)
     assert m.dyn is None  # the fbgemm copy is dropped
     for rows in (17, 24, 25, 100):
         x = torch.randn(rows, K)
@@ -261,15 +264,76 @@ def _tiny_int8(golden, name="tiny-b", heads=6):
     return VallEX.from_checkpoint(golden / "model" / name / "checkpoint.pt", n_heads=heads, quantize="int8")
 
 
+def _tiny(golden, mode, name="tiny-b", heads=6):
+    if mode == "int8":
+        return _tiny_int8(golden, name, heads)
+    return VallEX.from_checkpoint(golden / "model" / name / "checkpoint.pt", n_heads=heads, dtype=torch.bfloat16)
+
+
+def _random_cache(stack, L, B, smax, g):
+    """A KV cache of the stack's kind filled with random keys / values."""
+    kv = torch.randn(L, 2, B, stack.h, smax, stack.hd, generator=g)
+    return native.kv_quantize(kv) if stack.kv_dtype == torch.int8 else kv.to(stack.kv_dtype)
+
+
+def _bf16_reference(x, w, b, relu=False):
+    """What a bf16 Linear computes: bf16 inputs and weights, exact sums, + bias, rounded to bf16."""
+    y = x.to(torch.bfloat16).double() @ w.to(torch.bfloat16).double().T + b.to(torch.bfloat16).double()
+    return (y.clamp(min=0) if relu else y).float().to(torch.bfloat16)
+
+
+@needs_bf16
+@pytest.mark.parametrize("K, N", [(1024, 96), (100, 37), (71, 40), (2100, 48), (24, 72)])
+def test_bf16_linear_is_a_bf16_linear_and_row_invariant(K, N):
+    """Close to torch's bf16 Linear (float32 sums: within one bf16 rounding step of the exact
+    sum), and each row's result bit-identical whatever rows come with it: 1..16 rows (GEMV), more
+    (tiled GEMM, its tile remainders, a partial last panel, odd K, K split in passes)."""
+    g = torch.Generator().manual_seed(K + N)
+    w, b = torch.randn(N, K, generator=g) * K ** -0.5, torch.randn(N, generator=g)
+    m = native_linear.Bf16Linear(w, b)
+    x = torch.randn(40, K, generator=g)
+    got = m(x)
+    assert got.dtype == torch.bfloat16 and got.shape == (40, N)
+    want = _bf16_reference(x, w, b)
+    step = want.float().abs().clamp(min=1e-3) * 2 ** -7  # one bf16 rounding step
+    assert bool(((got.float() - want.float()).abs() <= step).all())
+    for rows in (1, 3, 16, 17, 29):
+        part = m(x[:rows])
+        assert torch.equal(part, got[:rows]), rows
+        for i in {0, rows // 2, rows - 1}:
+            assert torch.equal(m(x[i:i + 1]), got[i:i + 1]), (rows, i)
+    assert torch.equal(m(x, relu=True), torch.relu(got))
+    assert torch.equal(m(x, out_dtype=torch.float32), got.float())  # the same bf16 values
+    assert torch.equal(m(x.to(torch.bfloat16)), got)  # float32 input is rounded to bf16 first
+    assert torch.equal(m(x[:5].view(5, 1, K)), got[:5].view(5, 1, N))
+    with pytest.raises(ValueError, match="float32 or bfloat16"):
+        m(x, out_dtype=torch.float16)
+
+
+@needs_bf16
+def test_bf16_mode_runs_on_the_native_linear_and_fused_step(golden):
+    model = _tiny(golden, "bf16")
+    for stack in (model.core.ar, model.core.nar):
+        assert all(isinstance(getattr(layer, n), native_linear.Bf16Linear)
+                   for layer in stack.layers for n in ("qkv", "out", "ff1", "ff2"))
+    ar = model.core.ar
+    assert ar.decode_step is not None and ar.decode_step.kv_dtype == torch.bfloat16 == ar.kv_dtype
+    assert model.core.nar.decode_step is None
+    with pytest.raises(ValueError, match="cache"):
+        ar.decode_step(torch.zeros(1, ar.d), torch.zeros(len(ar.layers), 2, 1, ar.h, 4, ar.hd + 4,
+                                                          dtype=torch.int8), 0, None)
+
+
 @needs_native
+@pytest.mark.parametrize("mode", FUSED_MODES)
 @pytest.mark.parametrize("B", [1, 5, 11])
-def test_fused_int8_decode_step_is_batch_invariant(golden, B):
-    # Rows are quantized, multiplied and attended one by one, so a batch (B=11: more rows than
-    # one kernel pass takes) gives each row exactly what it gets alone.
-    stack = _tiny_int8(golden).core.ar
-    L, H, hd, smax, slot = len(stack.layers), stack.h, stack.hd, 20, 11
+def test_fused_decode_step_is_batch_invariant(golden, mode, B):
+    # Rows are quantized (int8), multiplied and attended one by one, so a batch (B=11: more rows
+    # than one int8 kernel pass takes) gives each row exactly what it gets alone.
+    stack = _tiny(golden, mode).core.ar
+    L, smax, slot = len(stack.layers), 20, 11
     g = torch.Generator().manual_seed(2)
-    cache = native.kv_quantize(torch.randn(L, 2, B, H, smax, hd, generator=g))
+    cache = _random_cache(stack, L, B, smax, g)
     x = torch.randn(B, 1, stack.d, generator=g)
     starts = torch.tensor([(3 * b) % 10 for b in range(B)], dtype=torch.int32)
     with torch.inference_mode():
@@ -280,13 +344,14 @@ def test_fused_int8_decode_step_is_batch_invariant(golden, B):
 
 
 @needs_native
-def test_fused_int8_decode_step_row_map(golden):
+@pytest.mark.parametrize("mode", FUSED_MODES)
+def test_fused_decode_step_row_map(golden, mode):
     # A batch whose finished rows were dropped: the live rows name their cache rows, and get
     # exactly what a compacted cache gives; the other cache rows are not touched.
-    stack = _tiny_int8(golden).core.ar
-    L, H, hd, smax, slot, R = len(stack.layers), stack.h, stack.hd, 20, 11, 6
+    stack = _tiny(golden, mode).core.ar
+    L, smax, slot, R = len(stack.layers), 20, 11, 6
     g = torch.Generator().manual_seed(3)
-    cache = native.kv_quantize(torch.randn(L, 2, R, H, smax, hd, generator=g))
+    cache = _random_cache(stack, L, R, smax, g)
     live = torch.tensor([1, 4, 5], dtype=torch.int32)
     x = torch.randn(3, 1, stack.d, generator=g)
     starts = torch.tensor([2, 0, 7], dtype=torch.int32)
@@ -303,10 +368,11 @@ def test_fused_int8_decode_step_row_map(golden):
 
 
 @needs_native
-def test_int8_batch_with_rows_ending_apart_matches_one_by_one(golden):
+@pytest.mark.parametrize("mode", FUSED_MODES)
+def test_batch_with_rows_ending_apart_matches_one_by_one(golden, mode):
     # Different text lengths give different frame caps: rows finish at different steps and are
     # dropped through the row map; every sentence still gets its one-by-one tokens.
-    model = _tiny_int8(golden)
+    model = _tiny(golden, mode)
     s = Sampling(top_k=1, guards=False)
     g = torch.Generator().manual_seed(4)
     prompt = torch.randint(0, 1024, (6, 8), generator=g)
@@ -317,6 +383,30 @@ def test_int8_batch_with_rows_ending_apart_matches_one_by_one(golden):
     assert len({g.codes.shape[0] for g in one}) > 1
     for a, b in zip(one, batch):
         assert torch.equal(a.codes, b.codes)
+
+
+@needs_native
+@needs_bf16
+@pytest.mark.parametrize("name, heads, B", [("tiny-a", 4, 3), ("tiny-b", 6, 3)])
+def test_fused_bf16_decode_step_matches_per_op_path(golden, name, heads, B):
+    model = _tiny(golden, "bf16", name, heads)
+    stack = model.core.ar
+    L, smax, slot = len(stack.layers), 20, 11
+    g = torch.Generator().manual_seed(1)
+    cache = _random_cache(stack, L, B, smax, g)
+    x = torch.randn(B, 1, stack.d, generator=g)
+    starts = torch.tensor([0, 4, 9] * (B // 3) + [0] * (B % 3), dtype=torch.int32)
+    c1, c2 = cache.clone(), cache.clone()
+    with torch.inference_mode():
+        fused = stack.forward_cached(x, c1, slot, None, starts)
+        step, stack.decode_step = stack.decode_step, None
+        try:
+            per_op = stack.forward_cached(x, c2, slot, None, starts)
+        finally:
+            stack.decode_step = step
+    torch.testing.assert_close(fused, per_op, rtol=2e-2, atol=2e-2)  # bf16 roundings of two layer norms
+    torch.testing.assert_close(c1.float(), c2.float(), rtol=2e-2, atol=2e-2)
+    assert torch.equal(c1[:, :, :, :, :slot], cache[:, :, :, :, :slot])  # earlier slots untouched
 
 
 @needs_native
@@ -407,7 +497,7 @@ def test_kernels_are_built_once_into_the_cache(tmp_path):
 
 _PORTABLE_CHECK = """
 import torch, warnings
-from core import native
+from core import native, native_linear
 assert native.available(), native.why_unavailable()
 torch.manual_seed(0)
 q = torch.randn(2, 3, 20); k = torch.randn(2, 3, 30, 20).bfloat16(); v = torch.randn(2, 3, 30, 20).bfloat16()
@@ -422,11 +512,11 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     dyn = quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)[0]
 x = torch.randn(3, 70)
-assert not native.gemm_available()
-m = native.Int8Linear(dyn)
+assert not native.gemm_available() and not native_linear.bf16_available()
+m = native_linear.Int8Linear(dyn)
 err = (m(x) - lin(x)).abs().max() / lin(x).abs().max()
 assert err < 0.03, err
-x = torch.randn(native.DECODE_ROWS + 5, 70)
+x = torch.randn(native_linear.DECODE_ROWS + 5, 70)
 assert m.dyn is not None and torch.equal(m(x), dyn(x))  # many rows: fbgemm without the VNNI GEMM
 s = (torch.randn(4, 21) * 4).bfloat16(); s[1, :9] = float("-inf"); s[2] = float("-inf")
 want = torch.softmax(s.float(), -1).nan_to_num(0.0)
@@ -439,30 +529,37 @@ got = native.attn_decode(q, k8, v8, 25, None, 0.125)
 want = torch.nn.functional.scaled_dot_product_attention(q[:, :, None], native.kv_dequantize(k8)[:, :, :25],
                                                         native.kv_dequantize(v8)[:, :, :25], scale=0.125)[:, :, 0]
 torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+import os
+from core.lm import VallEX
+model = VallEX.from_checkpoint(os.environ["VALLEX_TINY"], n_heads=6, dtype=torch.bfloat16)  # oneDNN's bf16 Linear
+assert model.core.ar.decode_step is None and model.core.ar.kv_dtype == torch.bfloat16
+assert model.generate_ar([5, 6, 7], [0, 0, 0], 1, torch.zeros(4, 8, dtype=torch.long)).dtype == torch.long
 print("portable ok")
 """
 
 
 @needs_native
-def test_portable_build_without_avx512_is_correct(tmp_path):
+def test_portable_build_without_avx512_is_correct(golden, tmp_path):
     # CPUs without AVX-512 VNNI get the plain-C loops of core/kernels/: build them for a baseline x86-64.
-    env = dict(os.environ, VALLEX_KERNEL_CACHE=str(tmp_path / "k"), VALLEX_KERNEL_MARCH="x86-64-v2")
+    env = dict(os.environ, VALLEX_KERNEL_CACHE=str(tmp_path / "k"), VALLEX_KERNEL_MARCH="x86-64-v2",
+               VALLEX_TINY=str(golden / "model" / "tiny-b" / "checkpoint.pt"))
     p = subprocess.run([sys.executable, "-c", _PORTABLE_CHECK], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=300)
     assert p.returncode == 0 and "portable ok" in p.stdout, p.stderr[-2000:]
 
 
 @needs_native
+@pytest.mark.parametrize("mode", FUSED_MODES)
 @pytest.mark.parametrize("sampling", [Sampling(top_k=1, max_frames=20), Sampling(top_k=8, temperature=0.9, seed=11,
                                                                                  max_frames=20)])
-def test_int8_batch_gives_the_one_by_one_tokens(golden, sampling):
+def test_batch_gives_the_one_by_one_tokens(golden, mode, sampling):
     # Per-request prefill + a batch-invariant decode step: each sentence of a batch gets exactly
     # the tokens it gets alone (request i samples with seed + i, as documented).
     import dataclasses
 
     from core.lm import LMRequest
 
-    model = _tiny_int8(golden)
+    model = _tiny(golden, mode)
     g = torch.Generator().manual_seed(4)
     prompt = torch.randint(0, 1024, (9, 8), generator=g)
     reqs = [LMRequest(torch.randint(5, 70, (n,), generator=g), torch.zeros(n, dtype=torch.long), 2, prompt)
@@ -484,7 +581,7 @@ def test_int8_kv_cache_in_every_ar_path(golden):
     assert model.core.nar.kv_dtype == torch.bfloat16  # no cache in the NAR
     g = torch.Generator().manual_seed(6)
     prompt = torch.randint(0, 1024, (5, 8), generator=g)
-    n_req = native.FUSED_ROWS + 2
+    n_req = native_linear.FUSED_ROWS + 2
     reqs = [LMRequest(torch.randint(5, 60, (4,), generator=g), torch.zeros(4, dtype=torch.long), 1, prompt)
             for _ in range(n_req)]
     s = Sampling(top_k=1, guards=False, max_frames=12)
@@ -496,6 +593,22 @@ def test_int8_kv_cache_in_every_ar_path(golden):
     beams = model.generate_ar(reqs[0].text_ids, reqs[0].text_langs, 1, prompt,
                               sampling=Sampling(seed=3, best_of=3, max_frames=10))
     assert 0 < beams.numel() <= 10
+
+
+@needs_bf16
+def test_bf16_batch_beyond_the_fused_rows_matches_one_by_one(golden):
+    # More rows than the fused step takes: the per-op step with the same row-invariant Linear
+    # layers, one by one fused: the same tokens.
+    model = _tiny(golden, "bf16")
+    g = torch.Generator().manual_seed(6)
+    prompt = torch.randint(0, 1024, (5, 8), generator=g)
+    reqs = [LMRequest(torch.randint(5, 60, (4,), generator=g), torch.zeros(4, dtype=torch.long), 1, prompt)
+            for _ in range(native_linear.FUSED_ROWS + 2)]
+    s = Sampling(top_k=1, guards=False, max_frames=12)
+    batch = model.generate_batch(reqs, s)
+    for r, b in zip(reqs, batch):
+        assert torch.equal(model.generate(r.text_ids, r.text_langs, r.prompt_text_len, r.prompt_codes, s).codes,
+                           b.codes)
 
 
 @needs_native

@@ -1,13 +1,17 @@
-/* The int8 AR's whole decode step in one call: the per-op path spends ~3 ms a step in Python and
-op dispatch, as long as the attention itself. */
+/* The AR's whole decode step in one call, for the int8 mode (int8 Linear layers, int8 KV cache)
+and the bf16 mode (bf16 Linear layers, bf16 KV cache): the per-op path spends ~3 ms a step in
+Python and op dispatch, as long as the attention itself. */
 #include "common.h"
 
+#define LIN_I8 0   /* vx_linear_i8: packed int8 weights, per-channel scales, row sums */
+#define LIN_BF16 1 /* vx_linear_bf16: packed bf16 weights; outputs rounded to bf16 */
+
 typedef struct {
-    const int8_t *w;
-    const float *scale;
-    const int32_t *rowsum;
+    const void *w;
+    const float *scale;    /* int8 only */
+    const int32_t *rowsum; /* int8 only */
     const float *bias;
-    int n, k;
+    int n, k, kind;
 } vx_qlinear;
 
 typedef struct {
@@ -25,38 +29,48 @@ static void layer_norm(const float *x, const float *w, const float *b, float *y,
 }
 
 static void qlin(const vx_qlinear *l, const float *x, int M, float *y, int relu, int nt) {
-    vx_linear_i8(x, l->k, M, l->k, l->w, l->scale, l->rowsum, l->bias, y, l->n, relu, 0, nt);
+    if (l->kind == LIN_BF16)
+        vx_linear_bf16(x, l->k, 0, M, l->k, l->w, l->bias, y, l->n, relu, 0, nt);
+    else
+        vx_linear_i8(x, l->k, M, l->k, l->w, l->scale, l->rowsum, l->bias, y, l->n, relu, 0, nt);
 }
 
 /* x: the residual stream [B, D] of the new position, updated in place through all layers (the
-   final norm is left to the caller). cache: int8 rows [L, 2, cache_rows, H, smax, D/H + 4]; row b's new
-   k, v go to cache row rows[b] (rows NULL: b), at `slot`, and its query attends to keys
-   [starts[b], slot]. Same arithmetic as the per-op path (pre-LN, eps 1e-5, int8 Linear layers,
-   int8 KV cache, float32 softmax). */
-void vx_decode_i8(const vx_qlayer *layers, int n_layers, float *x, int B, int D, int H, int d_ff,
-                  int8_t *cache, int64_t cache_rows, int64_t smax, int slot, const int32_t *starts,
-                  const int32_t *rows, int n_threads) {
-    int hd = D / H;
+   final norm is left to the caller). cache: [L, 2, cache_rows, H, smax, row] of int8 rows (kv
+   KV_I8, row D/H + 4 bytes) or bf16 (KV_BF16, row D/H); row b's new k, v go to cache row rows[b]
+   (rows NULL: b), at `slot`, and its query attends to keys [starts[b], slot]. Same arithmetic as
+   the per-op path (pre-LN, eps 1e-5, the mode's Linear layers and cache, float32 softmax). */
+void vx_decode(const vx_qlayer *layers, int n_layers, float *x, int B, int D, int H, int d_ff, void *cache,
+               int kv, int64_t cache_rows, int64_t smax, int slot, const int32_t *starts, const int32_t *rows,
+               int n_threads) {
+    int hd = D / H, es = kv == KV_I8 ? 1 : 2;  /* bytes per cache element */
     float *h = malloc(sizeof(float) * (size_t)B * D);
     float *qkv = malloc(sizeof(float) * (size_t)B * 3 * D);
     float *att = malloc(sizeof(float) * (size_t)B * D);
     float *tmp = malloc(sizeof(float) * (size_t)B * (d_ff > D ? d_ff : D));
     float *o = malloc(sizeof(float) * (size_t)B * D);
-    int64_t sh = smax * (hd + 4), sb = (int64_t)H * sh, skv = cache_rows * sb;
+    int64_t row = kv == KV_I8 ? hd + 4 : hd, sh = smax * row, sb = (int64_t)H * sh, skv = cache_rows * sb;
     for (int i = 0; i < n_layers; i++) {
         const vx_qlayer *L = layers + i;
-        int8_t *kc = cache + (int64_t)(2 * i) * skv, *vc = kc + skv;
+        char *kc = (char *)cache + (int64_t)(2 * i) * skv * es, *vc = kc + skv * es;
         for (int b = 0; b < B; b++) layer_norm(x + (int64_t)b * D, L->ln1_w, L->ln1_b, h + (int64_t)b * D, D);
         qlin(&L->qkv, h, B, qkv, 0, n_threads);
         for (int b = 0; b < B; b++)
             for (int hh = 0; hh < H; hh++) {
                 const float *kr = qkv + (int64_t)b * 3 * D + D + hh * hd, *vr = kr + D;
-                int64_t at = (rows ? rows[b] : b) * sb + hh * sh + (int64_t)slot * (hd + 4);
-                vx_kv_put_i8(kr, hd, kc + at);
-                vx_kv_put_i8(vr, hd, vc + at);
+                int64_t at = ((rows ? rows[b] : b) * sb + hh * sh + (int64_t)slot * row) * es;
+                if (kv == KV_I8) {
+                    vx_kv_put_i8(kr, hd, (int8_t *)(kc + at));
+                    vx_kv_put_i8(vr, hd, (int8_t *)(vc + at));
+                } else {  /* bf16 values already (the Linear rounds): exact */
+                    for (int d = 0; d < hd; d++) {
+                        ((uint16_t *)(kc + at))[d] = f32_bf16(kr[d]);
+                        ((uint16_t *)(vc + at))[d] = f32_bf16(vr[d]);
+                    }
+                }
             }
         vx_attn_decode(qkv, 3 * D, kc, vc, sb, sh, att, B, H, hd, slot + 1, starts, rows, 1.f / sqrtf((float)hd),
-                       KV_I8, n_threads);
+                       kv, n_threads);
         qlin(&L->out, att, B, o, 0, n_threads);
         for (int64_t j = 0; j < (int64_t)B * D; j++) x[j] += o[j];
         for (int b = 0; b < B; b++) layer_norm(x + (int64_t)b * D, L->ln2_w, L->ln2_b, h + (int64_t)b * D, D);

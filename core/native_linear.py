@@ -1,0 +1,217 @@
+"""The Linear layers of the reduced-precision modes over the native kernels (core/kernels/), and
+the AR's fused decode step that chains them.
+
+- Int8Linear (int8 mode): per-channel int8 weights, each activation row quantized on the fly
+  (vx_linear_i8, AVX-512 VNNI).
+- Bf16Linear (bf16 mode): bf16 weights, bf16 activations, float32 sums (vx_linear_bf16, AVX-512
+  BF16). On this CPU class its one-row GEMV reads the weights at ~30 GB/s against ~16-18 for
+  oneDNN's, and its GEMM runs at oneDNN's speed (~200 G MAC/s on 2 cores).
+- DecodeStep: one decode position of a whole AR stack of either kind in one C call.
+
+Both Linear kinds hold one packed copy of the weights that serves one row and hundreds, and both
+give each output row the same floats whatever rows come with it (a batch decodes exactly like
+one request at a time). `forward(x, relu=False, out_dtype=None)`: ReLU and the output's rounding
+happen in the kernel.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from core import native
+
+DECODE_ROWS = 8  # without the tiled GEMM (no VNNI), vx_linear_i8 takes up to this many rows; more: fbgemm
+FUSED_ROWS = 16  # the fused decode step (no per-op overhead) still wins up to this many rows
+
+
+def _lib():
+    return native.load()
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _pad32(t: torch.Tensor) -> torch.Tensor:
+    n = t.shape[0]
+    out = torch.zeros(-(-n // 32) * 32, dtype=t.dtype)
+    out[:n] = t
+    return out
+
+
+def pack_int8(w: torch.Tensor) -> torch.Tensor:
+    """int8 [N, K] -> the layout of vx_linear_i8: [ceil(N/32) * 2, ceil(K/4), 16, 4], zero-padded
+    (4 consecutive k of 16 output rows per 64 bytes; N padded to whole 32-row panels)."""
+    n, k = w.shape
+    n32, k4 = -(-n // 32) * 32, -(-k // 4) * 4
+    wp = torch.zeros(n32, k4, dtype=torch.int8)
+    wp[:n, :k] = w
+    return wp.view(n32 // 16, 16, k4 // 4, 4).permute(0, 2, 1, 3).contiguous()
+
+
+def pack_bf16(w: torch.Tensor) -> torch.Tensor:
+    """[N, K] -> bf16 in the layout of vx_linear_bf16: [ceil(N/32) * 2, ceil(K/2), 16, 2],
+    zero-padded (2 consecutive k of 16 output rows per 64 bytes)."""
+    n, k = w.shape
+    n32, k2 = -(-n // 32) * 32, -(-k // 2) * 2
+    wp = torch.zeros(n32, k2, dtype=torch.bfloat16)
+    wp[:n, :k] = w
+    return wp.view(n32 // 16, 16, k2 // 2, 2).permute(0, 2, 1, 3).contiguous()
+
+
+def bf16_available() -> bool:
+    """Whether vx_linear_bf16 runs here (AVX-512 BF16)."""
+    lib = _lib()
+    return lib is not None and bool(lib.vx_has_linear_bf16())
+
+
+class NativeLinear(torch.nn.Module):
+    """What Int8Linear and Bf16Linear share: sizes, the packed weights `w`, a float32 bias `b`
+    padded to 32, the kernel's call. The stacks (core/transformer.py) pass relu / out_dtype."""
+
+    kind = -1  # LIN_I8 / LIN_BF16 of core/kernels/decode_step.c
+    out_default = torch.float32
+
+    def _rows(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        return (x2 if x2.stride(1) == 1 else x2.contiguous()), shape
+
+    def _out(self, rows: int, out_dtype) -> torch.Tensor:
+        out_dtype = out_dtype or self.out_default
+        if out_dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"out_dtype {out_dtype}: float32 or bfloat16")
+        return torch.empty(rows, self.out_features, dtype=out_dtype)
+
+    def c_struct(self) -> "_QLinear":
+        scale, rowsum = getattr(self, "scale", None), getattr(self, "rowsum", None)
+        return _QLinear(self.w.data_ptr(), _ptr(scale) or 0, _ptr(rowsum) or 0, _ptr(self.b) or 0,
+                        self.out_features, self.in_features, self.kind)
+
+
+class Int8Linear(NativeLinear):
+    """An int8 Linear over vx_linear_i8, made from a dynamically quantized fbgemm Linear (same
+    int8 weights). With the tiled GEMM (AVX-512 VNNI) it takes any number of rows and the fbgemm
+    module is dropped; without it, more than DECODE_ROWS rows go to the fbgemm module."""
+
+    kind = 0
+
+    def __init__(self, dyn: torch.nn.Module):
+        super().__init__()
+        qw, bias = dyn._packed_params._weight_bias()
+        if qw.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+            scales = qw.q_per_channel_scales().float()
+            zps = qw.q_per_channel_zero_points()
+        else:
+            scales = torch.full((qw.shape[0],), qw.q_scale(), dtype=torch.float32)
+            zps = torch.full((qw.shape[0],), qw.q_zero_point())
+        if bool((zps != 0).any()):
+            raise ValueError("vx_linear_i8 needs symmetric int8 weights")
+        w = qw.int_repr()
+        n, k = w.shape
+        self.in_features, self.out_features = int(k), int(n)
+        self.dyn = None if native.gemm_available() else dyn
+        self.register_buffer("w", pack_int8(w))
+        self.register_buffer("scale", _pad32(scales.float()))
+        self.register_buffer("rowsum", _pad32(w.sum(1, dtype=torch.int32)))
+        self.register_buffer("b", None if bias is None else _pad32(bias.detach().float()))
+
+    def forward(self, x: torch.Tensor, relu: bool = False, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """out_dtype: float32 (default), or bfloat16 (rounded in the kernel: the NAR's attention input)."""
+        x2, shape = self._rows(x)
+        y = self._out(x2.shape[0], out_dtype)
+        if self.dyn is not None and (x2.shape[0] > DECODE_ROWS or x.dtype != torch.float32):
+            r = self.dyn(x2)
+            y.copy_(torch.relu_(r) if relu else r)
+        else:
+            x2 = x2 if x2.dtype == torch.float32 else x2.float()
+            _lib().vx_linear_i8(x2.data_ptr(), x2.stride(0), x2.shape[0], self.in_features, self.w.data_ptr(),
+                                self.scale.data_ptr(), self.rowsum.data_ptr(), _ptr(self.b), y.data_ptr(),
+                                self.out_features, int(relu), int(y.dtype == torch.bfloat16),
+                                torch.get_num_threads())
+        return y.view(*shape[:-1], self.out_features)
+
+
+class Bf16Linear(NativeLinear):
+    """A bf16 Linear over vx_linear_bf16: what torch's bf16 Linear computes (bf16 inputs and
+    weights, float32 sums, + bias, rounded to bf16), with the sums in a fixed order per output.
+    Needs `bf16_available()`."""
+
+    kind = 1
+    out_default = torch.bfloat16
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        n, k = weight.shape
+        self.in_features, self.out_features = int(k), int(n)
+        self.register_buffer("w", pack_bf16(weight.detach().to(torch.bfloat16)))
+        # the bias as the bf16 Linear holds it (bf16), kept as its float32 values
+        self.register_buffer("b", None if bias is None else _pad32(bias.detach().to(torch.bfloat16).float()))
+
+    def forward(self, x: torch.Tensor, relu: bool = False, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """x: float32 or bf16 (float32 is rounded to bf16 first); out_dtype: bfloat16 (default) or
+        float32 (the bf16 values)."""
+        x2, shape = self._rows(x)
+        if x2.dtype not in (torch.float32, torch.bfloat16):
+            x2 = x2.float()
+        y = self._out(x2.shape[0], out_dtype)
+        _lib().vx_linear_bf16(x2.data_ptr(), x2.stride(0), int(x2.dtype == torch.bfloat16), x2.shape[0],
+                              self.in_features, self.w.data_ptr(), _ptr(self.b), y.data_ptr(), self.out_features,
+                              int(relu), int(y.dtype == torch.bfloat16), torch.get_num_threads())
+        return y.view(*shape[:-1], self.out_features)
+
+
+class _QLinear(ctypes.Structure):
+    _fields_ = [("w", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("rowsum", ctypes.c_void_p),
+                ("bias", ctypes.c_void_p), ("n", ctypes.c_int), ("k", ctypes.c_int), ("kind", ctypes.c_int)]
+
+
+class _QLayer(ctypes.Structure):
+    _fields_ = [("ln1_w", ctypes.c_void_p), ("ln1_b", ctypes.c_void_p), ("ln2_w", ctypes.c_void_p),
+                ("ln2_b", ctypes.c_void_p), ("qkv", _QLinear), ("out", _QLinear), ("ff1", _QLinear),
+                ("ff2", _QLinear)]
+
+
+class DecodeStep:
+    """An AR stack's whole decode step (all layers, one new position per row) as one call of
+    vx_decode: the per-op path spends ~3 ms a step in Python and op dispatch, as long as the
+    attention itself. int8 Linear layers run over an int8 KV cache, bf16 ones over a bf16 cache
+    (`kv_dtype`). Holds pointers into the stack's tensors, so it lives as long as they do."""
+
+    def __init__(self, stack):
+        kinds = {type(getattr(layer, n)) for layer in stack.layers for n in ("qkv", "out", "ff1", "ff2")}
+        if kinds not in ({Int8Linear}, {Bf16Linear}):
+            raise ValueError(f"a fused decode step needs one native Linear kind, not {kinds}")
+        self.kv_dtype = torch.int8 if kinds == {Int8Linear} else torch.bfloat16
+        layers = []
+        for layer in stack.layers:
+            n1, n2 = layer.norm1, layer.norm2
+            layers.append(_QLayer(n1.weight.data_ptr(), n1.bias.data_ptr(), n2.weight.data_ptr(),
+                                  n2.bias.data_ptr(), *(getattr(layer, n).c_struct()
+                                                        for n in ("qkv", "out", "ff1", "ff2"))))
+        self.layers = (_QLayer * len(layers))(*layers)
+        self.n_layers, self.d, self.h = len(layers), stack.d, stack.h
+        self.d_ff = stack.layers[0].ff1.out_features
+        self._keep = stack  # the pointers above are into its tensors
+
+    def __call__(self, x: torch.Tensor, cache: torch.Tensor, slot: int, starts: torch.Tensor | None,
+                 rows: torch.Tensor | None = None) -> torch.Tensor:
+        """x: float32 [B, D] (the new position's input); cache: [L, 2, R, H, Smax, row] of kv_dtype
+        (int8 rows: row = hd + 4), contiguous; rows: None (R == B), or int32 [B], the cache row of
+        each row of x (a batch whose finished rows were dropped: nothing is copied). Returns the
+        residual stream after the last layer, [B, D] (not normed)."""
+        if cache.dtype != self.kv_dtype:
+            raise ValueError(f"a {cache.dtype} cache for a step over a {self.kv_dtype} one")
+        x = x.contiguous().clone()
+        B = x.shape[0]
+        if rows is None and cache.shape[2] != B:
+            raise ValueError(f"{B} rows against a cache of {cache.shape[2]} and no row map")
+        if rows is not None:
+            rows = rows.to(torch.int32).contiguous()
+            if rows.shape != (B,) or int(rows.min()) < 0 or int(rows.max()) >= cache.shape[2]:
+                raise ValueError(f"row map {rows.tolist()} does not fit {B} rows and a cache of {cache.shape[2]}")
+        _lib().vx_decode(ctypes.byref(self.layers), self.n_layers, x.data_ptr(), B, self.d, self.h, self.d_ff,
+                         cache.data_ptr(), native.KV_KINDS[cache.dtype], cache.shape[2], cache.shape[4], int(slot),
+                         _ptr(starts), _ptr(rows), torch.get_num_threads())
+        return x
