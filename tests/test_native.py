@@ -319,6 +319,8 @@ def test_bf16_mode_runs_on_the_native_linear_and_fused_step(golden):
     ar = model.core.ar
     assert ar.decode_step is not None and ar.decode_step.kv_dtype == torch.bfloat16 == ar.kv_dtype
     assert model.core.nar.decode_step is None
+    for m in (model, _tiny(golden, "int8")):  # the bf16 output heads of both modes
+        assert all(isinstance(h, native_linear.Bf16Linear) for h in [m.core.ar_head, *m.core.nar_heads])
     with pytest.raises(ValueError, match="cache"):
         ar.decode_step(torch.zeros(1, ar.d), torch.zeros(len(ar.layers), 2, 1, ar.h, 4, ar.hd + 4,
                                                           dtype=torch.int8), 0, None)
