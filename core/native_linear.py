@@ -74,6 +74,11 @@ class NativeLinear(torch.nn.Module):
     out_default = torch.float32
 
     def _rows(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+        # the kernel reads in_features values a row from a CPU pointer: anything else would read
+        # past the tensor
+        if x.device.type != "cpu" or x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"{type(self).__name__}: expected a CPU tensor [..., {self.in_features}], "
+                             f"got {x.device.type} {tuple(x.shape)}")
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         return (x2 if x2.stride(1) == 1 else x2.contiguous()), shape
@@ -203,8 +208,22 @@ class DecodeStep:
         residual stream after the last layer, [B, D] (not normed)."""
         if cache.dtype != self.kv_dtype:
             raise ValueError(f"a {cache.dtype} cache for a step over a {self.kv_dtype} one")
-        x = x.contiguous().clone()
+        hd = self.d // self.h
+        row = hd + 4 if self.kv_dtype == torch.int8 else hd
+        if (cache.dim() != 6 or cache.shape[:2] != (self.n_layers, 2) or cache.shape[3] != self.h
+                or cache.shape[5] != row or not cache.is_contiguous() or cache.device.type != "cpu"):
+            raise ValueError(f"cache {tuple(cache.shape)}: expected a contiguous CPU tensor "
+                             f"[{self.n_layers}, 2, rows, {self.h}, positions, {row}]")
+        if x.dim() != 2 or x.shape[1] != self.d or x.device.type != "cpu":
+            raise ValueError(f"x {tuple(x.shape)}: expected float32 [rows, {self.d}] on the CPU")
+        if not 0 <= int(slot) < cache.shape[4]:
+            raise ValueError(f"slot {slot} is outside the cache's {cache.shape[4]} positions")
+        x = x.float().contiguous().clone()
         B = x.shape[0]
+        if starts is not None:
+            starts = starts.to(torch.int32).contiguous()
+            if starts.shape != (B,) or int(starts.min()) < 0 or int(starts.max()) > int(slot):
+                raise ValueError(f"key starts {starts.tolist()} do not fit {B} rows at slot {slot}")
         if rows is None and cache.shape[2] != B:
             raise ValueError(f"{B} rows against a cache of {cache.shape[2]} and no row map")
         if rows is not None:

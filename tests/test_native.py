@@ -308,6 +308,10 @@ def test_bf16_linear_is_a_bf16_linear_and_row_invariant(K, N):
     assert torch.equal(m(x[:5].view(5, 1, K)), got[:5].view(5, 1, N))
     with pytest.raises(ValueError, match="float32 or bfloat16"):
         m(x, out_dtype=torch.float16)
+    with pytest.raises(ValueError, match=f"\\[..., {K}\\]"):  # a wrong width is never read past
+        m(torch.randn(3, K + 1))
+    with pytest.raises(ValueError, match="CPU tensor"):
+        m(torch.tensor(1.0))
 
 
 @needs_bf16
@@ -321,9 +325,21 @@ def test_bf16_mode_runs_on_the_native_linear_and_fused_step(golden):
     assert model.core.nar.decode_step is None
     for m in (model, _tiny(golden, "int8")):  # the bf16 output heads of both modes
         assert all(isinstance(h, native_linear.Bf16Linear) for h in [m.core.ar_head, *m.core.nar_heads])
+    step, L = ar.decode_step, len(ar.layers)
+    good = torch.zeros(L, 2, 1, ar.h, 4, ar.hd, dtype=torch.bfloat16)
     with pytest.raises(ValueError, match="cache"):
-        ar.decode_step(torch.zeros(1, ar.d), torch.zeros(len(ar.layers), 2, 1, ar.h, 4, ar.hd + 4,
-                                                          dtype=torch.int8), 0, None)
+        step(torch.zeros(1, ar.d), torch.zeros(L, 2, 1, ar.h, 4, ar.hd + 4, dtype=torch.int8), 0, None)
+    # shapes the C step would write or read past: each a clear error, nothing touched
+    for bad in (good[:, :, :, :, :, :-1], good[:-1], good.transpose(4, 5), torch.zeros(2, ar.d, dtype=torch.bfloat16)):
+        with pytest.raises(ValueError, match="cache"):
+            step(torch.zeros(1, ar.d), bad, 0, None)
+    with pytest.raises(ValueError, match="x "):
+        step(torch.zeros(1, ar.d + 1), good, 0, None)
+    with pytest.raises(ValueError, match="slot"):
+        step(torch.zeros(1, ar.d), good, 4, None)
+    with pytest.raises(ValueError, match="key starts"):
+        step(torch.zeros(1, ar.d), good, 2, torch.tensor([3], dtype=torch.int32))
+    assert step(torch.zeros(1, ar.d), good, 3, torch.tensor([0], dtype=torch.int32)).shape == (1, ar.d)
 
 
 @needs_native
@@ -387,15 +403,11 @@ def test_batch_with_rows_ending_apart_matches_one_by_one(golden, mode):
         assert torch.equal(a.codes, b.codes)
 
 
-@needs_native
-@needs_bf16
-@pytest.mark.parametrize("name, heads, B", [("tiny-a", 4, 3), ("tiny-b", 6, 3)])
-def test_fused_bf16_decode_step_matches_per_op_path(golden, name, heads, B):
-    model = _tiny(golden, "bf16", name, heads)
-    stack = model.core.ar
-    L, smax, slot = len(stack.layers), 20, 11
+def _fused_and_per_op(stack, B, slot=11):
+    """One decode position through the fused step and through the per-op path, each on its own
+    copy of one random cache: (fused output, per-op output, cache before, fused's, per-op's)."""
     g = torch.Generator().manual_seed(1)
-    cache = _random_cache(stack, L, B, smax, g)
+    cache = _random_cache(stack, len(stack.layers), B, 20, g)
     x = torch.randn(B, 1, stack.d, generator=g)
     starts = torch.tensor([0, 4, 9] * (B // 3) + [0] * (B % 3), dtype=torch.int32)
     c1, c2 = cache.clone(), cache.clone()
@@ -406,37 +418,33 @@ def test_fused_bf16_decode_step_matches_per_op_path(golden, name, heads, B):
             per_op = stack.forward_cached(x, c2, slot, None, starts)
         finally:
             stack.decode_step = step
+    assert torch.equal(c1[:, :, :, :, :slot], cache[:, :, :, :, :slot])  # earlier slots untouched
+    return fused, per_op, cache, c1, c2
+
+
+@needs_native
+@needs_bf16
+@pytest.mark.parametrize("name, heads, B", [("tiny-a", 4, 3), ("tiny-b", 6, 3)])
+def test_fused_bf16_decode_step_matches_per_op_path(golden, name, heads, B):
+    stack = _tiny(golden, "bf16", name, heads).core.ar
+    fused, per_op, _, c1, c2 = _fused_and_per_op(stack, B)
     torch.testing.assert_close(fused, per_op, rtol=2e-2, atol=2e-2)  # bf16 roundings of two layer norms
     torch.testing.assert_close(c1.float(), c2.float(), rtol=2e-2, atol=2e-2)
-    assert torch.equal(c1[:, :, :, :, :slot], cache[:, :, :, :, :slot])  # earlier slots untouched
 
 
 @needs_native
 @pytest.mark.parametrize("name, heads, B", [("tiny-a", 4, 3), ("tiny-b", 6, 3)])
 def test_fused_int8_decode_step_matches_per_op_path(golden, name, heads, B):
-    model = _tiny_int8(golden, name, heads)
-    stack = model.core.ar
+    stack = _tiny_int8(golden, name, heads).core.ar
     assert stack.fast_cpu and stack.decode_step is not None and stack.kv_dtype == torch.int8
-    L, H, hd, smax, slot = len(stack.layers), stack.h, stack.hd, 20, 11
-    g = torch.Generator().manual_seed(1)
-    cache = native.kv_quantize(torch.randn(L, 2, B, H, smax, hd, generator=g))
-    x = torch.randn(B, 1, stack.d, generator=g)
-    starts = torch.tensor([0, 4, 9] * (B // 3) + [0] * (B % 3), dtype=torch.int32)
-    c1, c2 = cache.clone(), cache.clone()
-    with torch.inference_mode():
-        fused = stack.forward_cached(x, c1, slot, None, starts)
-        step, stack.decode_step = stack.decode_step, None
-        try:
-            per_op = stack.forward_cached(x, c2, slot, None, starts)
-        finally:
-            stack.decode_step = step
+    slot = 11
+    fused, per_op, _, c1, c2 = _fused_and_per_op(stack, B, slot)
     torch.testing.assert_close(fused, per_op, rtol=1e-4, atol=1e-4)
     # The new k/v: the same int8 rows up to a rounding step (the two paths' layer norms differ in
     # the last float bits).
     new1, new2 = (native.kv_dequantize(c[:, :, :, :, slot]) for c in (c1, c2))
     step = c1[:, :, :, :, slot, -4:].contiguous().view(torch.float32)
     assert bool(((new1 - new2).abs() <= step * 1.001 + 1e-6).all())
-    assert torch.equal(c1[:, :, :, :, :slot], cache[:, :, :, :, :slot])  # earlier slots untouched
 
 
 @needs_native

@@ -32,17 +32,12 @@ static void quantize_row(const float *xr, int K, int k4, uint8_t *q, float *xsca
     *xscale = s;
 }
 
-#define MAX_MB 16 /* activation rows per pass over a weight block: 16 accumulators + 1 weight register */
-
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512F__)
-/* MB activation rows against one block of 16 weight rows. The block is packed [k4/4][16][4]:
-   each 64-byte load holds 4 consecutive k of all 16 rows, so vpdpbusd with the broadcast 4 bytes
-   of x adds into 16 per-row sums at once: no horizontal reductions, one weight stream, and each
-   weight load serves all MB rows (MB independent sums hide the latency; one row uses four sums
-   over interleaved k groups instead, in block16_one). Every cache line is prefetched 4 KB ahead;
-   with several rows also 32 KB ahead into L2: their MB vpdpbusd per line otherwise stall the
-   stream (10 rows: 11.8 -> 9.0 ms a step at 20 keys, A/B in one process). */
-static inline void block16_one(const int8_t *wb, int groups, const uint8_t *xq, __m512i *out) {
+#if defined(VX_AVX512) && defined(__AVX512VNNI__)
+/* One activation row against one block of 16 weight rows (packed [k4/4][16][4]: each 64-byte load
+   holds 4 consecutive k of all 16 rows, so vpdpbusd with the broadcast 4 bytes of x adds into 16
+   per-row sums at once). Four sums over interleaved k groups hide the latency that several rows
+   hide in rows_block16 (common.h); integer sums are exact, so the result is the same. */
+static inline void block16_one(const int8_t *wb, int groups, const uint8_t *xq, __m512 *out) {
     __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
     const int32_t *xr = (const int32_t *)xq;
     int g = 0;
@@ -55,25 +50,9 @@ static inline void block16_one(const int8_t *wb, int groups, const uint8_t *xq, 
         a3 = _mm512_dpbusd_epi32(a3, _mm512_set1_epi32(xr[g + 3]), _mm512_loadu_si512(p + 192));
     }
     for (; g < groups; g++) a0 = _mm512_dpbusd_epi32(a0, _mm512_set1_epi32(xr[g]), _mm512_loadu_si512(wb + (int64_t)g * 64));
-    out[0] = _mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3));
+    out[0] = _mm512_castsi512_ps(_mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3)));
 }
 
-static inline __attribute__((always_inline)) void block16(const int8_t *wb, int groups, const uint8_t *xq, int64_t lda,
-                                                          int MB, __m512i *out) {
-    __m512i a[MAX_MB];
-    const int32_t *xr[MAX_MB];
-    for (int j = 0; j < MB; j++) {
-        a[j] = _mm512_setzero_si512();
-        xr[j] = (const int32_t *)(xq + (int64_t)j * lda);
-    }
-    for (int g = 0; g < groups; g++) {
-        _mm_prefetch((const char *)(wb + (int64_t)(g + 64) * 64), _MM_HINT_T0);
-        _mm_prefetch((const char *)(wb + (int64_t)(g + 512) * 64), _MM_HINT_T1);
-        __m512i w = _mm512_loadu_si512(wb + (int64_t)g * 64);
-        for (int j = 0; j < MB; j++) a[j] = _mm512_dpbusd_epi32(a[j], _mm512_set1_epi32(xr[j][g]), w);
-    }
-    for (int j = 0; j < MB; j++) out[j] = a[j];
-}
 #endif
 
 /* The float results of int32 sums of one activation row against output channels n0.. (x was
@@ -117,55 +96,7 @@ static void dequant_row(const int32_t *acc, int n0, int cols, float xsc, const f
 
 #if defined(VX_AVX512) && defined(__AVX512VNNI__)
 #define VX_GEMM_I8 1
-#define GEMM_MR 12   /* rows per tile: 24 accumulators + 2 weight registers + 1 broadcast */
 #define GEMM_KC 2048 /* k per pass: 12 rows x 2 KB of activations stay in L1 between the panels' reloads */
-
-/* mr (<= GEMM_MR) activation rows x 32 output channels (two packed 16-row weight blocks b0, b1)
-   over `groups` groups of 4 k, added to (acc_in) or stored over c (int32, rows ldc apart). */
-typedef struct {  /* where a tile's last pass puts its results: dequant16 into y */
-    const float *xscale, *scale, *bias;
-    const int32_t *rowsum;
-    void *y;  /* float32, or bf16 (bf16) */
-    int64_t at;  /* the tile's first row, first column in y */
-    int n0, cols, ldy, relu, bf16;
-} vx_tile_out;
-
-static inline __attribute__((always_inline)) void tile_i8(const uint8_t *a, int64_t lda, const int8_t *b0,
-                                                          const int8_t *b1, int groups, int mr, int32_t *c,
-                                                          int ldc, int acc_in, const vx_tile_out *o) {
-    __m512i c0[GEMM_MR], c1[GEMM_MR];
-    for (int i = 0; i < mr; i++) {
-        c0[i] = acc_in ? _mm512_loadu_si512(c + i * ldc) : _mm512_setzero_si512();
-        c1[i] = acc_in ? _mm512_loadu_si512(c + i * ldc + 16) : _mm512_setzero_si512();
-    }
-    for (int g = 0; g < groups; g++) {
-        __m512i w0 = _mm512_loadu_si512(b0 + (int64_t)g * 64), w1 = _mm512_loadu_si512(b1 + (int64_t)g * 64);
-        for (int i = 0; i < mr; i++) {
-            __m512i x = _mm512_set1_epi32(*(const int32_t *)(a + i * lda + 4 * g));
-            c0[i] = _mm512_dpbusd_epi32(c0[i], x, w0);
-            c1[i] = _mm512_dpbusd_epi32(c1[i], x, w1);
-        }
-    }
-    int32_t t[GEMM_MR][32];  /* the last pass over k: through L1 to dequant16 (indexing the
-                                accumulators there would spill them in the loop above) */
-    if (o) {
-        c = &t[0][0];
-        ldc = 32;
-    }
-    for (int i = 0; i < mr; i++) {
-        _mm512_storeu_si512(c + i * ldc, c0[i]);
-        _mm512_storeu_si512(c + i * ldc + 16, c1[i]);
-    }
-    if (o)
-        for (int i = 0; i < mr; i++) {
-            int64_t at = o->at + (int64_t)i * o->ldy;
-            dequant16(_mm512_loadu_si512(t[i]), o->n0, o->cols, o->xscale[i], o->scale, o->rowsum, o->bias, o->relu,
-                      o->y, at, o->bf16);
-            if (o->cols > 16)
-                dequant16(_mm512_loadu_si512(t[i] + 16), o->n0 + 16, o->cols - 16, o->xscale[i], o->scale, o->rowsum,
-                          o->bias, o->relu, o->y, at + 16, o->bf16);
-        }
-}
 
 /* Many rows (the NAR, the AR prefill): the weights go 32 output channels (a panel, 32-128 KB,
    kept in L2) at a time, split between the threads; each panel meets all rows in tiles of 12,
@@ -184,17 +115,20 @@ static void gemm_i8(const uint8_t *xq, int64_t lda, float *xscale, int M, int k4
             int kc = k4 - k0 < GEMM_KC ? k4 - k0 : GEMM_KC, groups = kc / 4, in = k0 > 0;
             int last = k0 + kc == k4;
             const int8_t *w0 = b0 + (int64_t)k0 * 16, *w1 = b1 + (int64_t)k0 * 16;
-            for (int m = 0; m < M; m += GEMM_MR) {
-                vx_tile_out o = {xscale + m, scale, bias, rowsum, y, (int64_t)m * N + n0, n0, cols, N, relu, bf16};
-                const vx_tile_out *op = last ? &o : NULL;
+            for (int m = 0; m < M; m += VX_TILE_MR) {
+                int mr = M - m < VX_TILE_MR ? M - m : VX_TILE_MR;
                 const uint8_t *a = xq + (int64_t)m * lda + k0;
-                int32_t *c = cb ? cb + (int64_t)m * 32 : NULL;
-                switch (M - m < GEMM_MR ? M - m : GEMM_MR) {  /* constant mr: the accumulators stay in registers */
-#define VX_TILE(r) case r: tile_i8(a, lda, w0, w1, groups, r, c, 32, in, op); break;
-                    VX_TILE(1) VX_TILE(2) VX_TILE(3) VX_TILE(4) VX_TILE(5) VX_TILE(6)
-                    VX_TILE(7) VX_TILE(8) VX_TILE(9) VX_TILE(10) VX_TILE(11) VX_TILE(12)
+                int32_t *c = cb ? cb + (int64_t)m * 32 : NULL, t[VX_TILE_MR][32];
+                int32_t *dst = last ? &t[0][0] : c;
+#define VX_TILE(r) tile_block(a, lda, (const uint8_t *)w0, (const uint8_t *)w1, groups, r, in ? c : NULL, dst, DOT_I8)
+                VX_CONST_ROWS12(mr, VX_TILE)
 #undef VX_TILE
-                    default: break;
+                for (int i = 0; last && i < mr; i++) {
+                    int64_t at = (int64_t)(m + i) * N + n0;
+                    dequant16(_mm512_loadu_si512(t[i]), n0, cols, xscale[m + i], scale, rowsum, bias, relu, y, at, bf16);
+                    if (cols > 16)
+                        dequant16(_mm512_loadu_si512(t[i] + 16), n0 + 16, cols - 16, xscale[m + i], scale, rowsum,
+                                  bias, relu, y, at + 16, bf16);
                 }
             }
         }
@@ -221,31 +155,20 @@ static void rows_i8(const uint8_t *xq, int64_t lda, const float *xscale, int M, 
     for (int nb = 0; nb < nblk; nb++) {
         const int8_t *wb = wp + (int64_t)nb * 16 * k4;
         int n0 = nb * 16, rows = N - n0 < 16 ? N - n0 : 16;
-        for (int m0 = 0; m0 < M; m0 += MAX_MB) {
-            int mb = M - m0 < MAX_MB ? M - m0 : MAX_MB;
+        for (int m0 = 0; m0 < M; m0 += VX_ROWS_MAX) {
+            int mb = M - m0 < VX_ROWS_MAX ? M - m0 : VX_ROWS_MAX;
             const uint8_t *xm = xq + (int64_t)m0 * lda;
-            int32_t acc[MAX_MB][16];
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512F__)
-            __m512i out[MAX_MB];
-            switch (mb) {  /* constant MB: the accumulators stay in registers */
-                case 1: block16_one(wb, groups, xm, out); break;
-                case 2: block16(wb, groups, xm, lda, 2, out); break;
-                case 3: block16(wb, groups, xm, lda, 3, out); break;
-                case 4: block16(wb, groups, xm, lda, 4, out); break;
-                case 5: block16(wb, groups, xm, lda, 5, out); break;
-                case 6: block16(wb, groups, xm, lda, 6, out); break;
-                case 7: block16(wb, groups, xm, lda, 7, out); break;
-                case 8: block16(wb, groups, xm, lda, 8, out); break;
-                case 9: block16(wb, groups, xm, lda, 9, out); break;
-                case 10: block16(wb, groups, xm, lda, 10, out); break;
-                case 11: block16(wb, groups, xm, lda, 11, out); break;
-                case 12: block16(wb, groups, xm, lda, 12, out); break;
-                case 13: block16(wb, groups, xm, lda, 13, out); break;
-                case 14: block16(wb, groups, xm, lda, 14, out); break;
-                case 15: block16(wb, groups, xm, lda, 15, out); break;
-                default: block16(wb, groups, xm, lda, 16, out); break;
+            int32_t acc[VX_ROWS_MAX][16];
+#if defined(VX_AVX512) && defined(__AVX512VNNI__)
+            __m512 out[VX_ROWS_MAX];  /* int32 sums (common.h: dot_step) */
+            if (mb == 1) {
+                block16_one(wb, groups, xm, out);
+            } else {
+#define VX_ROWS(r) rows_block16((const uint8_t *)wb, groups, xm, lda, r, out, DOT_I8)
+                VX_CONST_ROWS16(mb, VX_ROWS)
+#undef VX_ROWS
             }
-            for (int j = 0; j < mb; j++) _mm512_storeu_si512(acc[j], out[j]);
+            for (int j = 0; j < mb; j++) _mm512_storeu_ps((float *)acc[j], out[j]);
 #else
             for (int j = 0; j < mb; j++)
                 for (int r = 0; r < 16; r++) {
@@ -268,7 +191,7 @@ static void rows_i8(const uint8_t *xq, int64_t lda, const float *xscale, int M, 
    finer than fbgemm's dynamic mode, one scale per tensor and 7 bits). wp: the weights packed by
    core/native.py as [ceil(N/32)*2][k4/4][16][4] (k4 = K rounded up to 4, zero padding); scale,
    rowsum (sum_k w[n, k]) and bias are padded to a multiple of 32. x rows are xs floats apart; y
-   is [M, N] contiguous, float32 or bf16 (out_bf16, rounded to nearest even). Up to MAX_MB rows
+   is [M, N] contiguous, float32 or bf16 (out_bf16, rounded to nearest even). Up to VX_ROWS_MAX rows
    (the decode step) stream the weights once through block16; more rows go through gemm_i8.
    Integer sums are exact, so both give the same floats. */
 void vx_linear_i8(const float *x, int64_t xs, int M, int K, const int8_t *wp, const float *scale,
@@ -285,7 +208,7 @@ void vx_linear_i8(const float *x, int64_t xs, int M, int K, const int8_t *wp, co
 #pragma omp for schedule(static)
         for (int m = 0; m < M; m++) quantize_row(x + m * xs, K, k4, xq + (int64_t)m * lda, xscale + m);
 #ifdef VX_GEMM_I8
-        if (M > MAX_MB)
+        if (M > VX_ROWS_MAX)
             gemm_i8(xq, lda, xscale, M, k4, wp, scale, rowsum, bias, y, N, relu, out_bf16);
         else
 #endif
