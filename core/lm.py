@@ -280,10 +280,11 @@ class VallEX:
             # of the cache, makes a batch give exactly the one-by-one tokens. The pad slots are
             # never read (key_start).
             h = torch.cat([stack.forward_cached(x[b:b + 1, P - pre[b]:], pcache[:, :, b:b + 1, :, P - pre[b]:], 0,
-                                                _prefix_mask([r.L], [pre[b]], pre[b], dev))
+                                                _prefix_mask([r.L], [pre[b]], pre[b], dev), prefix=r.L)
                            for b, r in enumerate(reqs)])
         else:
-            h = stack.forward_cached(x, pcache, 0, _prefix_mask([r.L for r in reqs], pre, P, dev))
+            h = stack.forward_cached(x, pcache, 0, _prefix_mask([r.L for r in reqs], pre, P, dev),
+                                     prefix=reqs[0].L if not padded and len({r.L for r in reqs}) == 1 else None)
         logits = _head(c.ar_head, h[:, -1])
         if nb > 1:
             for beam in range(1, nb):

@@ -102,7 +102,7 @@ def _declare(lib) -> None:
     lib.vx_has_gemm_i8.restype = I
     lib.vx_has_attn_full.argtypes = []
     lib.vx_has_attn_full.restype = I
-    lib.vx_attn_full.argtypes = [P, P, P, P, P, P, I, I, I, I, I, F, I, I]
+    lib.vx_attn_full.argtypes = [P, P, P, P, P, P, I, I, I, I, I, F, I, I, I]
     lib.vx_attn_full.restype = None
 
 
@@ -194,15 +194,18 @@ def softmax_(s: torch.Tensor) -> torch.Tensor:
 
 
 def attn_full(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-              out_dtype: torch.dtype) -> torch.Tensor | None:
-    """Unmasked attention of bf16 q [B, H, Sq, hd] over bf16 k, v [B, H, Sk, hd], any strides with
-    the last dim contiguous (k and v: the same strides): e.g. views into the projection
-    [B, S, 3, H, hd], or q the last Sq rows of a longer sequence. Returns [B, Sq, H * hd] in
+              out_dtype: torch.dtype, prefix: int | None = None) -> torch.Tensor | None:
+    """Attention of bf16 q [B, H, Sq, hd] over bf16 k, v [B, H, Sk, hd], any strides with the last
+    dim contiguous (k and v: the same strides): e.g. views into the projection [B, S, 3, H, hd], or
+    q the last Sq rows of a longer sequence. prefix None: unmasked (the NAR); an int: the AR's
+    prefill mask (core.lm._prefix_mask of one unpadded row), the query at position i (of Sk) sees
+    keys below max(prefix, i + 1). Returns [B, Sq, H * hd] in
     out_dtype (float32 or bfloat16), or None when the kernel does not cover the case (no AVX-512
     BF16, head size not a multiple of 16 up to 64): the caller then uses its matmul path."""
     B, H, Sq, hd = q.shape
     Sk = k.shape[2]
     if (_lib is None or not _lib.vx_has_attn_full() or hd % 16 or hd > 64 or Sk == 0
+            or (prefix is not None and Sq > Sk)
             or q.dtype != torch.bfloat16 or k.dtype != torch.bfloat16 or v.dtype != torch.bfloat16
             or k.stride() != v.stride() or k.stride(3) != 1 or q.stride(3) != 1
             or out_dtype not in (torch.float32, torch.bfloat16)):
@@ -211,7 +214,8 @@ def attn_full(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
     kvst = (ctypes.c_int64 * 3)(*k.stride()[:3])
     out = torch.empty(B, Sq, H * hd, dtype=out_dtype)
     _lib.vx_attn_full(q.data_ptr(), qst, k.data_ptr(), v.data_ptr(), kvst, out.data_ptr(), B, H, Sq, Sk, hd,
-                      float(scale), int(out_dtype == torch.bfloat16), torch.get_num_threads())
+                      float(scale), -1 if prefix is None else max(int(prefix), 0), int(out_dtype == torch.bfloat16),
+                      torch.get_num_threads())
     return out
 
 

@@ -166,11 +166,13 @@ class Stack(nn.Module):
         """The last dim of a KV cache: hd, or hd + 4 bytes for int8 rows (native.kv_quantize)."""
         return self.hd + 4 if self.kv_dtype == torch.int8 else self.hd
 
-    def _attn(self, layer: Layer, h, mask, cache_k=None, cache_v=None, start=0, q_from=0, key_start=None):
+    def _attn(self, layer: Layer, h, mask, cache_k=None, cache_v=None, start=0, q_from=0, key_start=None,
+              prefix=None):
         """h: [B, S, D] (act dtype). With a cache, the new k/v go to [start, start+S) and the
         queries see cache[:start+S]. q_from: only queries from that row on are computed.
         key_start: int32 [B], the first valid key per row (left padding) for the native decode
-        step, which gets it instead of `mask`."""
+        step, which gets it instead of `mask`. prefix: `mask` is the AR prefill's unpadded prefix
+        mask with that text length (the fused attention takes the length instead of the mask)."""
         B, S, _ = h.shape
         at = self.attn_dtype
         if self.fast_cpu and S > 1 and at == torch.bfloat16 and isinstance(layer.qkv, NativeLinear):
@@ -186,11 +188,11 @@ class Stack(nn.Module):
             return layer.out(o.view(B, 1, self.d))
         if qkv.dtype != at:  # CPU fp32 / int8 activations with a bf16 cache, or the reverse
             qkv = qkv.to(at)
-        if self.fast_cpu and mask is None and cache_k is None and qkv.dtype == torch.bfloat16:
-            # The NAR: the fused kernel reads q, k, v as views of the projection [B, S, 3, H, hd].
-            qkv5 = qkv.view(B, S, 3, self.h, self.hd)
-            q, k, v = (qkv5[:, :, i].transpose(1, 2) for i in range(3))
-            o = native.attn_full(q[:, :, q_from:], k, v, self.hd ** -0.5, self.act_dtype)
+        if self.fast_cpu and (mask is None or prefix is not None) and qkv.dtype == torch.bfloat16:
+            # The NAR and the AR prefill: the fused kernel reads q, k, v as views of the projection
+            # [B, S, 3, H, hd] (or of the cache) and takes the prefix mask as a length.
+            o = self._attn_fused(qkv.view(B, S, 3, self.h, self.hd), cache_k, cache_v, start, q_from,
+                                 None if mask is None else prefix)
             if o is not None:
                 return layer.out(o)
         if self.fast_cpu:  # contiguous [3, B, H, S, hd]: strided bf16 matmuls are several times slower
@@ -210,16 +212,27 @@ class Stack(nn.Module):
                 v = torch.cat([native.kv_dequantize(cache_v[:, :, :start], at), v], dim=2)
         if q_from:
             q = q[:, :, q_from:]
-        if self.fast_cpu and mask is None and q.dtype == torch.bfloat16:
-            o = native.attn_full(q, k, v, self.hd ** -0.5, self.act_dtype)  # [B, Sq, D]; None: not covered
-            if o is not None:
-                return layer.out(o)
         if self.fast_cpu and q.dtype == torch.bfloat16:
             o = _matmul_attention(q, k, v, mask, self.hd ** -0.5)
         else:
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         o = o.transpose(1, 2).reshape(B, S - q_from, self.d)
         return layer.out(o if o.dtype == self.act_dtype else o.to(self.act_dtype))
+
+    def _attn_fused(self, qkv5, cache_k, cache_v, start, q_from, prefix):
+        """native.attn_full over views of qkv5 [B, S, 3, H, hd] (bf16), after the cache write;
+        None where the kernel does not cover the case (the caller's path redoes the write)."""
+        S = qkv5.shape[1]
+        q, k, v = (qkv5[:, :, i].transpose(1, 2) for i in range(3))
+        if cache_k is not None:
+            cache_k[:, :, start:start + S] = _to_cache(k, cache_k.dtype)
+            cache_v[:, :, start:start + S] = _to_cache(v, cache_v.dtype)
+            if cache_k.dtype != torch.int8:
+                k, v = cache_k[:, :, :start + S], cache_v[:, :, :start + S]
+            elif start:
+                k = torch.cat([native.kv_dequantize(cache_k[:, :, :start], k.dtype), k], dim=2)
+                v = torch.cat([native.kv_dequantize(cache_v[:, :, :start], v.dtype), v], dim=2)
+        return native.attn_full(q[:, :, q_from:], k, v, self.hd ** -0.5, self.act_dtype, prefix)
 
     def _ffn(self, layer: Layer, h):
         if isinstance(layer.ff1, NativeLinear):  # ReLU in the kernel
@@ -234,13 +247,15 @@ class Stack(nn.Module):
                 and cache.dtype == self.decode_step.kv_dtype and cache.is_contiguous())
 
     def forward_cached(self, x: torch.Tensor, cache: torch.Tensor, start: int, mask,
-                       key_start: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
+                       key_start: torch.Tensor | None = None, rows: torch.Tensor | None = None,
+                       prefix: int | None = None) -> torch.Tensor:
         """x: [B, S, D] float32 inputs for cache slots [start, start+S). cache: [L, 2, B, H, Smax,
         cache_row] of kv_dtype.
         mask: None, or bool [B or 1, 1, S, start+S] (True = attend); key_start: the same left
         padding as int32 [B] first valid keys (used by the native decode step). Returns the
         final-normed float32 hidden state of the last row [B, 1, D] (the last layer computes only
-        that row). rows: int32 [B], the cache row of each row of x, only where `fused_decode`."""
+        that row). rows: int32 [B], the cache row of each row of x, only where `fused_decode`.
+        prefix: the text length, where `mask` is the prefill's prefix mask with no left padding."""
         n, S = len(self.layers), x.shape[1]
         if S == 1 and self.fused_decode(cache, x.shape[0]):
             return self.norm(self.decode_step(x[:, 0], cache, start, key_start, rows)[:, None])
@@ -250,7 +265,8 @@ class Stack(nn.Module):
             qf = S - 1 if i == n - 1 else 0
             h = self._norm(layer.norm1, x, None)
             m = mask[..., qf:, :] if (mask is not None and qf) else mask
-            a = self._attn(layer, h, m, cache[i, 0], cache[i, 1], start, q_from=qf, key_start=key_start)
+            a = self._attn(layer, h, m, cache[i, 0], cache[i, 1], start, q_from=qf, key_start=key_start,
+                           prefix=prefix)
             if i == 0 or qf:  # a new tensor: the caller's x, or only the last row is kept
                 x = (x[:, qf:] if qf else x) + a
             else:  # x is this call's own: in place, the same floats, one pass over [S, D] less

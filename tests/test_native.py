@@ -138,6 +138,33 @@ def test_full_attention_kernel_reads_views_of_the_projection(B, S, H, hd, q_from
 
 
 @needs_native
+@pytest.mark.parametrize("B, H, S, hd, L, q_from", [(1, 16, 250, 64, 24, 0), (1, 3, 37, 16, 5, 0), (2, 2, 70, 48, 1, 0),
+                                                    (1, 4, 50, 64, 13, 49), (1, 2, 33, 32, 33, 0), (1, 2, 40, 64, 9, 30)])
+def test_full_attention_kernel_prefix_mask_matches_the_masked_sdpa(B, H, S, hd, L, q_from):
+    # The AR prefill: text rows (the first L) see all text, audio rows the text and themselves
+    # causally: the mask core.lm builds, given to the kernel as its length L. The last layer
+    # (q_from) takes only the last queries; skipped key blocks must not change any row.
+    from core.lm import _prefix_mask
+
+    torch.manual_seed(S + L)
+    q, k, v = (torch.randn(B, H, S, hd) * a for a in (1.0, 2.0, 1.0))
+    q, k, v = q.bfloat16(), k.bfloat16(), v.bfloat16()
+    got = native.attn_full(q[:, :, q_from:], k, v, hd ** -0.5, torch.float32, prefix=L)
+    if got is None:
+        pytest.skip("no AVX-512 BF16: the matmul path is used")
+    mask = _prefix_mask([L], [S], S, "cpu")[..., q_from:, :]
+    want = F.scaled_dot_product_attention(q[:, :, q_from:].float(), k.float(), v.float(), attn_mask=mask)
+    want = want.transpose(1, 2).reshape(B, S - q_from, H * hd)
+    assert got.shape == want.shape
+    assert (got - want).abs().max() < 5e-3
+    # row independence: a query's result is the same with or without the earlier queries
+    last = native.attn_full(q[:, :, S - 1:], k, v, hd ** -0.5, torch.float32, prefix=L)
+    assert torch.equal(last, got[:, -1:])
+    # more queries than keys has no prefix mask: not covered (the caller's matmul path)
+    assert native.attn_full(q, k[:, :, :S // 2], v[:, :, :S // 2], 0.1, torch.float32, prefix=L) is None
+
+
+@needs_native
 @pytest.mark.parametrize("S", [37, 70])
 def test_full_attention_kernel_all_scores_far_below_zero(S):
     # Every score in about -150..-100: exp underflows unless the softmax subtracts the true row maximum. The

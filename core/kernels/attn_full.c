@@ -96,24 +96,22 @@ static inline __attribute__((always_inline)) void dp_block(const uint32_t *a, in
     }
 }
 
-/* scaled scores of QB queries (hp pairs each) against nkb <= 4 packed key blocks ([hp][16] each),
-   with each row's running maximum over the first `valid` keys of the group (the rest is padding) */
+static inline __mmask16 first_n(int n) { return n >= 16 ? 0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1); }
+
+/* scaled scores of QB queries (hp pairs each) against nkb <= 4 packed key blocks ([hp][16] each)
+   starting at key k0, with each row's running maximum over its keys below lim[r] (the rest is
+   padding or masked) */
 static inline __attribute__((always_inline)) void qk_blocks(const uint32_t *q, int hp, const uint32_t *kp, int nkb,
-                                                            int valid, float *s, int64_t ss, float scale,
-                                                            __m512 vmax[QB]) {
+                                                            int k0, const int *lim, float *s, int64_t ss,
+                                                            float scale, __m512 vmax[QB]) {
     __m512 acc[QB][4];
     dp_block(q, hp, hp, kp, 1, hp, nkb, acc);
     __m512 vs = _mm512_set1_ps(scale);
-    __mmask16 m[4];
-    for (int c = 0; c < nkb; c++) {
-        int n = valid - c * 16;
-        m[c] = n >= 16 ? 0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
-    }
     for (int r = 0; r < QB; r++)
         for (int c = 0; c < nkb; c++) {
             __m512 x = _mm512_mul_ps(acc[r][c], vs);
             _mm512_storeu_ps(s + r * ss + c * 16, x);
-            vmax[r] = _mm512_mask_max_ps(vmax[r], m[c], vmax[r], x);
+            vmax[r] = _mm512_mask_max_ps(vmax[r], first_n(lim[r] - k0 - c * 16), vmax[r], x);
         }
 }
 
@@ -136,17 +134,20 @@ int vx_has_attn_full(void) {
 
 /* q: bf16 [B, H, Sq, hd], element (b, h, s, d) at q[b*qst[0] + h*qst[1] + s*qst[2] + d]; k, v: bf16
    [B, H, Sk, hd] with the strides kvst (the same for both). So q, k, v may be views into the
-   packed projection [B, S, 3, H, hd] as it comes out of the GEMM: no layout copies. Every query
-   sees every key.
+   packed projection [B, S, 3, H, hd] as it comes out of the GEMM: no layout copies. The queries
+   are the last Sq of the Sk positions. prefix < 0: every query sees every key (the NAR); else the
+   AR's prefill mask: the query at position i sees keys below max(prefix, i + 1) (the text, of
+   length prefix, sees itself; the audio sees the text and itself causally), and the key blocks
+   past a query block's last visible key are skipped (half the causal work).
    out: [B, Sq, H, hd] (the layout the output projection reads), float32 or bf16 (out_bf16).
    hd must be a multiple of 16 and at most 64. */
 void vx_attn_full(const uint16_t *q, const int64_t *qst, const uint16_t *k, const uint16_t *v, const int64_t *kvst,
                   void *out, int B, int H,
-                  int Sq, int Sk, int hd, float scale, int out_bf16, int n_threads) {
+                  int Sq, int Sk, int hd, float scale, int prefix, int out_bf16, int n_threads) {
 #ifdef VX_ATTN_FULL
-    int hp = hd / 2, nv = hd / 16, nkb = (Sk + 15) / 16, np = (Sk + 1) / 2, sk32 = (Sk + 31) / 32 * 32;
-    int64_t ss = (int64_t)nkb * 16 + 16;  /* score row stride (floats), >= sk32 */
-    int64_t pst = (np + 31) / 16 * 16;  /* pair row stride: >= sk32 / 2, a multiple of 64 B (aligned_alloc) */
+    int hp = hd / 2, nv = hd / 16, nkb = (Sk + 15) / 16, np = (Sk + 1) / 2;
+    int64_t ss = (int64_t)nkb * 16 + 16;  /* score row stride (floats), >= Sk rounded up to 32 */
+    int64_t pst = (np + 31) / 16 * 16;  /* pair row stride: >= that / 2, a multiple of 64 B (aligned_alloc) */
 #pragma omp parallel num_threads(n_threads)
     {
         uint32_t *kp = aligned_alloc(64, sizeof(uint32_t) * (size_t)nkb * hp * 16);
@@ -190,27 +191,36 @@ void vx_attn_full(const uint16_t *q, const int64_t *qst, const uint16_t *k, cons
                 for (int r = 0; r < QB; r++)
                     memcpy(qpad + r * hp, qh + (int64_t)(q0 + (r < nq ? r : 0)) * qst[2], sizeof(uint32_t) * hp);
                 const uint32_t *qb = qpad;
+                /* keys visible to each row (padding rows: those of the block's first), and to the block */
+                int lim[QB], blim = 0;
+                for (int r = 0; r < QB; r++) {
+                    int i = Sk - Sq + q0 + (r < nq ? r : 0);
+                    lim[r] = prefix < 0 ? Sk : i + 1 > prefix ? i + 1 : prefix < Sk ? prefix : Sk;
+                    blim = lim[r] > blim ? lim[r] : blim;
+                }
+                int bkb = (blim + 15) / 16, bk32 = (blim + 31) / 32 * 32, bnp = (blim + 1) / 2;
                 __m512 vmax[QB];
                 for (int r = 0; r < QB; r++) vmax[r] = _mm512_set1_ps(-INFINITY);
-                for (int kb = 0; kb < nkb; kb += 4) {
-                    int c = nkb - kb < 4 ? nkb - kb : 4, valid = Sk - kb * 16;
+                for (int kb = 0; kb < bkb; kb += 4) {
+                    int c = bkb - kb < 4 ? bkb - kb : 4;
                     const uint32_t *kpb = kp + (int64_t)kb * hp * 16;
                     switch (c) {  /* constant block count: the accumulators stay in registers */
-                        case 1: qk_blocks(qb, hp, kpb, 1, valid, s + kb * 16, ss, scale, vmax); break;
-                        case 2: qk_blocks(qb, hp, kpb, 2, valid, s + kb * 16, ss, scale, vmax); break;
-                        case 3: qk_blocks(qb, hp, kpb, 3, valid, s + kb * 16, ss, scale, vmax); break;
-                        default: qk_blocks(qb, hp, kpb, 4, valid, s + kb * 16, ss, scale, vmax); break;
+                        case 1: qk_blocks(qb, hp, kpb, 1, kb * 16, lim, s + kb * 16, ss, scale, vmax); break;
+                        case 2: qk_blocks(qb, hp, kpb, 2, kb * 16, lim, s + kb * 16, ss, scale, vmax); break;
+                        case 3: qk_blocks(qb, hp, kpb, 3, kb * 16, lim, s + kb * 16, ss, scale, vmax); break;
+                        default: qk_blocks(qb, hp, kpb, 4, kb * 16, lim, s + kb * 16, ss, scale, vmax); break;
                     }
                 }
                 /* softmax: exp(s - max) rounded to bf16 straight into the probability rows (a bf16
-                   row in key order is the pairs layout), zeros past Sk for the last pair */
+                   row in key order is the pairs layout), zeros past the row's keys up to the block's
+                   last pair */
                 float inv[QB];
                 for (int r = 0; r < QB; r++) {
                     const float *sr = s + r * ss;
                     uint16_t *pr = (uint16_t *)(p + r * pst);
                     __m512 vm = _mm512_set1_ps(_mm512_reduce_max_ps(vmax[r])), vsum = _mm512_setzero_ps();
-                    for (int i = 0; i < sk32; i += 16) {
-                        __mmask16 m = Sk - i >= 16 ? 0xffff : Sk <= i ? 0 : (__mmask16)((1u << (Sk - i)) - 1);
+                    for (int i = 0; i < bk32; i += 16) {
+                        __mmask16 m = first_n(lim[r] - i);
                         __m512 e = _mm512_maskz_mov_ps(m, exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, sr + i), vm)));
                         _mm256_storeu_si256((__m256i *)(pr + i), (__m256i)_mm512_cvtneps_pbh(e));
                         vsum = _mm512_add_ps(vsum, e);
@@ -219,10 +229,10 @@ void vx_attn_full(const uint16_t *q, const int64_t *qst, const uint16_t *k, cons
                 }
                 __m512 acc[QB][4];
                 switch (nv) {
-                    case 1: pv_block(p, pst, np, vp, 1, acc); break;
-                    case 2: pv_block(p, pst, np, vp, 2, acc); break;
-                    case 3: pv_block(p, pst, np, vp, 3, acc); break;
-                    default: pv_block(p, pst, np, vp, 4, acc); break;
+                    case 1: pv_block(p, pst, bnp, vp, 1, acc); break;
+                    case 2: pv_block(p, pst, bnp, vp, 2, acc); break;
+                    case 3: pv_block(p, pst, bnp, vp, 3, acc); break;
+                    default: pv_block(p, pst, bnp, vp, 4, acc); break;
                 }
                 for (int r = 0; r < nq; r++) {
                     int64_t o = (((int64_t)b * Sq + q0 + r) * H + h) * hd;
@@ -243,6 +253,6 @@ void vx_attn_full(const uint16_t *q, const int64_t *qst, const uint16_t *k, cons
     }
 #else
     (void)q; (void)qst; (void)k; (void)v; (void)kvst; (void)out; (void)B; (void)H; (void)Sq; (void)Sk; (void)hd; (void)scale;
-    (void)out_bf16; (void)n_threads;
+    (void)prefix; (void)out_bf16; (void)n_threads;
 #endif
 }
