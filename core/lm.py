@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core import native_linear
 from core.checkpoint import (N_CODES, _fill_tied_aliases, _reference_tying, check_state_dict, checkpoint_to_internal,
                              infer_config, read_state_dict, reference_schema)
 from core.errors import StudioError, VoiceError
@@ -240,6 +241,14 @@ class VallEX:
             self._pe = sinusoid_table(n, self.config["d_model"], device=self.device)
         return self._pe[:n]
 
+    def _token_io(self, n_pos: int) -> native_linear.TokenIO | None:
+        """The AR decode step's input (audio embedding + alpha * positions, as `_ar` adds them)
+        and output (final norm, head) for DecodeStep.logits; None without a native bf16 head."""
+        c = self.core
+        if not isinstance(c.ar_head, native_linear.Bf16Linear):
+            return None
+        return native_linear.TokenIO(c.ar_audio_emb.weight, c.ar_audio_alpha * self._pos(n_pos), c.ar.norm, c.ar_head)
+
     def _text_in(self, r: Req, nar: bool) -> torch.Tensor:
         c = self.core
         te, le, alpha = (c.nar_text_emb, c.nar_lang_emb, c.nar_text_alpha) if nar else \
@@ -302,7 +311,9 @@ class VallEX:
         row_req = [i // nb for i in range(R)]
         done = [False] * R
         stop = [""] * R
-        row_map = torch.arange(R, dtype=torch.int32) if stack.fused_decode(cache, R) and R > 1 else None
+        fused = stack.fused_decode(cache, R)
+        row_map = torch.arange(R, dtype=torch.int32) if fused and R > 1 else None
+        tok_io = self._token_io(max(r.T for r in reqs) + max_cap + 1) if fused else None
         live_rows = list(range(R))
         slot = P
         feed = [BOS] * R
@@ -338,12 +349,16 @@ class VallEX:
                 if key_valid is not None:
                     key_valid = key_valid.index_select(0, kt)
                     key_start = key_start.index_select(0, kt)
-            toks = torch.tensor([feed[i] for i in live_rows], device=dev)
-            pos = torch.tensor([reqs[row_req[i]].T + len(pickers[i].history) for i in live_rows], device=dev)
-            xs = (_emb(c.ar_audio_emb, toks) * 1.0 + c.ar_audio_alpha * self._pos(int(pos.max()) + 1)[pos])
-            m = None if key_valid is None else key_valid[:, None, None, :slot + 1]
-            h = stack.forward_cached(xs.unsqueeze(1), cache, slot, m, key_start, row_map)
-            logits = _head(c.ar_head, h[:, -1])
+            codes = [feed[i] for i in live_rows]
+            positions = [reqs[row_req[i]].T + len(pickers[i].history) for i in live_rows]
+            if tok_io is not None:  # the whole step, codes to logits, in one native call
+                logits = stack.decode_step.logits(tok_io, codes, positions, cache, slot, key_start, row_map)
+            else:
+                toks, pos = torch.tensor(codes, device=dev), torch.tensor(positions, device=dev)
+                xs = (_emb(c.ar_audio_emb, toks) * 1.0 + c.ar_audio_alpha * self._pos(max(positions) + 1)[pos])
+                m = None if key_valid is None else key_valid[:, None, None, :slot + 1]
+                h = stack.forward_cached(xs.unsqueeze(1), cache, slot, m, key_start, row_map)
+                logits = _head(c.ar_head, h[:, -1])
             slot += 1
 
         out = []

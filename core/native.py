@@ -94,6 +94,8 @@ def _declare(lib) -> None:
     lib.vx_has_linear_bf16.restype = I
     lib.vx_decode.argtypes = [P, I, P, I, I, I, I, P, I, L, L, I, P, P, I]
     lib.vx_decode.restype = None
+    lib.vx_decode_logits.argtypes = [P, I, P, P, P, P, I, I, I, I, P, I, L, L, I, P, P, I]
+    lib.vx_decode_logits.restype = None
     lib.vx_kv_quantize.argtypes = [P, L, I, P, I]
     lib.vx_kv_quantize.restype = None
     lib.vx_softmax_bf16.argtypes = [P, L, I, I]

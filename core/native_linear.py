@@ -178,6 +178,28 @@ class _QLayer(ctypes.Structure):
                 ("ff2", _QLinear)]
 
 
+class _TokenIO(ctypes.Structure):
+    _fields_ = [("emb", ctypes.c_void_p), ("emb_bf16", ctypes.c_int), ("ape", ctypes.c_void_p),
+                ("norm_w", ctypes.c_void_p), ("norm_b", ctypes.c_void_p), ("head", _QLinear)]
+
+
+class TokenIO:
+    """What DecodeStep.logits adds around the step: the input rows `emb[code] + ape[position]`
+    (ape = alpha * the positional table, computed by the caller with its own ops, so the sums are
+    the floats they give), the final LayerNorm, the bf16 head. Holds the tensors it points into."""
+
+    def __init__(self, emb: torch.Tensor, ape: torch.Tensor, norm, head: "Bf16Linear"):
+        if emb.dtype not in (torch.bfloat16, torch.float32) or ape.dtype != torch.float32 or \
+                emb.shape[1:] != ape.shape[1:] or not isinstance(head, Bf16Linear) or head.in_features != emb.shape[1]:
+            raise ValueError("TokenIO: bf16 / float32 embedding rows, float32 positions of the same width, a Bf16Linear head")
+        self.emb, self.ape = emb.detach().contiguous(), ape.detach().contiguous()
+        self.norm_w, self.norm_b = norm.weight.detach().float().contiguous(), norm.bias.detach().float().contiguous()
+        self.head = head
+        self.n_codes, self.n_pos = self.emb.shape[0], self.ape.shape[0]
+        self.c = _TokenIO(self.emb.data_ptr(), int(self.emb.dtype == torch.bfloat16), self.ape.data_ptr(),
+                          self.norm_w.data_ptr(), self.norm_b.data_ptr(), head.c_struct())
+
+
 class DecodeStep:
     """An AR stack's whole decode step (all layers, one new position per row) as one call of
     vx_decode: the per-op path spends ~3 ms a step in Python and op dispatch, as long as the
@@ -206,6 +228,42 @@ class DecodeStep:
         (int8 rows: row = hd + 4), contiguous; rows: None (R == B), or int32 [B], the cache row of
         each row of x (a batch whose finished rows were dropped: nothing is copied). Returns the
         residual stream after the last layer, [B, D] (not normed)."""
+        self._check_cache(cache)
+        if x.dim() != 2 or x.shape[1] != self.d or x.device.type != "cpu":
+            raise ValueError(f"x {tuple(x.shape)}: expected float32 [rows, {self.d}] on the CPU")
+        x = x.float().contiguous().clone()
+        starts, rows = self._check(cache, x.shape[0], slot, starts, rows)
+        _lib().vx_decode(ctypes.byref(self.layers), self.n_layers, x.data_ptr(), x.shape[0], self.d, self.h, self.d_ff,
+                         cache.data_ptr(), native.KV_KINDS[cache.dtype], cache.shape[2], cache.shape[4], int(slot),
+                         _ptr(starts), _ptr(rows), torch.get_num_threads())
+        return x
+
+    def logits(self, io: TokenIO, codes: list[int], positions: list[int], cache: torch.Tensor, slot: int,
+               starts: torch.Tensor | None, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The step from the new positions' codes to the head's logits, in one call: the AR's
+        decode loop has no other PyTorch op per step. codes, positions: one int per row (into
+        io's tables); the rest as in __call__. Returns float32 [B, V]."""
+        B = len(codes)
+        if B == 0 or len(positions) != B:
+            raise ValueError(f"{B} codes and {len(positions)} positions: expected one of each per row")
+        if min(codes) < 0 or max(codes) >= io.n_codes:
+            raise ValueError(f"codes {list(codes)} outside the embedding's {io.n_codes} rows")
+        if min(positions) < 0 or max(positions) >= io.n_pos:
+            raise ValueError(f"positions {list(positions)} outside the table's {io.n_pos} rows")
+        if io.emb.shape[1] != self.d:
+            raise ValueError(f"embedding width {io.emb.shape[1]} for a step of width {self.d}")
+        self._check_cache(cache)
+        starts, rows = self._check(cache, B, slot, starts, rows)
+        out = torch.empty(B, io.head.out_features)
+        _lib().vx_decode_logits(ctypes.byref(self.layers), self.n_layers, ctypes.byref(io.c),
+                                (ctypes.c_int64 * B)(*codes), (ctypes.c_int64 * B)(*positions), out.data_ptr(),
+                                B, self.d, self.h, self.d_ff,
+                                cache.data_ptr(), native.KV_KINDS[cache.dtype], cache.shape[2], cache.shape[4],
+                                int(slot), _ptr(starts), _ptr(rows), torch.get_num_threads())
+        return out
+
+    def _check_cache(self, cache: torch.Tensor) -> None:
+        # the kernel reads and writes the cache through a raw pointer with these sizes
         if cache.dtype != self.kv_dtype:
             raise ValueError(f"a {cache.dtype} cache for a step over a {self.kv_dtype} one")
         hd = self.d // self.h
@@ -214,12 +272,11 @@ class DecodeStep:
                 or cache.shape[5] != row or not cache.is_contiguous() or cache.device.type != "cpu"):
             raise ValueError(f"cache {tuple(cache.shape)}: expected a contiguous CPU tensor "
                              f"[{self.n_layers}, 2, rows, {self.h}, positions, {row}]")
-        if x.dim() != 2 or x.shape[1] != self.d or x.device.type != "cpu":
-            raise ValueError(f"x {tuple(x.shape)}: expected float32 [rows, {self.d}] on the CPU")
+
+    def _check(self, cache, B, slot, starts, rows):
+        """starts and rows as the kernel reads them (int32), after checking they fit the cache."""
         if not 0 <= int(slot) < cache.shape[4]:
             raise ValueError(f"slot {slot} is outside the cache's {cache.shape[4]} positions")
-        x = x.float().contiguous().clone()
-        B = x.shape[0]
         if starts is not None:
             starts = starts.to(torch.int32).contiguous()
             if starts.shape != (B,) or int(starts.min()) < 0 or int(starts.max()) > int(slot):
@@ -230,7 +287,4 @@ class DecodeStep:
             rows = rows.to(torch.int32).contiguous()
             if rows.shape != (B,) or int(rows.min()) < 0 or int(rows.max()) >= cache.shape[2]:
                 raise ValueError(f"row map {rows.tolist()} does not fit {B} rows and a cache of {cache.shape[2]}")
-        _lib().vx_decode(ctypes.byref(self.layers), self.n_layers, x.data_ptr(), B, self.d, self.h, self.d_ff,
-                         cache.data_ptr(), native.KV_KINDS[cache.dtype], cache.shape[2], cache.shape[4], int(slot),
-                         _ptr(starts), _ptr(rows), torch.get_num_threads())
-        return x
+        return starts, rows

@@ -475,6 +475,39 @@ def test_fused_int8_decode_step_matches_per_op_path(golden, name, heads, B):
 
 
 @needs_native
+@pytest.mark.parametrize("mode", FUSED_MODES)
+def test_decode_step_from_codes_to_logits(golden, mode):
+    # The decode loop's one call: the input rows, the step, the final norm and the head in C. The
+    # same as the step and those ops in PyTorch (up to the two layer norms' last float bits), the
+    # same cache writes, each row as it would be alone, and bad codes / positions refused.
+    from core.lm import _emb, _head
+
+    model = _tiny(golden, mode)
+    c, stack = model.core, model.core.ar
+    L, B, slot = len(stack.layers), 3, 11
+    io = model._token_io(40)
+    assert io is not None
+    g = torch.Generator().manual_seed(5)
+    cache = _random_cache(stack, L, B, 20, g)
+    codes, positions = [0, 1024, 517], [3, 39, 12]
+    starts = torch.tensor([0, 4, 9], dtype=torch.int32)
+    c1, c2 = cache.clone(), cache.clone()
+    with torch.inference_mode():
+        got = stack.decode_step.logits(io, codes, positions, c1, slot, starts)
+        x = _emb(c.ar_audio_emb, torch.tensor(codes)) * 1.0 + c.ar_audio_alpha * model._pos(40)[torch.tensor(positions)]
+        want = _head(c.ar_head, stack.forward_cached(x[:, None], c2, slot, None, starts)[:, -1])
+        alone = stack.decode_step.logits(io, codes[1:2], positions[1:2], cache[:, :, 1:2].clone(), slot, starts[1:2])
+    assert got.shape == (B, c.ar_head.out_features) and got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
+    assert torch.equal(c1, c2)  # the same k / v written (the inputs are the same floats)
+    assert torch.equal(alone, got[1:2])
+    for bad_codes, bad_pos, what in (([io.n_codes], [0], "codes"), ([-1], [0], "codes"), ([5], [40], "positions"),
+                                     ([5, 6], [0], "positions")):
+        with pytest.raises(ValueError, match=what):
+            stack.decode_step.logits(io, bad_codes, bad_pos, cache[:, :, :1].clone(), slot, None)
+
+
+@needs_native
 def test_int8_engine_generates_with_and_without_fused_step(golden):
     model = _tiny_int8(golden)
     args = (torch.tensor([5, 6, 7, 8, 9, 10]), torch.zeros(6, dtype=torch.long), 2,
