@@ -89,7 +89,10 @@ class Sampling:
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float) -> torch.Tensor:
-    """The reference's `top_k_top_p_filtering` (min_tokens_to_keep=1), on a copy. logits [R, V]."""
+    """The reference's `top_k_top_p_filtering` (min_tokens_to_keep=1), on a copy (the input itself
+    when nothing is filtered: the reference default, once a decode step). logits [R, V]."""
+    if (top_k is None or top_k <= 0) and top_p >= 1.0:
+        return logits
     logits = logits.clone()
     if top_k is not None and top_k > 0:
         k = min(max(top_k, 1), logits.size(-1))
@@ -149,7 +152,7 @@ class TokenPicker:
         filt = filter_logits(scaled, self.s.top_k, float(self.s.top_p))
         probs = torch.softmax(filt, dim=-1)[0]
         tok = self._draw(probs)
-        logp = torch.log_softmax(filt, dim=-1)[0]
+        src = filt  # the logits the token was drawn from: its log-prob is best-of's score
         # VALL-E 2 repetition-aware sampling: a code that dominates the recent window is re-drawn
         # from the full distribution.
         w = self.s.repetition_window
@@ -158,7 +161,7 @@ class TokenPicker:
             if recent.count(tok) / w > self.s.repetition_threshold:
                 full = torch.softmax(scaled, dim=-1)[0]
                 tok = self._draw(full)
-                logp = torch.log_softmax(scaled, dim=-1)[0]
+                src = scaled
         # Guard: one code repeated for seconds -> re-sample without it.
         if self.s.guards and tok != EOS and tok == self._run_tok and self._run_len + 1 >= self.repeat_limit:
             self.resamples += 1
@@ -176,11 +179,12 @@ class TokenPicker:
                 alt = scaled.clone()
                 alt[0, tok] = -float("inf")
             tok = self._draw(torch.softmax(alt, dim=-1)[0])
-            logp = torch.log_softmax(alt, dim=-1)[0]
-        lp = float(logp[tok])
-        if math.isinf(lp):  # drawn outside the filter (repetition-aware / guard fallback)
-            lp = float(torch.log_softmax(scaled, dim=-1)[0, tok])
-        self.sum_logprob += lp
+            src = alt
+        if self.s.best_of > 1:  # only best-of reads it: two ops a step less otherwise
+            lp = float(torch.log_softmax(src, dim=-1)[0, tok])
+            if math.isinf(lp):  # drawn outside the filter (repetition-aware / guard fallback)
+                lp = float(torch.log_softmax(scaled, dim=-1)[0, tok])
+            self.sum_logprob += lp
         if tok != EOS:
             self._track(tok)
             if self.s.guards and self._looping():
