@@ -189,9 +189,12 @@ class TokenIO:
     the floats they give), the final LayerNorm, the bf16 head. Holds the tensors it points into."""
 
     def __init__(self, emb: torch.Tensor, ape: torch.Tensor, norm, head: "Bf16Linear"):
-        if emb.dtype not in (torch.bfloat16, torch.float32) or ape.dtype != torch.float32 or \
-                emb.shape[1:] != ape.shape[1:] or not isinstance(head, Bf16Linear) or head.in_features != emb.shape[1]:
-            raise ValueError("TokenIO: bf16 / float32 embedding rows, float32 positions of the same width, a Bf16Linear head")
+        if (emb.dim() != 2 or emb.dtype not in (torch.bfloat16, torch.float32) or ape.dtype != torch.float32
+                or emb.shape[1:] != ape.shape[1:] or tuple(norm.weight.shape) != (emb.shape[1],)
+                or tuple(norm.bias.shape) != (emb.shape[1],) or not isinstance(head, Bf16Linear)
+                or head.in_features != emb.shape[1] or emb.device.type != "cpu" or ape.device.type != "cpu"):
+            raise ValueError("TokenIO: CPU bf16 / float32 embedding rows [V, D], float32 positions [N, D], a "
+                             "LayerNorm of width D and a Bf16Linear head from D")
         self.emb, self.ape = emb.detach().contiguous(), ape.detach().contiguous()
         self.norm_w, self.norm_b = norm.weight.detach().float().contiguous(), norm.bias.detach().float().contiguous()
         self.head = head
@@ -243,6 +246,7 @@ class DecodeStep:
         """The step from the new positions' codes to the head's logits, in one call: the AR's
         decode loop has no other PyTorch op per step. codes, positions: one int per row (into
         io's tables); the rest as in __call__. Returns float32 [B, V]."""
+        codes, positions = [int(c) for c in codes], [int(p) for p in positions]
         B = len(codes)
         if B == 0 or len(positions) != B:
             raise ValueError(f"{B} codes and {len(positions)} positions: expected one of each per row")

@@ -146,8 +146,9 @@ class Stack(nn.Module):
         self.norm = AdaNorm(d) if adaptive else Norm(d)
         self.act_dtype = torch.float32
         self.kv_dtype = torch.float32
-        # bf16 / int8 modes on the CPU (set by core.quantize): the one-row decode step uses the
-        # kernels of core/native.py and full attention runs as bf16 matmuls (float32 softmax).
+        # bf16 / int8 modes on the CPU (set by core.quantize): the decode step and the full
+        # passes' attention (NAR, prefill) use the kernels of core/native.py, float32 softmax;
+        # what they do not cover runs as bf16 matmuls.
         self.fast_cpu = False
         self.decode_step = None  # int8 / bf16 modes: core.native_linear.DecodeStep, the whole step in one call
 

@@ -502,9 +502,15 @@ def test_decode_step_from_codes_to_logits(golden, mode):
     assert torch.equal(c1, c2)  # the same k / v written (the inputs are the same floats)
     assert torch.equal(alone, got[1:2])
     for bad_codes, bad_pos, what in (([io.n_codes], [0], "codes"), ([-1], [0], "codes"), ([5], [40], "positions"),
-                                     ([5, 6], [0], "positions")):
+                                     ([5, 6], [0], "positions"), ([], [], "codes")):
         with pytest.raises(ValueError, match=what):
             stack.decode_step.logits(io, bad_codes, bad_pos, cache[:, :, :1].clone(), slot, None)
+    with pytest.raises(ValueError, match="slot"):
+        stack.decode_step.logits(io, [5], [0], cache[:, :, :1].clone(), 20, None)
+    with pytest.raises(ValueError, match="cache"):
+        stack.decode_step.logits(io, [5], [0], cache[:, :, :1].transpose(-1, -2), slot, None)
+    with pytest.raises(ValueError, match="LayerNorm"):
+        native_linear.TokenIO(c.ar_audio_emb.weight, torch.zeros(4, stack.d + 1), stack.norm, c.ar_head)
 
 
 @needs_native
