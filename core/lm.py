@@ -335,10 +335,11 @@ class VallEX:
                     stop[i] = why
             if all(done):
                 break
-            # Drop finished rows from the computation once a quarter of the batch is done. The
-            # fused step takes a map of live rows into the cache; otherwise the cache is compacted.
+            # Drop finished rows from the computation: at once where the fused step takes a map of
+            # live rows into the cache (nothing is copied), else once a quarter of the batch is
+            # done (the cache is compacted, a copy of it).
             n_dead = sum(done[i] for i in live_rows)
-            if n_dead and n_dead * 4 >= len(live_rows):
+            if n_dead and (row_map is not None or n_dead * 4 >= len(live_rows)):
                 keep = [j for j, i in enumerate(live_rows) if not done[i]]
                 kt = torch.tensor(keep, device=dev)
                 if row_map is not None:
