@@ -96,7 +96,7 @@ def _declare(lib) -> None:
     lib.vx_decode.restype = None
     lib.vx_decode_logits.argtypes = [P, I, P, P, P, P, I, I, I, I, P, I, L, L, I, P, P, I]
     lib.vx_decode_logits.restype = None
-    lib.vx_kv_quantize.argtypes = [P, L, I, P, I]
+    lib.vx_kv_quantize.argtypes = [P, I, P, P, I, P, P, I]
     lib.vx_kv_quantize.restype = None
     lib.vx_softmax_bf16.argtypes = [P, L, I, I]
     lib.vx_softmax_bf16.restype = None
@@ -154,10 +154,28 @@ def kv_quantize(x: torch.Tensor) -> torch.Tensor:
     float32 scale (max|x| / 127; value = scale * int8, rounded to nearest even). The same code
     (vx_kv_put_i8) as the fused decode step's, so every path writes the same bytes."""
     D = x.shape[-1]
-    xf = x.float().contiguous()
-    out = torch.empty(*x.shape[:-1], D + 4, dtype=torch.int8)
-    _lib.vx_kv_quantize(xf.data_ptr(), xf.numel() // max(D, 1), D, out.data_ptr(), torch.get_num_threads())
-    return out
+    out = torch.empty(x.numel() // max(D, 1), D + 4, dtype=torch.int8)
+    kv_quantize_into(x.reshape(-1, D), out)
+    return out.view(*x.shape[:-1], D + 4)
+
+
+def kv_quantize_into(x: torch.Tensor, out: torch.Tensor) -> None:
+    """kv_quantize(x) written straight into `out` (a slice of an int8 cache, [..., D + 4]): no
+    float32 copy of x and no second copy into the cache (the prefill's were ~8% of it)."""
+    D = x.shape[-1]
+    if out.dtype != torch.int8 or out.shape != (*x.shape[:-1], D + 4) or x.dim() > 4:
+        raise ValueError(f"int8 cache rows {tuple(out.shape)} {out.dtype} for values {tuple(x.shape)}")
+    if x.dtype not in (torch.float32, torch.bfloat16) or x.stride(-1) != 1:
+        x = x.float().contiguous()
+    if out.stride(-1) != 1:
+        raise ValueError("the cache rows must be contiguous in their last dimension")
+    lead = x.dim() - 1  # up to 3 leading dims, padded to 3 with size-1 dims
+    n = [1] * (3 - lead) + list(x.shape[:-1])
+    xst = [0] * (3 - lead) + list(x.stride()[:-1])
+    ost = [0] * (3 - lead) + list(out.stride()[:-1])
+    arr = ctypes.c_int64 * 3
+    _lib.vx_kv_quantize(x.data_ptr(), int(x.dtype == torch.bfloat16), arr(*xst), arr(*n), D, out.data_ptr(),
+                        arr(*ost), torch.get_num_threads())
 
 
 def kv_dequantize(rows: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:

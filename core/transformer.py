@@ -67,9 +67,13 @@ def _matmul_attention(q, k, v, mask, scale: float) -> torch.Tensor:
     return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
-def _to_cache(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """k or v [..., hd] as the cache stores them: int8 rows (native.kv_quantize) or a cast."""
-    return native.kv_quantize(x) if dtype == torch.int8 else x
+def _cache_put(dst: torch.Tensor, x: torch.Tensor) -> None:
+    """k or v [..., hd] into the cache slice dst as the cache stores them: int8 rows quantized
+    straight into it (native.kv_quantize_into), else a cast copy."""
+    if dst.dtype == torch.int8:
+        native.kv_quantize_into(x, dst)
+    else:
+        dst.copy_(x)
 
 
 class Norm(nn.Module):
@@ -183,8 +187,8 @@ class Stack(nn.Module):
         if self.fast_cpu and S == 1 and cache_k is not None:
             qkv = qkv.view(B, 3, self.h, self.hd)
             qkv = qkv if qkv.dtype == torch.float32 else qkv.float()
-            cache_k[:, :, start] = _to_cache(qkv[:, 1], cache_k.dtype)
-            cache_v[:, :, start] = _to_cache(qkv[:, 2], cache_v.dtype)
+            _cache_put(cache_k[:, :, start], qkv[:, 1])
+            _cache_put(cache_v[:, :, start], qkv[:, 2])
             o = native.attn_decode(qkv[:, 0], cache_k, cache_v, start + 1, key_start, self.hd ** -0.5)
             return layer.out(o.view(B, 1, self.d))
         if qkv.dtype != at:  # CPU fp32 / int8 activations with a bf16 cache, or the reverse
@@ -203,8 +207,8 @@ class Stack(nn.Module):
             qkv = qkv.view(B, S, 3, self.h, self.hd).transpose(1, 3)  # [B, H, 3, S, hd]
             q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         if cache_k is not None:
-            cache_k[:, :, start:start + S] = _to_cache(k, cache_k.dtype)
-            cache_v[:, :, start:start + S] = _to_cache(v, cache_v.dtype)
+            _cache_put(cache_k[:, :, start:start + S], k)
+            _cache_put(cache_v[:, :, start:start + S], v)
             if cache_k.dtype != torch.int8:
                 k = cache_k[:, :, :start + S]
                 v = cache_v[:, :, :start + S]
@@ -226,8 +230,8 @@ class Stack(nn.Module):
         S = qkv5.shape[1]
         q, k, v = (qkv5[:, :, i].transpose(1, 2) for i in range(3))
         if cache_k is not None:
-            cache_k[:, :, start:start + S] = _to_cache(k, cache_k.dtype)
-            cache_v[:, :, start:start + S] = _to_cache(v, cache_v.dtype)
+            _cache_put(cache_k[:, :, start:start + S], k)
+            _cache_put(cache_v[:, :, start:start + S], v)
             if cache_k.dtype != torch.int8:
                 k, v = cache_k[:, :, :start + S], cache_v[:, :, :start + S]
             elif start:

@@ -159,9 +159,15 @@ static void decode_bf16(const float *qv, const uint16_t *k, const uint16_t *v, i
 /* D floats -> one int8 cache row: scale = max|x| / 127, x / scale rounded to nearest even. */
 void vx_kv_put_i8(const float *x, int D, int8_t *row) {
     float amax = 0.f;
-    for (int d = 0; d < D; d++) amax = fmaxf(amax, fabsf(x[d]));
-    float sc = amax / 127.f;
     int d = 0;
+#ifdef VX_AVX512
+    __m512 vmax = _mm512_setzero_ps();
+    for (; d + 16 <= D; d += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(x + d)));
+    amax = _mm512_reduce_max_ps(vmax);
+#endif
+    for (; d < D; d++) amax = fmaxf(amax, fabsf(x[d]));
+    float sc = amax / 127.f;
+    d = 0;
     if (sc > 0.f) {
 #ifdef VX_AVX512
         __m512 vs = _mm512_set1_ps(sc);
@@ -179,11 +185,30 @@ void vx_kv_put_i8(const float *x, int D, int8_t *row) {
     memcpy(row + D, &sc, sizeof sc);
 }
 
-/* rows x D floats (contiguous) -> rows int8 cache rows of D + 4 bytes (core/native.py's kv_quantize:
-   the prefill's keys and values, and the per-op decode path's). */
-void vx_kv_quantize(const float *x, int64_t rows, int D, int8_t *out, int n_threads) {
-#pragma omp parallel for num_threads(n_threads) schedule(static)
-    for (int64_t r = 0; r < rows; r++) vx_kv_put_i8(x + r * D, D, out + r * (D + 4));
+/* Rows of D float32 or bf16 (x_bf16) values -> int8 cache rows of D + 4 bytes, written in place
+   (core/native.py's kv_quantize_into: the prefill's keys and values straight from the projection
+   into the cache, and the per-op decode path's). Row (i, j, l) of the [n0, n1, n2] rows is at
+   x + i*xst[0] + j*xst[1] + l*xst[2] (elements) and goes to out + the same with ost (bytes). */
+void vx_kv_quantize(const void *x, int x_bf16, const int64_t *xst, const int64_t *n, int D, int8_t *out,
+                    const int64_t *ost, int n_threads) {
+    int64_t rows = n[0] * n[1] * n[2];
+#pragma omp parallel num_threads(n_threads)
+    {
+        float *buf = malloc(sizeof(float) * (size_t)(D > 0 ? D : 1));
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < rows; r++) {
+            int64_t i = r / (n[1] * n[2]), j = r / n[2] % n[1], l = r % n[2];
+            int64_t at = i * xst[0] + j * xst[1] + l * xst[2];
+            const float *src = (const float *)x + at;
+            if (x_bf16) {
+                const uint16_t *b = (const uint16_t *)x + at;
+                for (int d = 0; d < D; d++) buf[d] = bf16f(b[d]);
+                src = buf;
+            }
+            vx_kv_put_i8(src, D, out + i * ost[0] + j * ost[1] + l * ost[2]);
+        }
+        free(buf);
+    }
 }
 
 #ifdef VX_AVX512
