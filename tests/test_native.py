@@ -82,6 +82,28 @@ def test_int8_kv_rows(D):
 
 
 @needs_native
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_int8_kv_rows_written_into_a_cache_slice(dtype):
+    # The prefill's path: keys as a strided view of the projection [B, S, 3, H, hd], quantized
+    # straight into a slice of the cache [B, H, Smax, hd + 4]: the bytes kv_quantize gives, and
+    # nothing outside the slice touched.
+    g = torch.Generator().manual_seed(3)
+    B, S, H, hd = 2, 9, 3, 64
+    k = torch.randn(B, S, 3, H, hd, generator=g).to(dtype)[:, :, 1].transpose(1, 2)  # [B, H, S, hd]
+    cache = torch.full((B, H, 20, hd + 4), 7, dtype=torch.int8)
+    native.kv_quantize_into(k, cache[:, :, 4:4 + S])
+    assert torch.equal(cache[:, :, 4:4 + S], native.kv_quantize(k.contiguous()))
+    assert bool((cache[:, :, :4] == 7).all()) and bool((cache[:, :, 4 + S:] == 7).all())
+    one = torch.zeros(B, H, hd + 4, dtype=torch.int8)  # one position (the per-op decode step)
+    native.kv_quantize_into(k[:, :, 0], one)
+    assert torch.equal(one, cache[:, :, 4])
+    with pytest.raises(ValueError, match="int8 cache rows"):
+        native.kv_quantize_into(k, cache[:, :, :S - 1])
+    with pytest.raises(ValueError, match="int8 cache rows"):
+        native.kv_quantize_into(k, cache[:, :, :S].float())
+
+
+@needs_native
 @pytest.mark.parametrize("n", [1, 15, 16, 33, 633])
 def test_softmax_kernel_matches_torch(n):
     torch.manual_seed(n)
