@@ -158,16 +158,8 @@ static void decode_bf16(const float *qv, const uint16_t *k, const uint16_t *v, i
 
 /* D floats -> one int8 cache row: scale = max|x| / 127, x / scale rounded to nearest even. */
 void vx_kv_put_i8(const float *x, int D, int8_t *row) {
-    float amax = 0.f;
+    float sc = abs_max(x, D) / 127.f;
     int d = 0;
-#ifdef VX_AVX512
-    __m512 vmax = _mm512_setzero_ps();
-    for (; d + 16 <= D; d += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(x + d)));
-    amax = _mm512_reduce_max_ps(vmax);
-#endif
-    for (; d < D; d++) amax = fmaxf(amax, fabsf(x[d]));
-    float sc = amax / 127.f;
-    d = 0;
     if (sc > 0.f) {
 #ifdef VX_AVX512
         __m512 vs = _mm512_set1_ps(sc);

@@ -68,6 +68,20 @@ static inline __m512 load_bf16(const uint16_t *p, __mmask16 m) {
     } while (0)
 #endif
 
+/* max |x[i]| over n floats (0 for n = 0): the int8 quantizers' scale (activation rows, KV rows);
+   max is exact, so the vector and scalar orders give the same value */
+static inline float abs_max(const float *x, int n) {
+    float amax = 0.f;
+    int i = 0;
+#ifdef VX_AVX512
+    __m512 vmax = _mm512_setzero_ps();
+    for (; i + 16 <= n; i += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(x + i)));
+    amax = _mm512_reduce_max_ps(vmax);
+#endif
+    for (; i < n; i++) amax = fmaxf(amax, fabsf(x[i]));
+    return amax;
+}
+
 /* ---- the packed Linear kernels' inner loops (linear_i8.c, linear_bf16.c) ---------------------
 Both pack their weights so that one 64-byte vector holds one k step of 16 output rows (4 int8 k,
 or 2 bf16 k, per row) and give each activation row one 32-bit word per step, broadcast: the loops

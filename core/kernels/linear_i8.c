@@ -9,16 +9,9 @@ bandwidth), and a tiled GEMM for more (the NAR, the prefill). */
    vector conversion's): both branches give the same bytes. The scalar branch called lrintf once
    an element, ~15% of a 10-row decode step. */
 static void quantize_row(const float *xr, int K, int k4, uint8_t *q, float *xscale) {
-    float amax = 0.f;
-    int i = 0;
-#ifdef VX_AVX512
-    __m512 vmax = _mm512_setzero_ps();
-    for (; i + 16 <= K; i += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(xr + i)));
-    amax = _mm512_reduce_max_ps(vmax);
-#endif
-    for (; i < K; i++) amax = fmaxf(amax, fabsf(xr[i]));
+    float amax = abs_max(xr, K);
     float s = amax > 0.f ? amax / 127.f : 1.f, inv = 1.f / s;
-    i = 0;
+    int i = 0;
 #ifdef VX_AVX512
     __m512 vinv = _mm512_set1_ps(inv);
     __m512i off = _mm512_set1_epi32(128);
