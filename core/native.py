@@ -153,17 +153,28 @@ def kv_quantize(x: torch.Tensor) -> torch.Tensor:
     """[..., D] float32 / bf16 -> the int8 KV cache's rows, int8 [..., D + 4]: D values and their
     float32 scale (max|x| / 127; value = scale * int8, rounded to nearest even). The same code
     (vx_kv_put_i8) as the fused decode step's, so every path writes the same bytes."""
+    _check_kv_values(x)
     D = x.shape[-1]
-    out = torch.empty(x.numel() // max(D, 1), D + 4, dtype=torch.int8)
+    out = torch.empty(x.numel() // D, D + 4, dtype=torch.int8)
     kv_quantize_into(x.reshape(-1, D), out)
     return out.view(*x.shape[:-1], D + 4)
+
+
+def _check_kv_values(x: torch.Tensor) -> None:
+    # the kernel reads D values a row from a CPU pointer
+    if _lib is None:
+        raise RuntimeError(f"the native kernels are not loaded: {why_unavailable() or 'call native.load()'}")
+    if x.dim() == 0 or x.shape[-1] == 0 or x.device.type != "cpu":
+        raise ValueError(f"KV values {tuple(x.shape)} on {x.device.type}: expected a CPU tensor [..., D], D >= 1")
 
 
 def kv_quantize_into(x: torch.Tensor, out: torch.Tensor) -> None:
     """kv_quantize(x) written straight into `out` (a slice of an int8 cache, [..., D + 4]): no
     float32 copy of x and no second copy into the cache (the prefill's were ~8% of it)."""
+    _check_kv_values(x)
     D = x.shape[-1]
-    if out.dtype != torch.int8 or out.shape != (*x.shape[:-1], D + 4) or x.dim() > 4:
+    if (out.dtype != torch.int8 or out.shape != (*x.shape[:-1], D + 4) or x.dim() > 4
+            or out.device.type != "cpu"):
         raise ValueError(f"int8 cache rows {tuple(out.shape)} {out.dtype} for values {tuple(x.shape)}")
     if x.dtype not in (torch.float32, torch.bfloat16) or x.stride(-1) != 1:
         x = x.float().contiguous()

@@ -101,6 +101,11 @@ def test_int8_kv_rows_written_into_a_cache_slice(dtype):
         native.kv_quantize_into(k, cache[:, :, :S - 1])
     with pytest.raises(ValueError, match="int8 cache rows"):
         native.kv_quantize_into(k, cache[:, :, :S].float())
+    for bad in (torch.tensor(1.0), torch.zeros(3, 0)):  # no value dimension, no values a row
+        with pytest.raises(ValueError, match="KV values"):
+            native.kv_quantize_into(bad, torch.zeros(4, dtype=torch.int8))
+        with pytest.raises(ValueError, match="KV values"):
+            native.kv_quantize(bad)
 
 
 @needs_native
