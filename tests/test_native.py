@@ -50,14 +50,45 @@ def test_attention_decode_matches_sdpa(dtype, D):
         v[:, :, n:] = float("nan")
         kf, vf = k, v
     starts = torch.tensor([0, 5, 32], dtype=torch.int32)  # left padding; the last row sees one key
+    # int8 rows with D % 32 == 0 go through the integer kernel: q and the softmax weights are
+    # rounded to int16 (steps of 1/32767 of the largest), ~3e-5 here; the others sum floats.
+    tol = dict(rtol=0, atol=2e-4) if dtype == torch.int8 and D % 32 == 0 else dict(rtol=1e-5, atol=1e-5)
     got = native.attn_decode(q, k, v, n, starts, D ** -0.5)
     want = _sdpa_reference(q, kf, vf, n, starts.tolist())
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, want, **tol)
     # A query with a batch stride (a view into a packed q|k|v row) gives the same.
     qkv = torch.randn(B, 3, H, D, generator=g)
     qkv[:, 0] = q
     torch.testing.assert_close(native.attn_decode(qkv[:, 0], k, v, n, None, D ** -0.5),
-                               _sdpa_reference(q, kf, vf, n, None), rtol=1e-5, atol=1e-5)
+                               _sdpa_reference(q, kf, vf, n, None), **tol)
+
+
+@needs_native
+@pytest.mark.parametrize("n", [1, 487, 489, 3001])
+def test_int8_attention_decode_long_and_degenerate(n):
+    # The integer kernel's int32 sums: the weight scale coarsens past 488 keys so that even equal
+    # weights on values all at the int8 extreme (the largest possible sum) do not overflow.
+    D, H = 64, 2
+    q = torch.zeros(1, H, D)  # all scores equal: uniform weights
+    k = native.kv_quantize(torch.randn(1, H, n, D))
+    x = torch.full((1, H, n, D), 3.0)
+    x[:, 1, :, ::2] = -3.0
+    v = native.kv_quantize(x)  # every value row: +-127 x scale 3/127
+    got = native.attn_decode(q, k, v, n, None, D ** -0.5)
+    torch.testing.assert_close(got, x[:, :, 0], rtol=0, atol=1e-3)
+    # a value cache of zeros (every row's scale 0) and a query of zeros give zeros, not NaN
+    assert torch.equal(native.attn_decode(q, k, native.kv_quantize(torch.zeros(1, H, n, D)), n, None, 0.125),
+                       torch.zeros(1, H, D))
+    # one peaked key among many: its value row comes back
+    q = torch.zeros(1, H, D)
+    q[..., 0] = 400.0  # a score of 50 after the 1/8 scale, 0 for the others
+    kk = torch.zeros(1, H, n, D)
+    kk[:, :, n // 2, 0] = 1.0
+    vv = torch.randn(1, H, n, D)
+    got = native.attn_decode(q, native.kv_quantize(kk), native.kv_quantize(vv), n, None, D ** -0.5)
+    want = _sdpa_reference(q, native.kv_dequantize(native.kv_quantize(kk)),
+                           native.kv_dequantize(native.kv_quantize(vv)), n, None)
+    torch.testing.assert_close(got, want, rtol=0, atol=2e-4)
 
 
 @needs_native
@@ -399,10 +430,11 @@ def test_bf16_mode_runs_on_the_native_linear_and_fused_step(golden):
 @needs_native
 @pytest.mark.parametrize("mode", FUSED_MODES)
 @pytest.mark.parametrize("B", [1, 5, 11])
-def test_fused_decode_step_is_batch_invariant(golden, mode, B):
+@pytest.mark.parametrize("name, heads", [("tiny-b", 6), ("tiny-a", 1)])  # hd 4, 32 (the int8 attention kernel)
+def test_fused_decode_step_is_batch_invariant(golden, mode, B, name, heads):
     # Rows are quantized (int8), multiplied and attended one by one, so a batch (B=11: more rows
     # than one int8 kernel pass takes) gives each row exactly what it gets alone.
-    stack = _tiny(golden, mode).core.ar
+    stack = _tiny(golden, mode, name, heads).core.ar
     L, smax, slot = len(stack.layers), 20, 11
     g = torch.Generator().manual_seed(2)
     cache = _random_cache(stack, L, B, smax, g)
@@ -487,7 +519,7 @@ def test_fused_bf16_decode_step_matches_per_op_path(golden, name, heads, B):
 
 
 @needs_native
-@pytest.mark.parametrize("name, heads, B", [("tiny-a", 4, 3), ("tiny-b", 6, 3)])
+@pytest.mark.parametrize("name, heads, B", [("tiny-a", 4, 3), ("tiny-b", 6, 3), ("tiny-a", 1, 3)])
 def test_fused_int8_decode_step_matches_per_op_path(golden, name, heads, B):
     stack = _tiny_int8(golden, name, heads).core.ar
     assert stack.fast_cpu and stack.decode_step is not None and stack.kv_dtype == torch.int8
