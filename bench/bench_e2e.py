@@ -103,12 +103,13 @@ def main() -> None:
         print(json.dumps(worker(args)))
         return
 
+    from bench import _machine
     from bench._weights import write_checkpoint
 
     ckpt = write_checkpoint(SCHEMA, args.ckpt)
     models = build_models(Path(args.models), ckpt)
     results = {"threads": args.threads, "cap_s_per_sentence": round(CAP_S, 2), "modes": {},
-               "load_avg_start": os.getloadavg()}
+               "machine_start": _machine.snapshot(args.threads)}
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     for mode in [m for m in args.modes.split(",") if m]:
         print(f"{mode} ...", flush=True)
@@ -117,7 +118,7 @@ def main() -> None:
         lines = [line for line in p.stdout.splitlines() if line.startswith("{")]
         results["modes"][mode] = json.loads(lines[-1]) if p.returncode == 0 and lines else \
             {"error": (p.stderr or p.stdout)[-600:]}
-    results["load_avg_end"] = os.getloadavg()
+    results["machine_end"] = _machine.snapshot(args.threads)
     print(f"{'mode':<8}{'text':<16}{'audio s':>9}{'wall s':>8}{'RTF':>7}{'LM s':>7}{'rest s':>8}{'RSS MB':>8}")
     for mode, r in results["modes"].items():
         if "error" in r:
@@ -127,6 +128,7 @@ def main() -> None:
             x = r[name]
             print(f"{mode:<8}{name:<16}{x['audio_s']:>9.2f}{x['wall_s']:>8.2f}{x['rtf']:>7.3f}{x['lm_s']:>7.2f}"
                   f"{x['rest_s']:>8.2f}{r['peak_rss_mb']:>8}")
+    print(_machine.line(results["machine_start"], results["machine_end"]))
     path = Path(args.json) if args.json else ROOT / "bench" / "results" / f"e2e-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1))

@@ -286,6 +286,7 @@ def main():
         print(json.dumps(fn(args)))
         return
 
+    from bench import _machine
     from bench._weights import write_checkpoint
 
     t = time.perf_counter()
@@ -296,7 +297,7 @@ def main():
     results: dict = {"workload": {"prompt_frames": PROMPT_FRAMES, "text_ids": TEXT_IDS, "greedy": True,
                                   "generated_frames_target": 16 * TEXT_IDS, "threads": args.threads,
                                   "quick": args.quick},
-                     "machine": {"cpus": os.cpu_count(), "load_avg_start": os.getloadavg()}}
+                     "machine": {"cpus": os.cpu_count(), "start": _machine.snapshot(args.threads)}}
     if not args.no_ref and (not args.ref or not Path(args.ref, "models", "vallex.py").exists()):
         sys.exit("--ref DIR (or VALLEX_REF) must be a work tree of github Plachtaa/VALL-E-X "
                  "(or pass --no-ref)")
@@ -336,7 +337,7 @@ def main():
         r = _run(cmd)
         results["batch"][m] = r
         print(f"  {r}", flush=True)
-    results["machine"]["load_avg_end"] = os.getloadavg()
+    results["machine"]["end"] = _machine.snapshot(args.threads)
 
     # Ratios against the reference of this run.
     if ref and "error" not in ref:
@@ -389,6 +390,11 @@ def _table(res):
                     f"{b['batch_ar_tok_per_s']:.1f} tok/s (x{b['ar_speedup']:.2f}); LM total "
                     f"{b['one_by_one_lm_s']:.1f} s -> {b['batch_lm_s']:.1f} s (x{b['lm_speedup']:.2f}); "
                     f"same tokens: {b['all_tokens_equal']}")
+    m = res.get("machine", {})
+    if "start" in m and "end" in m:
+        from bench import _machine
+
+        rows.append(_machine.line(m["start"], m["end"]))
     print("\n".join(rows))
 
 
