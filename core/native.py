@@ -202,11 +202,25 @@ def attn_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n: int,
     q: float32 [B, H, D] with contiguous heads (any batch stride); k, v: [B, H, Smax, D] float32
     or bfloat16, or int8 rows [B, H, Smax, D + 4] (kv_quantize), contiguous in the last two dims,
     same strides; starts: int32 [B] or None. Returns float32 [B, H, D]."""
+    # the kernel reads n keys of every (row, head) through raw pointers: refuse what does not fit
+    if _lib is None:
+        raise RuntimeError(f"the native kernels are not loaded: {why_unavailable() or 'call native.load()'}")
+    if q.dim() != 3 or k.dim() != 4 or any(t.device.type != "cpu" for t in (q, k, v)):
+        raise ValueError(f"attn_decode: q [B, H, D] and k, v [B, H, Smax, row] on the CPU, got "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     B, H, D = q.shape
     row = D + 4 if k.dtype == torch.int8 else D
-    assert q.dtype == torch.float32 and q.stride(2) == 1 and q.stride(1) == D
-    assert k.dtype == v.dtype and k.dtype in KV_KINDS and k.shape[-1] == row
-    assert k.stride() == v.stride() and k.stride(3) == 1 and k.stride(2) == row
+    if (q.dtype != torch.float32 or q.stride(2) != 1 or q.stride(1) != D or k.dtype != v.dtype
+            or k.dtype not in KV_KINDS or k.shape != v.shape or k.shape[:2] != (B, H) or k.shape[-1] != row
+            or k.stride() != v.stride() or k.stride(3) != 1 or k.stride(2) != row):
+        raise ValueError(f"attn_decode: q {tuple(q.shape)} {q.dtype} and k, v {tuple(k.shape)} {k.dtype}: expected "
+                         f"float32 q with contiguous heads and caches of rows of {row} with the same strides")
+    if not 0 <= int(n) <= k.shape[2]:
+        raise ValueError(f"attn_decode: {n} keys in a cache of {k.shape[2]} positions")
+    if starts is not None:
+        starts = starts.to(torch.int32).contiguous()
+        if starts.shape != (B,) or (B and (int(starts.min()) < 0 or int(starts.max()) > int(n))):
+            raise ValueError(f"attn_decode: starts {starts.tolist()} for {B} rows and {n} keys")
     out = torch.empty(B, H, D)
     _lib.vx_attn_decode(q.data_ptr(), q.stride(0), k.data_ptr(), v.data_ptr(), k.stride(0), k.stride(1),
                         out.data_ptr(), B, H, D, int(n), _ptr(starts), None, float(scale),

@@ -64,6 +64,19 @@ def test_attention_decode_matches_sdpa(dtype, D):
 
 
 @needs_native
+def test_attention_decode_refuses_what_does_not_fit():
+    # raw pointers into the cache: a length past it, bad starts or mismatched shapes are refused
+    q = torch.randn(2, 3, 64)
+    k = native.kv_quantize(torch.randn(2, 3, 10, 64))
+    for args in [(q, k, k, 11, None), (q, k, k, -1, None), (q, k, k, 5, torch.tensor([0, 6], dtype=torch.int32)),
+                 (q, k, k, 5, torch.tensor([0], dtype=torch.int32)), (q[:1], k, k, 5, None),
+                 (q, k, k[..., :-1], 5, None), (q.double(), k, k, 5, None), (q[0], k, k, 5, None)]:
+        with pytest.raises(ValueError, match="attn_decode"):
+            native.attn_decode(*args, 0.125)
+    assert native.attn_decode(q, k, k, 10, torch.tensor([0, 10], dtype=torch.int32), 0.125).shape == (2, 3, 64)
+
+
+@needs_native
 @pytest.mark.parametrize("n", [1, 487, 489, 3001])
 def test_int8_attention_decode_long_and_degenerate(n):
     # The integer kernel's int32 sums: the weight scale coarsens past 488 keys so that even equal
