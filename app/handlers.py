@@ -28,9 +28,13 @@ def user_errors(fn):
     """Show `StudioError`s as their user message and hide tracebacks of anything else."""
 
     def convert(e: Exception) -> gr.Error:
+        # The user sees the message in a toast; the log keeps it too, so that an operator (or a
+        # failing browser test) can tell what the page showed.
         if isinstance(e, gr.Error):
+            log.warning("%s refused: %s", fn.__name__, e.message)
             return e
         if isinstance(e, StudioError):
+            log.warning("%s refused: %s", fn.__name__, e.user_message())
             return gr.Error(e.user_message())
         log.exception("handler %s failed", fn.__name__)
         return gr.Error(f"Something went wrong inside the studio ({type(e).__name__}: {e}). "

@@ -27,8 +27,14 @@ MISSING_HINT = ("Type what the recording says in the transcript box instead, or 
 @dataclass(frozen=True)
 class AsrOptions:
     beam_size: int = 5
-    # Whisper's fallback schedule: retry hotter when the output looks like a loop or is unlikely.
-    temperature: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    # Beam search only, no sampling: the same recording always gets the same transcript. Whisper's
+    # usual schedule (0.0, 0.2, ... 1.0) retries with *sampling* when the text looks unlikely, and
+    # CTranslate2 cannot seed one call, so re-checking a prompt could change its transcript.
+    temperature: tuple[float, ...] = (0.0,)
+    # The retry kept from that schedule, made deterministic: text that compresses better than this
+    # ratio is a repetition loop, and is decoded again with repeated 3-grams banned.
+    loop_compression_ratio: float = 2.4
+    loop_no_repeat_ngram_size: int = 3
     condition_on_previous_text: bool = False  # prompts are short; avoids runaway repetition
     compute_type: str | None = None  # None: int8 on CPU, float16 on CUDA
 
@@ -112,9 +118,18 @@ class Transcriber:
 
     def _run(self, audio: np.ndarray, language: str, task: str) -> str:
         o = self.options
-        segments, _ = self.model.transcribe(
-            audio, language=language, task=task, beam_size=o.beam_size, temperature=list(o.temperature),
-            condition_on_previous_text=o.condition_on_previous_text, vad_filter=False)
+
+        def decode(**extra) -> list:
+            segments, _ = self.model.transcribe(
+                audio, language=language, task=task, beam_size=o.beam_size, temperature=list(o.temperature),
+                condition_on_previous_text=o.condition_on_previous_text, vad_filter=False, **extra)
+            return list(segments)
+
+        segments = decode()
+        if any(s.compression_ratio > o.loop_compression_ratio for s in segments):
+            log.info("the transcript repeats itself; decoding again without repeated %d-grams",
+                     o.loop_no_repeat_ngram_size)
+            segments = decode(no_repeat_ngram_size=o.loop_no_repeat_ngram_size)
         return "".join(s.text for s in segments).strip()
 
     def transcribe(self, wav: np.ndarray, sr: int, language: str | None = None) -> Transcript:

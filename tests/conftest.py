@@ -65,3 +65,18 @@ def artifacts() -> Path:
     path = ROOT / "test-artifacts"
     path.mkdir(exist_ok=True)
     return path
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing test that ran against a live studio (`app` fixture) gets the tail of the server's
+    log in its report: CI keeps only pytest's output, and the log holds the traceback."""
+    report = yield
+    server = getattr(item, "funcargs", {}).get("app")
+    if report.failed and hasattr(server, "log_path"):
+        try:
+            tail = server.log_path.read_text(errors="replace").splitlines()[-80:]
+        except OSError as e:
+            tail = [f"(the server log could not be read: {e})"]
+        report.sections.append(("studio server log (last 80 lines)", "\n".join(tail)))
+    return report

@@ -56,3 +56,46 @@ def test_missing_model_asks_for_a_transcript(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
     with pytest.raises(ModelMissingError, match="No speech-recognition model"):
         Transcriber.from_pretrained()
+
+
+def test_the_same_recording_always_gets_the_same_transcript(tiny_models, golden):
+    """The default options never sample: on the random model every decode fails Whisper's
+    log-probability check, which with the usual temperature schedule means sampled retries and a
+    transcript that could change from one check of the prompt to the next (seen with these numerics)."""
+    wav, sr = sf.read(golden / "prompts" / "zh-1.wav", dtype="float32")
+    wav = wav[: 4 * sr]
+    texts = set()
+    for _ in range(2):  # two models: each CTranslate2 worker has its own random generator
+        t = Transcriber.from_pretrained(tiny_models / "asr", options=AsrOptions(compute_type="int8_float32"))
+        texts |= {t.transcribe(wav, sr, language="en").text for _ in range(5)}
+    assert len(texts) == 1, texts
+
+
+class _Seg:
+    def __init__(self, text, ratio):
+        self.text, self.compression_ratio = text, ratio
+
+
+class _FakeWhisper:
+    """Stands in for faster_whisper.WhisperModel: records each decode's options."""
+
+    def __init__(self, first_ratio):
+        self.calls, self.first_ratio = [], first_ratio
+
+    def transcribe(self, audio, **kw):
+        self.calls.append(kw)
+        if len(self.calls) == 1:
+            return iter([_Seg(" la la la la la la la la", self.first_ratio)]), None
+        return iter([_Seg(" la di da", 1.2)]), None
+
+
+@pytest.mark.parametrize("first_ratio, decodes", [(1.5, 1), (3.0, 2)])
+def test_a_repetition_loop_is_decoded_again_without_sampling(tmp_path, first_ratio, decodes):
+    fake = _FakeWhisper(first_ratio)
+    text = Transcriber(fake, tmp_path)._run(np.zeros(16000, np.float32), "en", "transcribe")
+    assert len(fake.calls) == decodes
+    assert all(c["temperature"] == [0.0] for c in fake.calls)  # never sampled
+    if decodes == 1:
+        assert text == "la la la la la la la la" and "no_repeat_ngram_size" not in fake.calls[0]
+    else:
+        assert text == "la di da" and fake.calls[1]["no_repeat_ngram_size"] == 3

@@ -68,7 +68,10 @@ def tab(chrome, app):
 def report_numbers(page) -> tuple[float, float]:
     """(whole recording seconds, level dB) from the prompt checker's report."""
     report = page.locator("#prompt_report")
-    expect(report).to_contain_text("level", timeout=90_000)
+    expect(report).to_contain_text(re.compile("level|Error"), timeout=90_000)
+    if "level" not in report.inner_text():  # the check failed: say why (the toast's text)
+        toasts = page.locator(".toast-body").all_inner_texts()
+        raise AssertionError(f"the prompt check failed: {toasts or report.inner_text()}")
     text = report.inner_text()
     total = float(re.search(r"of ([\d.]+) s", text).group(1))
     level = float(re.search(r"level (-?[\d.]+) dB", text).group(1))
