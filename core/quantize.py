@@ -246,6 +246,7 @@ def apply_precision(core, dtype: torch.dtype, quantize: str | None, device, mmap
                     conv(lin, "weight", dtype)
                     conv(lin, "bias", dtype)
             stack.act_dtype = dtype
+            stack.linears_round_input = own  # vx_linear_bf16 rounds float32 rows as .to(bf16) does
             stack.kv_dtype = torch.float32 if device.type == "cpu" else dtype
             for layer in stack.layers:
                 layer.act_dtype = dtype

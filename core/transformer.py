@@ -149,6 +149,9 @@ class Stack(nn.Module):
         self.layers = nn.ModuleList(Layer(d, n_heads, d_ff, adaptive) for _ in range(n_layers))
         self.norm = AdaNorm(d) if adaptive else Norm(d)
         self.act_dtype = torch.float32
+        # True when every Linear takes float32 rows and rounds them to act_dtype itself (the native
+        # bf16 Linear, set by core.quantize): the norms then skip their own conversion pass
+        self.linears_round_input = False
         self.kv_dtype = torch.float32
         # bf16 / int8 modes on the CPU (set by core.quantize): the decode step and the full
         # passes' attention (NAR, prefill) use the kernels of core/native.py, float32 softmax;
@@ -159,7 +162,7 @@ class Stack(nn.Module):
     # -- helpers ----------------------------------------------------------------------------------
     def _norm(self, norm, x, stage):
         y = norm(x, stage) if self.adaptive else norm(x)
-        return y if y.dtype == self.act_dtype else y.to(self.act_dtype)
+        return y if y.dtype == self.act_dtype or self.linears_round_input else y.to(self.act_dtype)
 
     @property
     def attn_dtype(self) -> torch.dtype:

@@ -440,6 +440,29 @@ def test_bf16_mode_runs_on_the_native_linear_and_fused_step(golden):
     assert step(torch.zeros(1, ar.d), good, 3, torch.tensor([0], dtype=torch.int32)).shape == (1, ar.d)
 
 
+@needs_bf16
+def test_bf16_norms_hand_float32_rows_to_the_native_linears(golden):
+    """The bf16 mode's norms skip their .to(bfloat16) pass (vx_linear_bf16 rounds float32 rows the
+    same way): the NAR codes and the prefill + non-fused decode path are unchanged by it."""
+    model = _tiny(golden, "bf16")
+    stacks = (model.core.ar, model.core.nar)
+    assert all(s.linears_round_input for s in stacks)
+    assert not any(s.linears_round_input for s in (_tiny(golden, "int8").core.ar, _tiny(golden, "int8").core.nar))
+    g = torch.Generator().manual_seed(5)
+    prompt = torch.randint(0, 1024, (20, 8), generator=g)
+    ids = torch.randint(5, 70, (11,), generator=g)
+    langs = torch.zeros(11, dtype=torch.long)
+    ar = torch.randint(0, 1024, (33,), generator=g)
+    model.core.ar.decode_step = None  # the per-op decode path, which calls the norms too
+    outs = []
+    for flag in (True, False):
+        for s in stacks:
+            s.linears_round_input = flag
+        outs.append((model.generate_nar(ids, langs, 3, prompt, ar),
+                     model.generate_ar(ids, langs, 3, prompt, sampling=Sampling(top_k=1, max_frames=24))))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+
+
 @needs_native
 @pytest.mark.parametrize("mode", FUSED_MODES)
 @pytest.mark.parametrize("B", [1, 5, 11])
