@@ -45,6 +45,7 @@ MODES = {
     "int8-dynamic": {"quantize": "int8-dynamic"},
     "int8-weight": {"quantize": "int8-weight"},
     "int8-torchao": {"quantize": "int8-torchao"},
+    "int4": {"quantize": "int4"},
 }
 
 

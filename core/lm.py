@@ -33,7 +33,7 @@ from core.checkpoint import (N_CODES, _fill_tied_aliases, _reference_tying, chec
                              infer_config, read_state_dict, reference_schema)
 from core.errors import StudioError, VoiceError
 from core.lm_io import MAX_CONTEXT_FRAMES, Generation, LMRequest, Req, codes_1d, prepare, unpack
-from core.quantize import DEFAULT_INT8, INT8_BACKENDS, apply_precision, release_pages, trim_heap, tune_allocator
+from core.quantize import DEFAULT_INT8, QUANTIZE_MODES, apply_precision, release_pages, trim_heap, tune_allocator
 from core.sampling import EOS, Sampling, TokenPicker
 from core.transformer import Stack, sinusoid_table
 
@@ -111,7 +111,8 @@ class VallEX:
 
         Sizes come from the weights; `n_heads` from the argument. `dtype`: torch.float32 (the
         reference-exact mode), torch.bfloat16 (or "fp32"/"bf16"); `quantize`: None or "int8"
-        (or an explicit backend: "int8-dynamic", "int8-weight", "int8-torchao"). `warmup` runs
+        (or an explicit backend: "int8-dynamic", "int8-weight", "int8-torchao"), or "int4" (the
+        AR in 4 bits, the NAR in int8: the fastest CPU mode, see core/quantize.py). `warmup` runs
         one tiny AR + NAR pass so that kernel set-up (oneDNN, thread pools) happens at load time."""
         sd, mmapped = read_state_dict(path)
         model = cls.from_state_dict(sd, n_heads=n_heads, device=device, dtype=dtype, quantize=quantize,
@@ -138,9 +139,9 @@ class VallEX:
             quantize = str(quantize).lower()
             if quantize == "int8":
                 quantize = DEFAULT_INT8 if device.type == "cpu" else "int8-torchao"
-            if quantize not in INT8_BACKENDS:
+            if quantize not in QUANTIZE_MODES:
                 raise StudioError(f"unknown quantize mode {quantize!r}; use None, 'int8' or one of "
-                                  f"{', '.join(INT8_BACKENDS)}")
+                                  f"{', '.join(QUANTIZE_MODES)}")
         sd = dict(sd)
         if source.endswith(".safetensors"):
             _fill_tied_aliases(sd)

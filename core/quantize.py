@@ -12,6 +12,11 @@
   * "int8-torchao": torchao's `Int8DynamicActivationInt8WeightConfig` (the maintained path),
     when torchao is installed.
   * "int8": the default int8 backend (see DEFAULT_INT8).
+- int4 (`quantize="int4"`, CPU with AVX-512 VNNI): the AR's Linear layers in 4 bits (a bf16 scale
+  per 64 inputs, int8 activations: core/kernels/linear_i4.c), the NAR as "int8-dynamic". The AR's
+  decode step streams all its weights once a token, so it runs at the memory bandwidth: 4 bits
+  halve its time. The NAR is bound by arithmetic, where 4 bits would only add unpacking and error.
+  The fastest mode, and the farthest from fp32 (the AR's weights carry ~10% relative error).
   The decoder-layer Linear layers are quantized; embeddings and the output heads stay in bf16.
 """
 from __future__ import annotations
@@ -26,6 +31,7 @@ from torch import nn
 from core import native, native_linear
 
 INT8_BACKENDS = ("int8-dynamic", "int8-weight", "int8-torchao")
+QUANTIZE_MODES = INT8_BACKENDS + ("int4",)
 DEFAULT_INT8 = "int8-dynamic"
 
 _PAGE = 4096
@@ -187,6 +193,38 @@ def convert_tensor(t: torch.Tensor, dtype, device, mmapped: bool, done: dict) ->
     return new
 
 
+def _int8_dynamic(stack, device, mmapped: bool, is_ar: bool) -> None:
+    """One stack to "int8-dynamic": torch.ao's per-channel int8 weights (fbgemm modules)."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    for layer, name in _linears(stack):
+        lin = getattr(layer, name)
+        lin.weight = nn.Parameter(lin.weight.detach().to(device, torch.float32), requires_grad=False)
+        lin.bias = nn.Parameter(lin.bias.detach().to(device, torch.float32), requires_grad=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for layer in stack.layers:
+            old = [getattr(layer, n).weight for n in ("qkv", "out", "ff1", "ff2")]
+            quantize_dynamic(layer, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
+            if mmapped:
+                for w in old:
+                    release_pages(w)
+            trim_heap()
+    stack.act_dtype = torch.float32
+    stack.kv_dtype = torch.float32
+    if _use_native(stack, device) and (is_ar or native.gemm_available()):
+        # The same int8 weights through vx_linear_i8: 1.6x fbgemm's speed for the decode step's
+        # one row, ~1.4x for the NAR's and the prefill's hundreds (tiled VNNI GEMM). With that
+        # GEMM the fbgemm modules are dropped; without it the AR keeps them for its prefill (one
+        # more int8 copy) and the NAR stays on fbgemm.
+        for layer, name in _linears(stack):
+            setattr(layer, name, native_linear.Int8Linear(getattr(layer, name)))
+        trim_heap()
+        if is_ar:
+            stack.decode_step = native_linear.DecodeStep(stack)
+            stack.kv_dtype = torch.int8  # int8 rows: half the bytes a decode step streams
+
+
 def apply_precision(core, dtype: torch.dtype, quantize: str | None, device, mmapped: bool) -> None:
     """Move `core` (a core.lm._Core with float32 weights) to its run-time precision, in place."""
     done: dict = {}
@@ -256,42 +294,30 @@ def apply_precision(core, dtype: torch.dtype, quantize: str | None, device, mmap
                 stack.decode_step = native_linear.DecodeStep(stack)  # over the bf16 cache
         return
 
-    if quantize not in INT8_BACKENDS:
+    if quantize not in QUANTIZE_MODES:
         raise ValueError(f"unknown quantize mode {quantize!r}")
-    if quantize == "int8-dynamic":
+    if quantize == "int4":
+        if device.type != "cpu" or not native.available() or not native_linear.int4_available():
+            raise ValueError("quantize='int4' runs on a CPU with AVX-512 VNNI and the native kernels "
+                             f"({native.why_unavailable() or 'no VNNI here'}); use quantize='int8'")
+        _int8_dynamic(core.nar, device, mmapped, is_ar=False)
+        ar = core.ar
+        for layer, name in _linears(ar):
+            src = getattr(layer, name).weight
+            setattr(layer, name, native_linear.Int4Linear(src, getattr(layer, name).bias))
+            if mmapped:
+                release_pages(src)
+        trim_heap()
+        ar.act_dtype = torch.float32
+        _use_native(ar, device)
+        ar.decode_step = native_linear.DecodeStep(ar)
+        ar.kv_dtype = torch.int8
+    elif quantize == "int8-dynamic":
         if device.type != "cpu":
             raise ValueError("quantize='int8-dynamic' runs on the CPU only; use 'int8-torchao' or "
                              "dtype=torch.bfloat16 on CUDA")
-        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-        for stack in (core.ar, core.nar):
-            for layer, name in _linears(stack):
-                lin = getattr(layer, name)
-                lin.weight = nn.Parameter(lin.weight.detach().to(device, torch.float32), requires_grad=False)
-                lin.bias = nn.Parameter(lin.bias.detach().to(device, torch.float32), requires_grad=False)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                for layer in stack.layers:
-                    old = [getattr(layer, n).weight for n in ("qkv", "out", "ff1", "ff2")]
-                    quantize_dynamic(layer, {nn.Linear: per_channel_dynamic_qconfig},
-                                     dtype=torch.qint8, inplace=True)
-                    if mmapped:
-                        for w in old:
-                            release_pages(w)
-                    trim_heap()
-            stack.act_dtype = torch.float32
-            stack.kv_dtype = torch.float32
-            if _use_native(stack, device) and (stack is core.ar or native.gemm_available()):
-                # The same int8 weights through vx_linear_i8: 1.6x fbgemm's speed for the decode
-                # step's one row, ~1.4x for the NAR's and the prefill's hundreds (tiled VNNI GEMM).
-                # With that GEMM the fbgemm modules are dropped; without it the AR keeps them for
-                # its prefill (one more int8 copy) and the NAR stays on fbgemm.
-                for layer, name in _linears(stack):
-                    setattr(layer, name, native_linear.Int8Linear(getattr(layer, name)))
-                trim_heap()
-                if stack is core.ar:
-                    stack.decode_step = native_linear.DecodeStep(stack)
-                    stack.kv_dtype = torch.int8  # int8 rows: half the bytes a decode step streams
+        _int8_dynamic(core.ar, device, mmapped, is_ar=True)
+        _int8_dynamic(core.nar, device, mmapped, is_ar=False)
     elif quantize == "int8-weight":
         act = torch.bfloat16 if dtype == torch.float32 else dtype
         for stack in (core.ar, core.nar):

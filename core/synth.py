@@ -48,7 +48,7 @@ class _Models:
 
 
 _DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
-           "fp16": "float16", "float16": "float16", "int8": "float32"}
+           "fp16": "float16", "float16": "float16", "int8": "float32", "int4": "float32"}
 
 
 class Studio:
@@ -56,7 +56,7 @@ class Studio:
 
     models_dir: the models folder (core.store layout; None = the store's default);
     device: "cpu" | "cuda" | "cuda:N" | "mps"; dtype: fp32 | bf16 | fp16 | int8 (dynamic int8
-    Linear layers, CPU); offline: never download (None = the store's default); voices_dir: where
+    Linear layers, CPU) | int4 (the AR in 4 bits, the NAR in int8: the fastest CPU mode); offline: never download (None = the store's default); voices_dir: where
     saved voices live (None = the store's default).
     """
 
@@ -101,7 +101,7 @@ class Studio:
             paths = resolve_models(self.models_dir, **kwargs)
             lm = _wrap(lambda: VallEX.from_checkpoint(
                 paths.vallex, n_heads=_head_count(paths.vallex), device=self.device, dtype=getattr(torch, _DTYPES[self.dtype]),
-                quantize="int8" if self.dtype == "int8" else None), "the VALL-E X checkpoint")
+                quantize=self.dtype if self.dtype in ("int8", "int4") else None), "the VALL-E X checkpoint")
             codec = _wrap(lambda: Codec.from_pretrained(paths.encodec, device=self.device), "EnCodec")
             vocos = _wrap(lambda: Vocos.from_pretrained(paths.vocos, device=self.device), "Vocos")
             self._models = _Models(lm, codec, vocos, paths)

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from core import native_linear
 from core.errors import StudioError
 from core.lm import Generation, LMRequest, VallEX, read_state_dict
 from core.sampling import EOS, Sampling, TokenPicker, filter_logits
@@ -316,7 +317,9 @@ def test_long_prompt_is_trimmed_with_warning(tiny_a, caplog):
 # ------------------------------------------------------------------------------ precision modes
 
 
-@pytest.mark.parametrize("kw, floor", [(dict(dtype=torch.bfloat16), 0.8), (dict(quantize="int8"), 0.6)])
+@pytest.mark.parametrize("kw, floor", [(dict(dtype=torch.bfloat16), 0.8), (dict(quantize="int8"), 0.6),
+                                       pytest.param(dict(quantize="int4"), 0.6, marks=pytest.mark.skipif(
+                                           not native_linear.int4_available(), reason="no AVX-512 VNNI"))])
 def test_reduced_precision_modes_run_and_mostly_agree(golden, kw, floor):
     # Tiny random models (d=32) are far more sensitive to rounding than the real one; the bench
     # reports the agreement figures on every golden case and on the full-size workload.

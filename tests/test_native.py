@@ -18,8 +18,9 @@ from core.sampling import Sampling
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_native = pytest.mark.skipif(not native.available(), reason=f"no native kernels: {native.why_unavailable()}")
 needs_bf16 = pytest.mark.skipif(not native_linear.bf16_available(), reason="no AVX-512 BF16 kernels")
-# the modes with a fused decode step: int8 (int8 cache), bf16 (bf16 cache, where AVX-512 BF16 runs)
-FUSED_MODES = ["int8", pytest.param("bf16", marks=needs_bf16)]
+needs_int4 = pytest.mark.skipif(not native_linear.int4_available(), reason="no AVX-512 VNNI int4 kernel")
+# the modes with a fused decode step: int8 and int4 (int8 cache), bf16 (bf16 cache, where AVX-512 BF16 runs)
+FUSED_MODES = ["int8", pytest.param("int4", marks=needs_int4), pytest.param("bf16", marks=needs_bf16)]
 
 
 def _sdpa_reference(q, k, v, n, starts):
@@ -332,6 +333,65 @@ def test_int8_decode_linear_close_to_float(K, N):
         assert torch.equal(m(x), dyn(x))
 
 
+def _int4_reference(x, w_deq, b):
+    """What vx_linear_i4 computes, in float64: each row quantized to int8 (one scale, amax / 127,
+    nearest even) times the dequantized 4-bit weights, + bias."""
+    s = x.abs().amax(-1, keepdim=True).clamp(min=1e-30) / 127
+    return (torch.round(x / s).double() @ w_deq.double().T) * s.double() + b.double()
+
+
+@needs_native
+@pytest.mark.parametrize("K, N", [(1024, 96), (4096, 40), (100, 37), (24, 72), (64, 5)])
+def test_int4_linear_is_its_4_bit_weights_times_int8_rows(K, N):
+    # The packing (two inputs per byte, 16 outputs per 64 bytes) and the kernel against a plain
+    # float64 product of the same quantized values: any misplaced nibble, scale or group shows.
+    g = torch.Generator().manual_seed(K + N)
+    w, b = torch.randn(N, K, generator=g) * 0.05, torch.randn(N, generator=g)
+    w[0, : min(K, 64)] = 0.0  # an all-zero group: scale 0, no division by it
+    m = native_linear.Int4Linear(w, b)
+    deq = m.dequantized()
+    q, scale = native_linear.quantize_int4(w)
+    assert -8 <= int(q.min()) and int(q.max()) <= 7 and deq.shape == w.shape
+    assert torch.equal(deq, (q.float().view(N, -1, 64) * scale.float()[..., None]).view(N, -1)[:, :K])
+    err = float((deq - w).norm() / w.norm())
+    assert err < 0.12  # 4 bits, one scale per 64, clipped by least squares: ~9.5% on Gaussian weights
+    plain = torch.round(w / (w.abs().amax(1, keepdim=True) / 7)).clamp(-7, 7) * (w.abs().amax(1, keepdim=True) / 7)
+    if K >= 1024:  # many groups a row: far finer than one max-abs scale per output (~15%)
+        assert err < 0.7 * float((plain - w).norm() / w.norm())
+    for rows in (1, 2, 5, 6, 7, 13, 40):
+        x = torch.randn(rows, K, generator=g)
+        got = m(x)
+        want = _int4_reference(x, deq, b)
+        assert float((got.double() - want).abs().max() / want.abs().max()) < 1e-5, rows
+        # each row alone gives the same floats (the decode step's batches = one by one)
+        assert torch.equal(torch.cat([m(x[i:i + 1]) for i in range(rows)]), got)
+        assert torch.equal(m(x, relu=True), torch.relu(got))
+        assert torch.equal(m(x, out_dtype=torch.bfloat16), got.bfloat16())
+    assert torch.equal(m(torch.zeros(2, K)), b.expand(2, N))  # a silent row: the bias, no NaN
+
+
+@needs_native
+@needs_int4
+def test_int4_mode_puts_the_ar_in_4_bits_and_the_nar_in_int8(golden):
+    model = _tiny(golden, "int4")
+    ar, nar = model.core.ar, model.core.nar
+    assert {type(getattr(layer, n)) for layer in ar.layers for n in ("qkv", "out", "ff1", "ff2")} == \
+        {native_linear.Int4Linear}
+    assert ar.decode_step is not None and ar.kv_dtype == torch.int8
+    assert {type(getattr(layer, n)) for layer in nar.layers for n in ("qkv", "out", "ff1", "ff2")} <= \
+        {native_linear.Int8Linear, torch.ao.nn.quantized.dynamic.Linear}
+    args = (torch.tensor([5, 6, 7, 8, 9, 10]), torch.zeros(6, dtype=torch.long), 2,
+            torch.randint(0, 1024, (12, 8), generator=torch.Generator().manual_seed(3)))
+    s = Sampling(top_k=1, max_frames=24, guards=False)
+    fused = model.generate_ar(*args, sampling=s)
+    ar.decode_step = None  # the per-op path: the same Int4Linear modules one op at a time
+    per_op = model.generate_ar(*args, sampling=s)
+    n = min(fused.numel(), per_op.numel())
+    assert n > 0 and (fused[:n] == per_op[:n]).float().mean() >= 0.5  # d=24: rounding-sensitive
+    codes = model.generate_nar(*args, fused)
+    assert codes.shape == (fused.numel(), 8) and torch.equal(codes[:, 0], fused)
+
+
 @needs_native
 @pytest.mark.skipif(not (native.available() and native.gemm_available()), reason="no AVX-512 VNNI GEMM")
 @pytest.mark.parametrize("K, N", [(1024, 96), (100, 37), (70, 40), (4100, 48)])
@@ -365,6 +425,8 @@ def _tiny_int8(golden, name="tiny-b", heads=6):
 def _tiny(golden, mode, name="tiny-b", heads=6):
     if mode == "int8":
         return _tiny_int8(golden, name, heads)
+    if mode == "int4":
+        return VallEX.from_checkpoint(golden / "model" / name / "checkpoint.pt", n_heads=heads, quantize="int4")
     return VallEX.from_checkpoint(golden / "model" / name / "checkpoint.pt", n_heads=heads, dtype=torch.bfloat16)
 
 
@@ -689,6 +751,13 @@ err = (m(x) - lin(x)).abs().max() / lin(x).abs().max()
 assert err < 0.03, err
 x = torch.randn(native_linear.DECODE_ROWS + 5, 70)
 assert m.dyn is not None and torch.equal(m(x), dyn(x))  # many rows: fbgemm without the VNNI GEMM
+w4 = torch.randn(40, 100) * 0.05
+m4 = native_linear.Int4Linear(w4, torch.zeros(40))
+x = torch.randn(7, 100)
+xs = x.abs().amax(-1, keepdim=True) / 127
+want = (torch.round(x / xs).double() @ m4.dequantized().double().T) * xs.double()
+assert float((m4(x).double() - want).abs().max() / want.abs().max()) < 1e-5  # the plain-C int4 loop
+assert torch.equal(torch.cat([m4(x[i:i + 1]) for i in range(7)]), m4(x))
 s = (torch.randn(4, 21) * 4).bfloat16(); s[1, :9] = float("-inf"); s[2] = float("-inf")
 want = torch.softmax(s.float(), -1).nan_to_num(0.0)
 got = native.softmax_(s.clone()).float()
@@ -705,6 +774,12 @@ from core.lm import VallEX
 model = VallEX.from_checkpoint(os.environ["VALLEX_TINY"], n_heads=6, dtype=torch.bfloat16)  # oneDNN's bf16 Linear
 assert model.core.ar.decode_step is None and model.core.ar.kv_dtype == torch.bfloat16
 assert model.generate_ar([5, 6, 7], [0, 0, 0], 1, torch.zeros(4, 8, dtype=torch.long)).dtype == torch.long
+assert not native_linear.int4_available()
+try:
+    VallEX.from_checkpoint(os.environ["VALLEX_TINY"], n_heads=6, quantize="int4")
+    raise SystemExit("int4 loaded without VNNI")
+except Exception as e:
+    assert "AVX-512 VNNI" in str(e) and "int8" in str(e), e
 print("portable ok")
 """
 

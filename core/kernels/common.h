@@ -196,6 +196,8 @@ void vx_attn_decode(const float *q, int64_t qsb, const void *k, const void *v, i
 void vx_linear_i8(const float *x, int64_t xs, int M, int K, const int8_t *wp, const float *scale,
                   const int32_t *rowsum, const float *bias, void *y, int N, int relu, int out_bf16,
                   int n_threads);
+void vx_linear_i4(const float *x, int64_t xs, int M, int K, const uint8_t *wp, const uint16_t *sc,
+                  const float *bias, void *y, int N, int relu, int out_bf16, int n_threads);
 void vx_linear_bf16(const void *x, int64_t xs, int x_bf16, int M, int K, const uint16_t *wp, const float *bias,
                     void *y, int N, int relu, int out_bf16, int n_threads);
 

@@ -1,14 +1,15 @@
-/* The AR's whole decode step in one call, for the int8 mode (int8 Linear layers, int8 KV cache)
-and the bf16 mode (bf16 Linear layers, bf16 KV cache): the per-op path spends ~3 ms a step in
+/* The AR's whole decode step in one call, for the int8 and int4 modes (int8 / int4 Linear layers,
+int8 KV cache) and the bf16 mode (bf16 Linear layers, bf16 KV cache): the per-op path spends ~3 ms a step in
 Python and op dispatch, as long as the attention itself. */
 #include "common.h"
 
 #define LIN_I8 0   /* vx_linear_i8: packed int8 weights, per-channel scales, row sums */
 #define LIN_BF16 1 /* vx_linear_bf16: packed bf16 weights; outputs rounded to bf16 */
+#define LIN_I4 2   /* vx_linear_i4: packed int4 weights, bf16 group scales (in `scale`) */
 
 typedef struct {
     const void *w;
-    const float *scale;    /* int8 only */
+    const float *scale;    /* int8: per-channel scales; int4: bf16 group scales */
     const int32_t *rowsum; /* int8 only */
     const float *bias;
     int n, k, kind;
@@ -31,6 +32,8 @@ static void layer_norm(const float *x, const float *w, const float *b, float *y,
 static void qlin(const vx_qlinear *l, const float *x, int M, float *y, int relu, int nt) {
     if (l->kind == LIN_BF16)
         vx_linear_bf16(x, l->k, 0, M, l->k, l->w, l->bias, y, l->n, relu, 0, nt);
+    else if (l->kind == LIN_I4)
+        vx_linear_i4(x, l->k, M, l->k, l->w, (const uint16_t *)l->scale, l->bias, y, l->n, relu, 0, nt);
     else
         vx_linear_i8(x, l->k, M, l->k, l->w, l->scale, l->rowsum, l->bias, y, l->n, relu, 0, nt);
 }
