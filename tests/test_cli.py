@@ -33,6 +33,7 @@ def test_model_options_before_or_after_subcommand():
     for args in (a, b):
         assert (args.models, args.dtype, args.command, args.device) == ("/m", "int8", "synth", "cpu")
     assert p.parse_args([]).host == "127.0.0.1"
+    assert p.parse_args(["--dtype", "int4"]).dtype == "int4"  # every precision Studio takes
     with pytest.raises(SystemExit):
         p.parse_args(["--dtype", "fp8"])
 
