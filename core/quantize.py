@@ -299,7 +299,8 @@ def apply_precision(core, dtype: torch.dtype, quantize: str | None, device, mmap
     if quantize == "int4":
         if device.type != "cpu" or not native.available() or not native_linear.int4_available():
             raise ValueError("quantize='int4' runs on a CPU with AVX-512 VNNI and the native kernels "
-                             f"({native.why_unavailable() or 'no VNNI here'}); use quantize='int8'")
+                             f"({native.why_unavailable() or 'no VNNI here'}); use int8 instead "
+                             "(quantize='int8', --dtype int8)")
         _int8_dynamic(core.nar, device, mmapped, is_ar=False)
         ar = core.ar
         for layer, name in _linears(ar):

@@ -15,26 +15,15 @@ result is xscale * f + bias. */
 #define I4_GROUP 64
 #define I4_ROWS 6 /* activation rows per pass over a weight block: 2 int32 + 1 float sum each in zmm */
 
-/* x row -> signed int8 (round to nearest even, one scale: amax / 127), zero padded to kp, and the
-   sum of each group of 64 (the +8 offset's correction). */
+/* x row -> signed int8 (quantize_row8, common.h) and the sum of each group of 64 (the +8
+   offset's correction) */
 static void quantize_row_s8(const float *xr, int K, int kp, int8_t *q, int32_t *gsum, float *xscale) {
-    float amax = abs_max(xr, K);
-    float s = amax > 0.f ? amax / 127.f : 1.f, inv = 1.f / s;
-    int i = 0;
-#ifdef VX_AVX512
-    __m512 vinv = _mm512_set1_ps(inv);
-    for (; i + 16 <= K; i += 16)
-        _mm_storeu_si128((__m128i *)(q + i),
-                         _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xr + i), vinv))));
-#endif
-    for (; i < K; i++) q[i] = (int8_t)lrintf(xr[i] * inv);
-    for (i = K; i < kp; i++) q[i] = 0;
+    *xscale = quantize_row8(xr, K, kp, (uint8_t *)q, 0);
     for (int g = 0; g < kp / I4_GROUP; g++) {
         int32_t t = 0;
         for (int j = 0; j < I4_GROUP; j++) t += q[g * I4_GROUP + j];
         gsum[g] = t;
     }
-    *xscale = s;
 }
 
 /* y[m, n0 .. n0 + cols) from the float sums f (one row) */

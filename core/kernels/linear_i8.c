@@ -4,27 +4,6 @@ activation row quantized to int8 on the fly. A GEMV that streams the weights onc
 bandwidth), and a tiled GEMM for more (the NAR, the prefill). */
 #include "common.h"
 
-/* One activation row -> int8 with one scale, stored +128 (unsigned) and padded to k4 with 128
-   (= 0): the u8 operand of vpdpbusd. Rounds to nearest even (lrintf's default mode, and the
-   vector conversion's): both branches give the same bytes. The scalar branch called lrintf once
-   an element, ~15% of a 10-row decode step. */
-static void quantize_row(const float *xr, int K, int k4, uint8_t *q, float *xscale) {
-    float amax = abs_max(xr, K);
-    float s = amax > 0.f ? amax / 127.f : 1.f, inv = 1.f / s;
-    int i = 0;
-#ifdef VX_AVX512
-    __m512 vinv = _mm512_set1_ps(inv);
-    __m512i off = _mm512_set1_epi32(128);
-    for (; i + 16 <= K; i += 16) {
-        __m512i v = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xr + i), vinv)), off);
-        _mm_storeu_si128((__m128i *)(q + i), _mm512_cvtepi32_epi8(v));
-    }
-#endif
-    for (; i < K; i++) q[i] = (uint8_t)(lrintf(xr[i] * inv) + 128);
-    for (i = K; i < k4; i++) q[i] = 128;
-    *xscale = s;
-}
-
 #if defined(VX_AVX512) && defined(__AVX512VNNI__)
 /* One activation row against one block of 16 weight rows (packed [k4/4][16][4]: each 64-byte load
    holds 4 consecutive k of all 16 rows, so vpdpbusd with the broadcast 4 bytes of x adds into 16
@@ -199,7 +178,7 @@ void vx_linear_i8(const float *x, int64_t xs, int M, int K, const int8_t *wp, co
 #pragma omp parallel num_threads(n_threads)
     {
 #pragma omp for schedule(static)
-        for (int m = 0; m < M; m++) quantize_row(x + m * xs, K, k4, xq + (int64_t)m * lda, xscale + m);
+        for (int m = 0; m < M; m++) xscale[m] = quantize_row8(x + m * xs, K, k4, xq + (int64_t)m * lda, 128);
 #ifdef VX_GEMM_I8
         if (M > VX_ROWS_MAX)
             gemm_i8(xq, lda, xscale, M, k4, wp, scale, rowsum, bias, y, N, relu, out_bf16);
