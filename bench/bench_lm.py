@@ -137,7 +137,8 @@ def _forced_agreement(model, ids, langs, prompt_text_len, prompt, toks: list[int
     Reads the engine's internals: a measurement, not an API."""
     import torch
 
-    from core.lm import BOS, _emb, _head, _prefix_mask
+    from core.ar import BOS, prefix_mask
+    from core.transformer import embed, head_logits
 
     if not toks:
         return 0, 0
@@ -145,16 +146,16 @@ def _forced_agreement(model, ids, langs, prompt_text_len, prompt, toks: list[int
     c, st, dev = model.core, model.core.ar, model.device
     P = r.L + 1 + r.T
     cache = torch.empty(len(st.layers), 2, 1, st.h, P + len(toks), st.cache_row, dtype=st.kv_dtype, device=dev)
-    xa = _emb(c.ar_audio_emb, torch.cat([torch.tensor([BOS], device=dev), r.prompt[:, 0]]))
-    x = torch.cat([model._text_in(r, nar=False), xa * 1.0 + c.ar_audio_alpha * model._pos(r.T + 1)])[None]
-    pos = model._pos(r.T + 1 + len(toks))
+    xa = embed(c.ar_audio_emb, torch.cat([torch.tensor([BOS], device=dev), r.prompt[:, 0]]))
+    x = torch.cat([model.text_input(r, nar=False), xa * 1.0 + c.ar_audio_alpha * model.positions(r.T + 1)])[None]
+    pos = model.positions(r.T + 1 + len(toks))
     same = 0
     with torch.inference_mode():
-        h = st.forward_cached(x, cache, 0, _prefix_mask([r.L], [P], P, dev))
+        h = st.forward_cached(x, cache, 0, prefix_mask([r.L], [P], P, dev))
         for t, want in enumerate(toks):
-            same += int(int(_head(c.ar_head, h[:, -1]).argmax(-1)) == want)
+            same += int(int(head_logits(c.ar_head, h[:, -1]).argmax(-1)) == want)
             if t + 1 < len(toks):
-                xs = _emb(c.ar_audio_emb, torch.tensor([want], device=dev)) * 1.0 + c.ar_audio_alpha * pos[r.T + 1 + t]
+                xs = embed(c.ar_audio_emb, torch.tensor([want], device=dev)) * 1.0 + c.ar_audio_alpha * pos[r.T + 1 + t]
                 h = st.forward_cached(xs[:, None], cache, P + t, None)
     return same, len(toks)
 

@@ -10,7 +10,8 @@ Public API:
 
 `text_ids` / `text_langs` are 1-D (prompt transcript first, one model language id per id: en=0,
 zh=1, ja=2); `prompt_codes` is [T, 8] (T may be 0). Codes come back on the CPU as int64.
-Requests, their checks and the result type are in core/lm_io.py; the layers in core/transformer.py.
+Requests, their checks and the result type are in core/lm_io.py; the layers in core/transformer.py;
+the AR decoding loop in core/ar.py, the NAR passes in core/nar.py.
 
 Reference behaviour reproduced in float32 (see ../shared/golden/README.md): the 16 x len(text_ids)
 length cap (exactly 16*L frames, the sample at the cap is discarded), immediate EOS -> no frames,
@@ -20,29 +21,25 @@ the tied NAR heads. Greedy (`Sampling(top_k=1)`) is the parity mode.
 """
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from core import native_linear
+from core.ar import decode_ar
 from core.checkpoint import (N_CODES, _fill_tied_aliases, _reference_tying, check_state_dict, checkpoint_to_internal,
                              infer_config, read_state_dict, reference_schema)
-from core.errors import StudioError, VoiceError
+from core.errors import StudioError
 from core.lm_io import MAX_CONTEXT_FRAMES, Generation, LMRequest, Req, codes_1d, prepare, unpack
+from core.nar import decode_nar
 from core.quantize import DEFAULT_INT8, QUANTIZE_MODES, apply_precision, release_pages, trim_heap, tune_allocator
-from core.sampling import EOS, Sampling, TokenPicker
-from core.transformer import Stack, sinusoid_table
+from core.sampling import Sampling
+from core.transformer import Stack, embed, sinusoid_table
 
 __all__ = ["VallEX", "Sampling", "Generation", "LMRequest", "reference_schema", "MAX_CONTEXT_FRAMES"]
 
-log = logging.getLogger(__name__)
-
-BOS = 1025  # AR audio embedding row used as BOS
-LENGTH_CAP = 16  # reference: at most 16 frames per text id (total text)
 
 
 # ------------------------------------------------------------------------------------ the model
@@ -77,17 +74,6 @@ class _Core(nn.Module):
 
     def heads(self):
         return [self.ar_head, *self.nar_heads]
-
-
-def _emb(table: nn.Embedding, idx: torch.Tensor) -> torch.Tensor:
-    out = F.embedding(idx, table.weight)
-    return out if out.dtype == torch.float32 else out.float()
-
-
-def _head(lin: nn.Module, h: torch.Tensor) -> torch.Tensor:
-    if isinstance(lin, nn.Linear):
-        return F.linear(h.to(lin.weight.dtype), lin.weight).float()
-    return lin(h).float()
 
 
 class VallEX:
@@ -237,202 +223,32 @@ class VallEX:
         return prepare(text_ids, text_langs, prompt_text_len, prompt_codes, self.config["n_text"], self.device)
 
     # -- positions / embeddings -------------------------------------------------------------------
-    def _pos(self, n: int) -> torch.Tensor:
+    def positions(self, n: int) -> torch.Tensor:
         if self._pe.shape[0] < n:
             self._pe = sinusoid_table(n, self.config["d_model"], device=self.device)
         return self._pe[:n]
 
-    def _token_io(self, n_pos: int) -> native_linear.TokenIO | None:
-        """The AR decode step's input (audio embedding + alpha * positions, as `_ar` adds them)
+    def token_io(self, n_pos: int) -> native_linear.TokenIO | None:
+        """The AR decode step's input (audio embedding + alpha * positions, as core.ar adds them)
         and output (final norm, head) for DecodeStep.logits; None without a native bf16 head."""
         c = self.core
         if not isinstance(c.ar_head, native_linear.Bf16Linear):
             return None
-        return native_linear.TokenIO(c.ar_audio_emb.weight, c.ar_audio_alpha * self._pos(n_pos), c.ar.norm, c.ar_head)
+        return native_linear.TokenIO(c.ar_audio_emb.weight, c.ar_audio_alpha * self.positions(n_pos), c.ar.norm, c.ar_head)
 
-    def _text_in(self, r: Req, nar: bool) -> torch.Tensor:
+    def text_input(self, r: Req, nar: bool) -> torch.Tensor:
         c = self.core
         te, le, alpha = (c.nar_text_emb, c.nar_lang_emb, c.nar_text_alpha) if nar else \
             (c.ar_text_emb, c.ar_lang_emb, c.ar_text_alpha)
-        x = _emb(te, r.ids) + _emb(le, r.langs)
-        return x * 1.0 + alpha * self._pos(r.L)
+        x = embed(te, r.ids) + embed(le, r.langs)
+        return x * 1.0 + alpha * self.positions(r.L)
 
-    # -- AR ---------------------------------------------------------------------------------------
+    # -- the two halves (core/ar.py, core/nar.py) ---------------------------------------------------
     def _ar(self, reqs: list[Req], s: Sampling, seeds: list[int] | None = None) -> list[dict]:
-        c, stack, dev = self.core, self.core.ar, self.device
-        nb = 1 if s.greedy else s.best_of
-        B = len(reqs)
-        R = B * nb
-        if seeds is None:
-            seeds = [s.seed if s.seed is not None else int(torch.randint(0, 2**31 - 1, (1,)).item())]
-        caps = []
-        for r in reqs:
-            cap = LENGTH_CAP * r.L
-            caps.append((min(cap, s.max_frames), "max_frames") if s.max_frames and s.max_frames < cap else (cap, "limit"))
-        pre = [r.L + 1 + r.T for r in reqs]
-        P = max(pre)
-        max_cap = max(cp for cp, _ in caps)
-        S_max = P + max_cap
-        n_layers = len(stack.layers)
-        cache = torch.empty(n_layers, 2, R, stack.h, S_max, stack.cache_row, dtype=stack.kv_dtype, device=dev)
+        return decode_ar(self, reqs, s, seeds)
 
-        # Prefill (one row per request, left-padded): [text ; BOS + prompt codebook 0].
-        x = torch.zeros(B, P, c.d, device=dev)
-        padded = any(p != P for p in pre)
-        for b, r in enumerate(reqs):
-            a_ids = torch.cat([torch.tensor([BOS], device=dev), r.prompt[:, 0]])
-            xa = _emb(c.ar_audio_emb, a_ids) * 1.0 + c.ar_audio_alpha * self._pos(r.T + 1)
-            x[b, P - pre[b]:] = torch.cat([self._text_in(r, nar=False), xa])
-        pcache = cache[:, :, 0::nb] if nb > 1 else cache
-        if stack.decode_step is not None and B > 1:
-            # The fused decode step (int8, bf16) is batch-invariant (every row is quantized,
-            # summed and attended on its own); prefilling each request unpadded, in its own slice
-            # of the cache, makes a batch give exactly the one-by-one tokens. The pad slots are
-            # never read (key_start).
-            h = torch.cat([stack.forward_cached(x[b:b + 1, P - pre[b]:], pcache[:, :, b:b + 1, :, P - pre[b]:], 0,
-                                                _prefix_mask([r.L], [pre[b]], pre[b], dev), prefix=r.L)
-                           for b, r in enumerate(reqs)])
-        else:
-            h = stack.forward_cached(x, pcache, 0, _prefix_mask([r.L for r in reqs], pre, P, dev),
-                                     prefix=reqs[0].L if not padded and len({r.L for r in reqs}) == 1 else None)
-        logits = _head(c.ar_head, h[:, -1])
-        if nb > 1:
-            for beam in range(1, nb):
-                cache[:, :, beam::nb, :, :P] = cache[:, :, 0::nb, :, :P]
-            logits = logits.repeat_interleave(nb, 0)
-        key_valid = key_start = None
-        if padded:
-            key_valid = torch.ones(R, S_max, dtype=torch.bool, device=dev)
-            for b in range(B):
-                key_valid[b * nb:(b + 1) * nb, :P - pre[b]] = False
-            key_start = torch.tensor([P - pre[i // nb] for i in range(R)], dtype=torch.int32, device=dev)
-
-        pickers = [TokenPicker(s, seeds[i // nb] if nb == 1 else _beam_seed(seeds[i // nb], i % nb), dev)
-                   for i in range(R)]
-        row_req = [i // nb for i in range(R)]
-        done = [False] * R
-        stop = [""] * R
-        fused = stack.fused_decode(cache, R)
-        row_map = torch.arange(R, dtype=torch.int32) if fused and R > 1 else None
-        tok_io = self._token_io(max(r.T for r in reqs) + max_cap + 1) if fused else None
-        live_rows = list(range(R))
-        slot = P
-        feed = [BOS] * R
-        while True:
-            greedy_toks = logits.argmax(-1).tolist() if nb == 1 and s.greedy else None
-            for j, i in enumerate(live_rows):
-                if done[i]:
-                    continue
-                pk = pickers[i]
-                tok = pk.pick(logits[j], greedy_toks[j] if greedy_toks is not None else None)
-                if tok == EOS:
-                    done[i] = True
-                    stop[i] = pk.stop_reason or "eos"
-                    continue
-                feed[i] = tok
-                cap, why = caps[row_req[i]]
-                if len(pk.history) >= cap:
-                    done[i] = True
-                    stop[i] = why
-            if all(done):
-                break
-            # Drop finished rows from the computation: at once where the fused step takes a map of
-            # live rows into the cache (nothing is copied), else once a quarter of the batch is
-            # done (the cache is compacted, a copy of it).
-            n_dead = sum(done[i] for i in live_rows)
-            if n_dead and (row_map is not None or n_dead * 4 >= len(live_rows)):
-                keep = [j for j, i in enumerate(live_rows) if not done[i]]
-                kt = torch.tensor(keep, device=dev)
-                if row_map is not None:
-                    row_map = row_map.index_select(0, kt)
-                else:
-                    cache = cache.index_select(2, kt)
-                live_rows = [live_rows[j] for j in keep]
-                if key_valid is not None:
-                    key_valid = key_valid.index_select(0, kt)
-                    key_start = key_start.index_select(0, kt)
-            codes = [feed[i] for i in live_rows]
-            positions = [reqs[row_req[i]].T + len(pickers[i].history) for i in live_rows]
-            if tok_io is not None:  # the whole step, codes to logits, in one native call
-                logits = stack.decode_step.logits(tok_io, codes, positions, cache, slot, key_start, row_map)
-            else:
-                toks, pos = torch.tensor(codes, device=dev), torch.tensor(positions, device=dev)
-                xs = (_emb(c.ar_audio_emb, toks) * 1.0 + c.ar_audio_alpha * self._pos(max(positions) + 1)[pos])
-                m = None if key_valid is None else key_valid[:, None, None, :slot + 1]
-                h = stack.forward_cached(xs.unsqueeze(1), cache, slot, m, key_start, row_map)
-                logits = _head(c.ar_head, h[:, -1])
-            slot += 1
-
-        out = []
-        for b, r in enumerate(reqs):
-            rows = list(range(b * nb, (b + 1) * nb))
-            if nb > 1:  # the reference's best-of choice: length-normalised sum of log-probs
-                scores = [pickers[i].sum_logprob / (r.T + 1 + len(pickers[i].history)) ** s.length_penalty
-                          for i in rows]
-                best = rows[max(range(nb), key=lambda k: scores[k])]
-            else:
-                best = rows[0]
-            pk = pickers[best]
-            for w in pk.warnings:
-                log.warning(w)
-            out.append({"codes": list(pk.history), "stop_reason": stop[best], "warnings": list(pk.warnings),
-                        "seed": seeds[b]})
-        return out
-
-    # -- NAR --------------------------------------------------------------------------------------
     def _nar(self, reqs: list[Req], ars: list[torch.Tensor]) -> list[torch.Tensor]:
-        c, stack, dev = self.core, self.core.nar, self.device
-        if dev.type == "cpu" and len(reqs) > 1:
-            # The NAR passes are compute-bound on a CPU: a batch saves nothing and its padding and
-            # bigger working set cost ~25%. One request at a time (same tokens either way).
-            return [self._nar([r], [a])[0] for r, a in zip(reqs, ars)]
-        for r, a in zip(reqs, ars):
-            if a.numel() and (int(a.min()) < 0 or int(a.max()) >= N_CODES):
-                raise VoiceError(f"ar_codes out of range 0..{N_CODES - 1}")
-        outs: list[torch.Tensor | None] = [None] * len(reqs)
-        work = [k for k, a in enumerate(ars) if a.numel() > 0]
-        for k, a in enumerate(ars):
-            if a.numel() == 0:
-                outs[k] = torch.zeros(0, c.n_q, dtype=torch.long, device=dev)
-        if not work:
-            return outs
-        rs = [reqs[k] for k in work]
-        gens = [ars[k].long() for k in work]
-        lens = [r.L + r.T + g.numel() for r, g in zip(rs, gens)]
-        starts = [r.L + r.T for r in rs]
-        S = max(lens)
-        B = len(rs)
-        keep_from = min(starts)
-        mask = None
-        if any(n != S for n in lens):
-            kv = torch.zeros(B, S, dtype=torch.bool, device=dev)
-            for b, n in enumerate(lens):
-                kv[b, :n] = True
-            mask = kv[:, None, None, :]
-        texts = [self._text_in(r, nar=True) for r in rs]
-        y_embs = []
-        for r, g in zip(rs, gens):
-            y = _emb(c.nar_audio_embs[0], torch.cat([r.prompt[:, 0], g]))
-            for j in range(1, c.n_q):
-                if r.T:
-                    y[:r.T] += _emb(c.nar_audio_embs[j], r.prompt[:, j])
-            y_embs.append(y)
-        codes = [[g] for g in gens]
-        x = torch.zeros(B, S, c.d, device=dev)
-        for i in range(c.n_q - 1):
-            for b, (r, y) in enumerate(zip(rs, y_embs)):
-                x[b, :r.L] = texts[b]
-                x[b, r.L:lens[b]] = y * 1.0 + c.nar_audio_alpha * self._pos(y.shape[0])
-            h = stack.forward_full(x, i, mask, keep_from=keep_from)
-            for b, (r, g) in enumerate(zip(rs, gens)):
-                hb = h[b, starts[b] - keep_from: lens[b] - keep_from]
-                pred = _head(c.nar_heads[i], hb).argmax(-1)
-                codes[b].append(pred)
-                if i < c.n_q - 2:
-                    y_embs[b][r.T:] += _emb(c.nar_audio_embs[i + 1], pred)
-        for k, cs in zip(work, codes):
-            outs[k] = torch.stack(cs, dim=-1)
-        return outs
+        return decode_nar(self, reqs, ars)
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -448,32 +264,3 @@ def _parse_dtype(dtype) -> torch.dtype:
         if dtype.lower() in m:
             return m[dtype.lower()]
     raise StudioError(f"unsupported dtype {dtype!r}; use torch.float32 or torch.bfloat16")
-
-
-def _beam_seed(seed: int, beam: int) -> int:
-    return (seed * 1_000_003 + beam * 7_919) % (2**63 - 1) if beam else seed
-
-
-def _prefix_mask(text_lens: list[int], pre: list[int], P: int, dev) -> torch.Tensor:
-    """Bool [B or 1, 1, P, P] (True = attend) for the AR prefix, left-padded to P.
-    Text rows see all text and no audio; audio rows see all text and earlier audio; pad rows
-    see only themselves (keeps them finite)."""
-    idx = torch.arange(P, device=dev)
-    masks = []
-    uniq = {}
-    for L, p in zip(text_lens, pre):
-        key = (L, p)
-        if key not in uniq:
-            off = P - p
-            is_pad = idx < off
-            is_text = (idx >= off) & (idx < off + L)
-            is_audio = idx >= off + L
-            q, k = idx[:, None], idx[None, :]
-            m = (is_text[:, None] & is_text[None, :]) | \
-                (is_audio[:, None] & (is_text[None, :] | (is_audio[None, :] & (k <= q))))
-            m |= is_pad[:, None] & (k == q)
-            uniq[key] = m
-        masks.append(uniq[key])
-    if len(uniq) == 1:
-        return masks[0][None, None]
-    return torch.stack(masks)[:, None]

@@ -247,7 +247,7 @@ def attn_full(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
     """Attention of bf16 q [B, H, Sq, hd] over bf16 k, v [B, H, Sk, hd], any strides with the last
     dim contiguous (k and v: the same strides): e.g. views into the projection [B, S, 3, H, hd], or
     q the last Sq rows of a longer sequence. prefix None: unmasked (the NAR); an int: the AR's
-    prefill mask (core.lm._prefix_mask of one unpadded row), the query at position i (of Sk) sees
+    prefill mask (core.ar.prefix_mask of one unpadded row), the query at position i (of Sk) sees
     keys below max(prefix, i + 1). Returns [B, Sq, H * hd] in
     out_dtype (float32 or bfloat16), or None when the kernel does not cover the case (no AVX-512
     BF16, head size not a multiple of 16 up to 64): the caller then uses its matmul path."""

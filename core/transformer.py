@@ -47,6 +47,19 @@ def sinusoid_table(n_pos: int, d_model: int, device=None) -> torch.Tensor:
 _SCORES_CHUNK = 8 * 1024 * 1024
 
 
+def embed(table: nn.Embedding, idx: torch.Tensor) -> torch.Tensor:
+    """Embedding rows as float32 (the residual stream's dtype), whatever the table's dtype."""
+    out = F.embedding(idx, table.weight)
+    return out if out.dtype == torch.float32 else out.float()
+
+
+def head_logits(lin: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """Float32 logits of an output head (a plain nn.Linear in the head's dtype, or a native one)."""
+    if isinstance(lin, nn.Linear):
+        return F.linear(h.to(lin.weight.dtype), lin.weight).float()
+    return lin(h).float()
+
+
 def _matmul_attention(q, k, v, mask, scale: float) -> torch.Tensor:
     """Attention as two bf16 matmuls and a softmax that reads bf16 and sums in float32 (in place,
     core/kernels/): on this CPU class ~1.4x faster than SDPA's flash kernel, which gains nothing

@@ -216,7 +216,7 @@ def test_full_attention_kernel_prefix_mask_matches_the_masked_sdpa(B, H, S, hd, 
     # The AR prefill: text rows (the first L) see all text, audio rows the text and themselves
     # causally: the mask core.lm builds, given to the kernel as its length L. The last layer
     # (q_from) takes only the last queries; skipped key blocks must not change any row.
-    from core.lm import _prefix_mask
+    from core.ar import prefix_mask
 
     torch.manual_seed(S + L)
     q, k, v = (torch.randn(B, H, S, hd) * a for a in (1.0, 2.0, 1.0))
@@ -224,7 +224,7 @@ def test_full_attention_kernel_prefix_mask_matches_the_masked_sdpa(B, H, S, hd, 
     got = native.attn_full(q[:, :, q_from:], k, v, hd ** -0.5, torch.float32, prefix=L)
     if got is None:
         pytest.skip("no AVX-512 BF16: the matmul path is used")
-    mask = _prefix_mask([L], [S], S, "cpu")[..., q_from:, :]
+    mask = prefix_mask([L], [S], S, "cpu")[..., q_from:, :]
     want = F.scaled_dot_product_attention(q[:, :, q_from:].float(), k.float(), v.float(), attn_mask=mask)
     want = want.transpose(1, 2).reshape(B, S - q_from, H * hd)
     assert got.shape == want.shape
@@ -637,12 +637,12 @@ def test_decode_step_from_codes_to_logits(golden, mode):
     # The decode loop's one call: the input rows, the step, the final norm and the head in C. The
     # same as the step and those ops in PyTorch (up to the two layer norms' last float bits), the
     # same cache writes, each row as it would be alone, and bad codes / positions refused.
-    from core.lm import _emb, _head
+    from core.transformer import embed, head_logits
 
     model = _tiny(golden, mode)
     c, stack = model.core, model.core.ar
     L, B, slot = len(stack.layers), 3, 11
-    io = model._token_io(40)
+    io = model.token_io(40)
     assert io is not None
     g = torch.Generator().manual_seed(5)
     cache = _random_cache(stack, L, B, 20, g)
@@ -651,8 +651,8 @@ def test_decode_step_from_codes_to_logits(golden, mode):
     c1, c2 = cache.clone(), cache.clone()
     with torch.inference_mode():
         got = stack.decode_step.logits(io, codes, positions, c1, slot, starts)
-        x = _emb(c.ar_audio_emb, torch.tensor(codes)) * 1.0 + c.ar_audio_alpha * model._pos(40)[torch.tensor(positions)]
-        want = _head(c.ar_head, stack.forward_cached(x[:, None], c2, slot, None, starts)[:, -1])
+        x = embed(c.ar_audio_emb, torch.tensor(codes)) * 1.0 + c.ar_audio_alpha * model.positions(40)[torch.tensor(positions)]
+        want = head_logits(c.ar_head, stack.forward_cached(x[:, None], c2, slot, None, starts)[:, -1])
         alone = stack.decode_step.logits(io, codes[1:2], positions[1:2], cache[:, :, 1:2].clone(), slot, starts[1:2])
     assert got.shape == (B, c.ar_head.out_features) and got.dtype == torch.float32
     torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
