@@ -8,6 +8,7 @@ is the one place that maps them (core/transformer.py builds the modules).
 """
 from __future__ import annotations
 
+import json
 import logging
 import re
 import zipfile
@@ -217,3 +218,17 @@ def _reference_tying(sd: dict) -> None:
             else:
                 log.warning("%s and %s differ; using %s for both, as the reference does", a, b, a)
                 sd[b] = sd[a]
+
+
+def head_count(checkpoint: Path) -> int:
+    """Attention heads are not stored in the reference checkpoint (the public one has 16). A
+    `config.json` beside it with {"nhead": N}, as the golden configs write it, overrides that."""
+    cfg = Path(checkpoint).with_name("config.json")
+    if cfg.is_file():
+        try:
+            data = json.loads(cfg.read_text())
+            return int(data.get("nhead", data.get("n_heads", 16)))
+        except (ValueError, TypeError, AttributeError) as err:
+            raise CheckpointError(f"{cfg} is not a valid model config ({err}).",
+                                  'Fix it ({"nhead": 16}) or delete it.') from None
+    return 16

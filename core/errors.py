@@ -53,3 +53,14 @@ class BusyError(StudioError):
     """The request queue is full; try again shortly."""
 
     code = "busy"
+
+
+def loading(fn, what: str):
+    """Run a loader; anything but a StudioError becomes one clear StudioError naming `what`."""
+    try:
+        return fn()
+    except StudioError:
+        raise
+    except (OSError, RuntimeError, ValueError, KeyError, ImportError) as e:
+        raise StudioError(f"Could not load {what}: {type(e).__name__}: {str(e)[:300]}",
+                          "Check the models folder (python launch.py download) and the device setting.") from e

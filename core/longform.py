@@ -7,6 +7,7 @@ batched); sliding mode makes the previous sentence's output codes and phonemes t
 """
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -111,3 +112,15 @@ def concat_codes(codes: list[np.ndarray]) -> np.ndarray:
     """[N_i, 8] int64 pieces -> [sum N_i, 8] (empty pieces allowed)."""
     parts = [np.asarray(c, dtype=np.int64).reshape(-1, N_CODEBOOKS) for c in codes]
     return np.concatenate(parts, axis=0) if parts else np.zeros((0, N_CODEBOOKS), dtype=np.int64)
+
+
+_RNG = random.Random()
+
+
+def new_seed() -> int:
+    return _RNG.randrange(2**31 - 1)
+
+
+def sentence_seed(seed: int | None, index: int, base: int) -> int:
+    """Sentence i samples with seed + i (consecutive seeds let a batch match one-by-one runs)."""
+    return (int(seed) if seed is not None else base) + index

@@ -15,7 +15,6 @@ voice prompt before it is encoded (core/convert.py).
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from dataclasses import replace
@@ -27,8 +26,8 @@ import numpy as np
 from core import longform
 from core.audio import SAMPLE_RATE, check_prompt, load_audio, load_mono, to_mono
 from core.convert import EditPlan, apply_plan, change_speed, output_plan, parse_instruction, transform_prompt
-from core.errors import StudioError, TextError, VoiceError
-from core.longform import Prompt, Request
+from core.errors import StudioError, TextError, VoiceError, loading
+from core.longform import Prompt, Request, new_seed, sentence_seed
 from core.synth_types import ACCENTS, LANGUAGES, PRESETS, Job, SentenceResult, SynthOptions, SynthResult, load_presets
 
 log = logging.getLogger(__name__)
@@ -93,17 +92,18 @@ class Studio:
             import torch
 
             from core.codec import Codec, Vocos
+            from core.checkpoint import head_count
             from core.lm import VallEX
             from core.store import resolve_models
 
             t0 = time.perf_counter()
             kwargs = {} if self.offline is None else {"offline": self.offline}
             paths = resolve_models(self.models_dir, **kwargs)
-            lm = _wrap(lambda: VallEX.from_checkpoint(
-                paths.vallex, n_heads=_head_count(paths.vallex), device=self.device, dtype=getattr(torch, _DTYPES[self.dtype]),
+            lm = loading(lambda: VallEX.from_checkpoint(
+                paths.vallex, n_heads=head_count(paths.vallex), device=self.device, dtype=getattr(torch, _DTYPES[self.dtype]),
                 quantize=self.dtype if self.dtype in ("int8", "int4") else None), "the VALL-E X checkpoint")
-            codec = _wrap(lambda: Codec.from_pretrained(paths.encodec, device=self.device), "EnCodec")
-            vocos = _wrap(lambda: Vocos.from_pretrained(paths.vocos, device=self.device), "Vocos")
+            codec = loading(lambda: Codec.from_pretrained(paths.encodec, device=self.device), "EnCodec")
+            vocos = loading(lambda: Vocos.from_pretrained(paths.vocos, device=self.device), "Vocos")
             self._models = _Models(lm, codec, vocos, paths)
             self.load_seconds = time.perf_counter() - t0
             log.info("models loaded in %.1f s from %s", self.load_seconds, paths.vallex.parent.parent)
@@ -118,7 +118,7 @@ class Studio:
                                      "Type what the recording says, or download the ASR model.")
                 from core.asr import Transcriber
 
-                m.asr = _wrap(lambda: Transcriber.from_pretrained(m.paths.asr, device=self.device), "Whisper")
+                m.asr = loading(lambda: Transcriber.from_pretrained(m.paths.asr, device=self.device), "Whisper")
             return m.asr
 
     def status(self) -> dict:
@@ -151,7 +151,7 @@ class Studio:
         transcript = (transcript or "").strip()
         if not transcript:
             asr = self._asr()
-            heard = _wrap(lambda: asr.transcribe(window, SAMPLE_RATE, language=language), "speech recognition")
+            heard = loading(lambda: asr.transcribe(window, SAMPLE_RATE, language=language), "speech recognition")
             transcript, language = heard.text.strip(), language or heard.language
             if not transcript:
                 raise VoiceError("Speech recognition heard no words in the recording.",
@@ -225,8 +225,7 @@ class Studio:
             prev = result.sentences[index - 1]
             prev_req = next(r for r in job.requests if r.index == prev.index)
             prompt, _ = longform.sliding_prompt(job.first_prompt, prev_req, prev.codes)
-        new_seed = _new_seed() if seed is None else int(seed)
-        req = replace(req, prompt=prompt, seed=new_seed, warnings=[])
+        req = replace(req, prompt=prompt, seed=new_seed() if seed is None else int(seed), warnings=[])
         t0 = time.perf_counter()
         new = self._generate_group([req], job)[0]
         sentences = list(result.sentences)
@@ -238,7 +237,7 @@ class Studio:
         """Speech (en/zh/ja) -> Whisper translation to English -> spoken in the input's own voice."""
         wav = load_mono(audio, SAMPLE_RATE, sample_rate=sample_rate)
         asr = self._asr()
-        english = _wrap(lambda: asr.translate(wav, SAMPLE_RATE), "Whisper translation").strip()
+        english = loading(lambda: asr.translate(wav, SAMPLE_RATE), "Whisper translation").strip()
         if not english:
             raise StudioError("Speech recognition heard nothing to translate.", "Record clearer speech.")
         voice = self.make_voice(wav, SAMPLE_RATE)[0] if voice_from_input else None
@@ -270,7 +269,7 @@ class Studio:
             self._plan_instruction(job)
         kwargs = {"max_chars": options.max_chars} if options.max_chars else {}
         accent = None if options.accent == "keep" else options.accent
-        base_seed = _new_seed()
+        base_seed = new_seed()
         for sentence in split_sentences(text, language=options.language, **kwargs):
             try:
                 ph = phonemize(sentence, language=options.language, accent=accent, normalize=True)
@@ -279,7 +278,7 @@ class Studio:
                 continue
             n = len(job.requests)
             job.requests.append(Request(n, sentence, list(ph.ids), list(ph.langs), ph.phonemes, job.first_prompt,
-                                        _seed_for(options, n, base_seed), cap_s=options.max_sentence_s))
+                                        sentence_seed(options.seed, n, base_seed), cap_s=options.max_sentence_s))
         if not job.requests:
             raise TextError(f"Nothing pronounceable in {text[:40]!r}.", "Write words in English, Chinese or Japanese.")
         return job
@@ -425,52 +424,12 @@ class Studio:
 
 # ---------------------------------------------------------------------- helpers
 
-def _head_count(checkpoint: Path) -> int:
-    """Attention heads are not stored in the reference checkpoint (the public one has 16). A
-    `config.json` beside it with {"nhead": N}, as the golden configs write it, overrides that."""
-    cfg = Path(checkpoint).with_name("config.json")
-    if cfg.is_file():
-        import json
-
-        try:
-            data = json.loads(cfg.read_text())
-            return int(data.get("nhead", data.get("n_heads", 16)))
-        except (ValueError, TypeError, AttributeError) as err:
-            raise StudioError(f"{cfg} is not a valid model config ({err}).",
-                              'Fix it ({"nhead": 16}) or delete it.') from None
-    return 16
-
-
 def _report(progress, done: int, total: int) -> None:
     if progress is not None:
         progress(done / total, f"sentence {done}/{total}")
-
-
-_RNG = random.Random()
-
-
-def _new_seed() -> int:
-    return _RNG.randrange(2**31 - 1)
-
-
-def _seed_for(options: SynthOptions, index: int, base: int) -> int:
-    """Sentence i samples with seed + i (consecutive seeds let a batch match one-by-one runs)."""
-    return (int(options.seed) if options.seed is not None else base) + index
 
 
 def _digest(codes: np.ndarray) -> bytes:
     import hashlib
 
     return hashlib.sha1(np.ascontiguousarray(codes, dtype=np.int64).tobytes()).digest()
-
-
-def _wrap(fn, what: str):
-    """Run a loader; anything but a StudioError becomes one clear StudioError naming `what`."""
-    try:
-        return fn()
-    except StudioError:
-        raise
-    except (OSError, RuntimeError, ValueError, KeyError, ImportError) as e:
-        raise StudioError(f"Could not load {what}: {type(e).__name__}: {str(e)[:300]}",
-                          "Check the models folder (python launch.py download) and the device setting.") from e
-

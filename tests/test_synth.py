@@ -368,15 +368,15 @@ def test_readme_example_runs(tiny_models, golden, tmp_path, monkeypatch):
 
 
 def test_head_count_comes_from_an_optional_config_beside_the_checkpoint(tmp_path):
-    from core.synth import _head_count
+    from core.checkpoint import head_count
 
     ckpt = tmp_path / "vallex-checkpoint.pt"
-    assert _head_count(ckpt) == 16  # the public checkpoint: 16 heads, no config
+    assert head_count(ckpt) == 16  # the public checkpoint: 16 heads, no config
     (tmp_path / "config.json").write_text('{"nhead": 4}')
-    assert _head_count(ckpt) == 4
+    assert head_count(ckpt) == 4
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(StudioError, match="config"):
-        _head_count(ckpt)
+        head_count(ckpt)
 
 
 @pytest.mark.parametrize("dtype", ["int8", "int4"])
