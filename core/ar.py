@@ -29,52 +29,18 @@ def decode_ar(model, reqs: list[Req], s: Sampling, seeds: list[int] | None = Non
     The prompt is prefilled (left-padded, masked), then one token per live row per step; best-of-N
     runs N rows per request and keeps the reference's length-normalised log-prob winner."""
     c, stack, dev = model.core, model.core.ar, model.device
-    nb = 1 if s.greedy else s.best_of
-    B = len(reqs)
-    R = B * nb
+    nb = 1 if s.greedy else s.best_of  # rows per request
+    R = len(reqs) * nb
     if seeds is None:
         seeds = [s.seed if s.seed is not None else int(torch.randint(0, 2**31 - 1, (1,)).item())]
-    caps = []
-    for r in reqs:
-        cap = LENGTH_CAP * r.L
-        caps.append((min(cap, s.max_frames), "max_frames") if s.max_frames and s.max_frames < cap else (cap, "limit"))
-    pre = [r.L + 1 + r.T for r in reqs]
+    caps = _frame_caps(reqs, s)
+    pre = [r.L + 1 + r.T for r in reqs]  # prefix length: text, BOS, prompt frames
     P = max(pre)
     max_cap = max(cp for cp, _ in caps)
     S_max = P + max_cap
-    n_layers = len(stack.layers)
-    cache = torch.empty(n_layers, 2, R, stack.h, S_max, stack.cache_row, dtype=stack.kv_dtype, device=dev)
-
-    # Prefill (one row per request, left-padded): [text ; BOS + prompt codebook 0].
-    x = torch.zeros(B, P, c.d, device=dev)
-    padded = any(p != P for p in pre)
-    for b, r in enumerate(reqs):
-        a_ids = torch.cat([torch.tensor([BOS], device=dev), r.prompt[:, 0]])
-        xa = embed(c.ar_audio_emb, a_ids) * 1.0 + c.ar_audio_alpha * model.positions(r.T + 1)
-        x[b, P - pre[b]:] = torch.cat([model.text_input(r, nar=False), xa])
-    pcache = cache[:, :, 0::nb] if nb > 1 else cache
-    if stack.decode_step is not None and B > 1:
-        # The fused decode step (int8, bf16) is batch-invariant (every row is quantized,
-        # summed and attended on its own); prefilling each request unpadded, in its own slice
-        # of the cache, makes a batch give exactly the one-by-one tokens. The pad slots are
-        # never read (key_start).
-        h = torch.cat([stack.forward_cached(x[b:b + 1, P - pre[b]:], pcache[:, :, b:b + 1, :, P - pre[b]:], 0,
-                                            prefix_mask([r.L], [pre[b]], pre[b], dev), prefix=r.L)
-                       for b, r in enumerate(reqs)])
-    else:
-        h = stack.forward_cached(x, pcache, 0, prefix_mask([r.L for r in reqs], pre, P, dev),
-                                 prefix=reqs[0].L if not padded and len({r.L for r in reqs}) == 1 else None)
-    logits = head_logits(c.ar_head, h[:, -1])
-    if nb > 1:
-        for beam in range(1, nb):
-            cache[:, :, beam::nb, :, :P] = cache[:, :, 0::nb, :, :P]
-        logits = logits.repeat_interleave(nb, 0)
-    key_valid = key_start = None
-    if padded:
-        key_valid = torch.ones(R, S_max, dtype=torch.bool, device=dev)
-        for b in range(B):
-            key_valid[b * nb:(b + 1) * nb, :P - pre[b]] = False
-        key_start = torch.tensor([P - pre[i // nb] for i in range(R)], dtype=torch.int32, device=dev)
+    cache = torch.empty(len(stack.layers), 2, R, stack.h, S_max, stack.cache_row, dtype=stack.kv_dtype, device=dev)
+    logits = _prefill(model, reqs, cache, nb, pre)
+    key_valid, key_start = _pad_masks(pre, nb, S_max, dev)
 
     pickers = [TokenPicker(s, seeds[i // nb] if nb == 1 else _beam_seed(seeds[i // nb], i % nb), dev)
                for i in range(R)]
@@ -131,22 +97,76 @@ def decode_ar(model, reqs: list[Req], s: Sampling, seeds: list[int] | None = Non
             h = stack.forward_cached(xs.unsqueeze(1), cache, slot, m, key_start, row_map)
             logits = head_logits(c.ar_head, h[:, -1])
         slot += 1
+    return [_result(r, pickers[b * nb:(b + 1) * nb], stop[b * nb:(b + 1) * nb], seeds[b], s)
+            for b, r in enumerate(reqs)]
 
-    out = []
+
+def _frame_caps(reqs: list[Req], s: Sampling) -> list[tuple[int, str]]:
+    """Per request: the most frames it may take, and the stop reason when it gets there (the
+    reference's 16 per text id, or the caller's smaller max_frames)."""
+    caps = []
+    for r in reqs:
+        cap = LENGTH_CAP * r.L
+        caps.append((min(cap, s.max_frames), "max_frames") if s.max_frames and s.max_frames < cap else (cap, "limit"))
+    return caps
+
+
+def _prefill(model, reqs: list[Req], cache: torch.Tensor, nb: int, pre: list[int]) -> torch.Tensor:
+    """Run [text ; BOS + prompt codebook 0] through the AR, left-padded to the longest, filling
+    the cache's first max(pre) slots; the next-token logits [rows, V] (each request's nb rows)."""
+    c, stack, dev = model.core, model.core.ar, model.device
+    B, P = len(reqs), max(pre)
+    x = torch.zeros(B, P, c.d, device=dev)
     for b, r in enumerate(reqs):
-        rows = list(range(b * nb, (b + 1) * nb))
-        if nb > 1:  # the reference's best-of choice: length-normalised sum of log-probs
-            scores = [pickers[i].sum_logprob / (r.T + 1 + len(pickers[i].history)) ** s.length_penalty
-                      for i in rows]
-            best = rows[max(range(nb), key=lambda k: scores[k])]
-        else:
-            best = rows[0]
-        pk = pickers[best]
-        for w in pk.warnings:
-            log.warning(w)
-        out.append({"codes": list(pk.history), "stop_reason": stop[best], "warnings": list(pk.warnings),
-                    "seed": seeds[b]})
-    return out
+        a_ids = torch.cat([torch.tensor([BOS], device=dev), r.prompt[:, 0]])
+        xa = embed(c.ar_audio_emb, a_ids) * 1.0 + c.ar_audio_alpha * model.positions(r.T + 1)
+        x[b, P - pre[b]:] = torch.cat([model.text_input(r, nar=False), xa])
+    pcache = cache[:, :, 0::nb] if nb > 1 else cache
+    if stack.decode_step is not None and B > 1:
+        # The fused decode step (int8, bf16) is batch-invariant (every row is quantized,
+        # summed and attended on its own); prefilling each request unpadded, in its own slice
+        # of the cache, makes a batch give exactly the one-by-one tokens. The pad slots are
+        # never read (key_start).
+        h = torch.cat([stack.forward_cached(x[b:b + 1, P - pre[b]:], pcache[:, :, b:b + 1, :, P - pre[b]:], 0,
+                                            prefix_mask([r.L], [pre[b]], pre[b], dev), prefix=r.L)
+                       for b, r in enumerate(reqs)])
+    else:
+        uniform = len(set(pre)) == 1 and len({r.L for r in reqs}) == 1
+        h = stack.forward_cached(x, pcache, 0, prefix_mask([r.L for r in reqs], pre, P, dev),
+                                 prefix=reqs[0].L if uniform else None)
+    logits = head_logits(c.ar_head, h[:, -1])
+    if nb > 1:  # every beam starts from its request's prefix
+        for beam in range(1, nb):
+            cache[:, :, beam::nb, :, :P] = cache[:, :, 0::nb, :, :P]
+        logits = logits.repeat_interleave(nb, 0)
+    return logits
+
+
+def _pad_masks(pre: list[int], nb: int, S_max: int, dev) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """For a left-padded batch: which cache slots each row may attend to ([rows, S_max] bool) and
+    where its keys start ([rows] int32); (None, None) when no row is padded."""
+    P = max(pre)
+    if all(p == P for p in pre):
+        return None, None
+    rows = len(pre) * nb
+    key_valid = torch.ones(rows, S_max, dtype=torch.bool, device=dev)
+    for b, p in enumerate(pre):
+        key_valid[b * nb:(b + 1) * nb, :P - p] = False
+    key_start = torch.tensor([P - pre[i // nb] for i in range(rows)], dtype=torch.int32, device=dev)
+    return key_valid, key_start
+
+
+def _result(r: Req, pickers: list[TokenPicker], stops: list[str], seed: int, s: Sampling) -> dict:
+    """One request's outcome from its rows: the only row, or the reference's best-of choice (the
+    highest sum of log-probs normalised by length ** length_penalty)."""
+    best = 0
+    if len(pickers) > 1:
+        scores = [pk.sum_logprob / (r.T + 1 + len(pk.history)) ** s.length_penalty for pk in pickers]
+        best = max(range(len(pickers)), key=lambda k: scores[k])
+    pk = pickers[best]
+    for w in pk.warnings:
+        log.warning(w)
+    return {"codes": list(pk.history), "stop_reason": stops[best], "warnings": list(pk.warnings), "seed": seed}
 
 
 def _beam_seed(seed: int, beam: int) -> int:
