@@ -8,7 +8,7 @@ feature flags. The kernels' OpenMP regions run on PyTorch's own libgomp (torch/l
 the same soname, so the loader reuses it): one thread pool, no oversubscription.
 
 Everything here is optional. Without a compiler, on another OS or CPU architecture, or with
-VALLEX_NATIVE=0, `available()` is False and core/lm.py keeps to plain PyTorch ops. The float32
+VALLEX_NATIVE=0, `available()` is False and the LM keeps to plain PyTorch ops. The float32
 (reference-exact) mode never uses these kernels.
 """
 from __future__ import annotations

@@ -214,7 +214,7 @@ def test_full_attention_kernel_reads_views_of_the_projection(B, S, H, hd, q_from
                                                     (1, 4, 50, 64, 13, 49), (1, 2, 33, 32, 33, 0), (1, 2, 40, 64, 9, 30)])
 def test_full_attention_kernel_prefix_mask_matches_the_masked_sdpa(B, H, S, hd, L, q_from):
     # The AR prefill: text rows (the first L) see all text, audio rows the text and themselves
-    # causally: the mask core.lm builds, given to the kernel as its length L. The last layer
+    # causally: the mask core.ar builds, given to the kernel as its length L. The last layer
     # (q_from) takes only the last queries; skipped key blocks must not change any row.
     from core.ar import prefix_mask
 
