@@ -12,6 +12,7 @@ import logging
 import re
 import threading
 import unicodedata
+import warnings
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,9 @@ _APICAL_RETROFLEX = re.compile(r"([sɹ]`[⁼ʰ]?)([→↓↑ ]+|$)")
 _APICAL_DENTAL = re.compile(r"([s][⁼ʰ]?)([→↓↑ ]+|$)")
 _DIGITS_ZH = "零一二三四五六七八九"
 _JIEBA_LOCK = threading.Lock()
+# cn2an reads at most 16 decimals and says so in a UserWarning on every such number; the reading
+# (the first 16, as the reference gets) is what we want, the console line is noise for users.
+warnings.filterwarnings("ignore", message="注意：小数部分长度", category=UserWarning)
 
 
 def _an2cn(number: str) -> str:
