@@ -169,3 +169,16 @@ def test_split_sentences_edge_cases():
     assert split_sentences("Hello.") == ["Hello."]
     assert split_sentences("x" * 500) == ["x" * 500]  # one word is never cut
     assert split_sentences("line one\nline two", max_chars=10) == ["line one", "line two"]
+
+
+def test_a_long_decimal_is_read_to_16_places_without_a_warning():
+    # The reference (cn2an) reads the first 16 decimals and prints a warning for every such
+    # number; we give the same reading, quietly.
+    import warnings
+
+    from core.text.zh import numbers_to_chinese
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = numbers_to_chinese("圆周率是3." + "14159265358979323846" + "。")
+    assert got == "圆周率是三点一四一五九二六五三五八九七九三二。"

@@ -12,7 +12,6 @@ import logging
 import re
 import threading
 import unicodedata
-import warnings
 
 log = logging.getLogger(__name__)
 
@@ -114,16 +113,16 @@ _APICAL_RETROFLEX = re.compile(r"([sɹ]`[⁼ʰ]?)([→↓↑ ]+|$)")
 _APICAL_DENTAL = re.compile(r"([s][⁼ʰ]?)([→↓↑ ]+|$)")
 _DIGITS_ZH = "零一二三四五六七八九"
 _JIEBA_LOCK = threading.Lock()
-# cn2an reads at most 16 decimals and says so in a UserWarning on every such number; the reading
-# (the first 16, as the reference gets) is what we want, the console line is noise for users.
-warnings.filterwarnings("ignore", message="注意：小数部分长度", category=UserWarning)
 
 
 def _an2cn(number: str) -> str:
     import cn2an
 
+    whole, dot, frac = number.partition(".")
+    # cn2an reads only the first 16 decimals (the reference's reading) and warns on each such
+    # number; cutting them here gives the same reading without the console noise.
     try:
-        return cn2an.an2cn(number)
+        return cn2an.an2cn(whole + dot + frac[:16])
     except Exception:  # > 16 digits or non-ASCII/full-width digits: the reference crashes here
         return "".join(_DIGITS_ZH[unicodedata.digit(c)] if c.isdigit() else "点" for c in number)
 
