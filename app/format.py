@@ -64,6 +64,22 @@ def plan_markdown(plan) -> str:
     return f"**Plan:** {plan.describe()}" if plan is not None else ""
 
 
+def take_markdown(result, seconds: float | None = None, device: str = "cpu", dtype: str = "fp32") -> str:
+    """The take's notes: how fast it was made (when `seconds`, the generation's wall time, is
+    known), a hint where a faster precision exists, then its warnings."""
+    parts = []
+    audio_s = len(result.audio) / result.sample_rate
+    if seconds and audio_s:
+        rtf = seconds / audio_s
+        parts.append(f"Made {audio_s:.1f} s of speech in {seconds:.1f} s (RTF {rtf:.2f}; {device}, {dtype}).")
+        if device == "cpu" and dtype in ("fp32", "bf16") and rtf > 1.5:
+            parts.append("Faster on a CPU: restart with `--dtype int8` (several times faster, close to "
+                         "fp32) or `--dtype int4` (the fastest); fp32 is the reference-exact mode.")
+    if result.warnings:
+        parts.append("\n".join(f"- {w}" for w in result.warnings))
+    return "\n\n".join(parts)
+
+
 SENTENCE_HEADERS = ["#", "sentence", "seconds", "seed", "stop", "notes"]
 
 

@@ -10,6 +10,7 @@ import functools
 import inspect
 import logging
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -191,6 +192,8 @@ class Handlers:
         with self.gate.turn(bounded=False):
             prompt = self._voice_for(audio, prompt, transcript)
         voice = prompt.voice if prompt is not None else None
+        loaded = self.studio.status()["loaded"]
+        t0 = time.perf_counter()
         stream = self.studio.stream(text, voice=voice, options=options, progress=report)
         sentences = []
         while True:
@@ -203,8 +206,11 @@ class Handlers:
                 yield ((self.studio.sample_rate, fmt.to_int16(sent.audio)),) + (gr.skip(),) * 6
         with self.gate.turn(bounded=False):
             result = self.studio.assemble(sentences, options=options)
+        seconds = time.perf_counter() - t0
+        if not loaded:  # the first take also loaded the models: not the engine's speed
+            seconds -= self.studio.load_seconds or 0.0
         transcript = voice.transcript if voice is not None else gr.skip()
-        yield self._result_outputs(result, stream_chunk=gr.skip()) + (prompt, transcript)
+        yield self._result_outputs(result, stream_chunk=gr.skip(), seconds=seconds) + (prompt, transcript)
 
     def _loading_message(self) -> str:
         """What the first call is waiting for: loading, or downloading missing weights."""
@@ -216,9 +222,9 @@ class Handlers:
             return f"downloading missing weights ({', '.join(missing)}), then loading"
         return "loading the models (first use)"
 
-    def _result_outputs(self, result, stream_chunk):
+    def _result_outputs(self, result, stream_chunk, seconds: float | None = None):
         path = write_temp(result.audio, result.sample_rate, "wav", "vallex-speech")
-        info = "\n".join(f"- {w}" for w in result.warnings)
+        info = fmt.take_markdown(result, seconds, str(self.studio.device), self.studio.dtype)
         return stream_chunk, path, fmt.sentence_rows(result), result, info
 
     @user_errors

@@ -1,6 +1,7 @@
 """Every named Gradio endpoint through `gradio_client`, against `launch.py` on the tiny models."""
 from __future__ import annotations
 
+import re
 import threading
 
 import numpy as np
@@ -78,6 +79,7 @@ def test_speak_same_seed_same_audio_and_reroll(client, wav):
     client.predict(handle_file(str(wav)), "en", TRANSCRIPT, api_name="/check_prompt")
     _, full, table, info, transcript = client.predict(LONG_TEXT, seed=11, api_name="/speak")
     assert transcript == TRANSCRIPT
+    assert re.search(r"Made [\d.]+ s of speech in [\d.]+ s \(RTF [\d.]+; cpu, fp32\)", info), info
     data = rows(table)
     assert len(data) == 2 and [r[3] for r in data] == [11, 12]  # sentence i uses seed + i
     first, sr = sf.read(full)
@@ -203,3 +205,19 @@ def test_eight_clients_at_once_each_get_their_own_result(app):
     assert sorted(results) == list(range(8))
     for i in range(8):
         np.testing.assert_array_equal(results[i], expected[i])
+
+
+def test_take_notes_say_how_fast_and_where_a_faster_mode_is():
+    # The notes under a take: its speed, a pointer to int8 / int4 only where fp32 / bf16 on a
+    # CPU was slow, then the warnings as a list.
+    from types import SimpleNamespace
+
+    from app.format import take_markdown
+
+    take = SimpleNamespace(audio=np.zeros(48000, np.float32), sample_rate=24000, warnings=["sentence 2: cut"])
+    slow = take_markdown(take, 6.0, "cpu", "fp32")
+    assert slow.startswith("Made 2.0 s of speech in 6.0 s (RTF 3.00; cpu, fp32).") and "--dtype int8" in slow
+    assert slow.endswith("\n\n- sentence 2: cut")
+    assert "--dtype" not in take_markdown(take, 1.0, "cpu", "int8")
+    assert "--dtype" not in take_markdown(take, 6.0, "cuda", "fp32")
+    assert take_markdown(take, None) == "- sentence 2: cut"  # a re-roll: no timing
