@@ -31,8 +31,9 @@ def decode_ar(model, reqs: list[Req], s: Sampling, seeds: list[int] | None = Non
     c, stack, dev = model.core, model.core.ar, model.device
     nb = 1 if s.greedy else s.best_of  # rows per request
     R = len(reqs) * nb
-    if seeds is None:
-        seeds = [s.seed if s.seed is not None else int(torch.randint(0, 2**31 - 1, (1,)).item())]
+    if seeds is None:  # request i samples with seed + i, as generate_batch gives them
+        base = s.seed if s.seed is not None else int(torch.randint(0, 2**31 - 1, (1,)).item())
+        seeds = [base + i for i in range(len(reqs))]
     caps = _frame_caps(reqs, s)
     pre = [r.L + 1 + r.T for r in reqs]  # prefix length: text, BOS, prompt frames
     P = max(pre)

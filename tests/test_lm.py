@@ -228,6 +228,18 @@ def test_best_of_picks_highest_normalised_logprob(golden, tiny_a):
     assert a.codes[:, 0].tolist() == pickers[best].history
 
 
+def test_decoding_many_requests_without_seeds_gives_each_its_own(golden, tiny_a):
+    # With no seeds given, request i samples with seed + i, as generate_batch does (one seed for
+    # all would crash or make every request sample alike).
+    c = _cases(golden / "model" / "tiny-a")[3]
+    req = tiny_a._prepare(*_args(c))
+    s = Sampling(seed=7, max_frames=12, guards=False)
+    both = tiny_a._ar([req, req], s)
+    assert [o["seed"] for o in both] == [7, 8]
+    alone = [tiny_a._ar([req], Sampling(seed=k, max_frames=12, guards=False))[0]["codes"] for k in (7, 8)]
+    assert [o["codes"] for o in both] == alone
+
+
 # ------------------------------------------------------------------------------ guards
 
 
