@@ -74,7 +74,8 @@ def take_markdown(result, seconds: float | None = None, device: str = "cpu", dty
         parts.append(f"Made {audio_s:.1f} s of speech in {seconds:.1f} s (RTF {rtf:.2f}; {device}, {dtype}).")
         if device == "cpu" and dtype in ("fp32", "bf16") and rtf > 1.5:
             parts.append("Faster on a CPU: restart with `--dtype int8` (several times faster, close to "
-                         "fp32) or `--dtype int4` (the fastest); fp32 is the reference-exact mode.")
+                         "fp32) or `--dtype int4` (the fastest, on CPUs with AVX-512 VNNI); fp32 is the "
+                         "reference-exact mode.")
     if result.warnings:
         parts.append("\n".join(f"- {w}" for w in result.warnings))
     return "\n\n".join(parts)

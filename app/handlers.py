@@ -209,6 +209,7 @@ class Handlers:
         seconds = time.perf_counter() - t0
         if not loaded:  # the first take also loaded the models: not the engine's speed
             seconds -= self.studio.load_seconds or 0.0
+        seconds = seconds if seconds > 0 else None  # (models loaded by another request meanwhile)
         transcript = voice.transcript if voice is not None else gr.skip()
         yield self._result_outputs(result, stream_chunk=gr.skip(), seconds=seconds) + (prompt, transcript)
 

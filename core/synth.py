@@ -55,8 +55,9 @@ class Studio:
 
     models_dir: the models folder (core.store layout; None = the store's default);
     device: "cpu" | "cuda" | "cuda:N" | "mps"; dtype: fp32 | bf16 | fp16 | int8 (dynamic int8
-    Linear layers, CPU) | int4 (the AR in 4 bits, the NAR in int8: the fastest CPU mode); offline: never download (None = the store's default); voices_dir: where
-    saved voices live (None = the store's default).
+    Linear layers, CPU) | int4 (the AR in 4 bits, the NAR in int8: the fastest CPU mode, needs
+    AVX-512 VNNI); offline: never download (None = the store's default); voices_dir: where saved
+    voices live (None = the store's default).
     """
 
     sample_rate = SAMPLE_RATE
@@ -91,8 +92,8 @@ class Studio:
                 return self._models
             import torch
 
-            from core.codec import Codec, Vocos
             from core.checkpoint import head_count
+            from core.codec import Codec, Vocos
             from core.lm import VallEX
             from core.store import resolve_models
 
