@@ -136,9 +136,10 @@ def parse_auth(pairs: list[str] | None, auth_file: str | None) -> list[tuple[str
     if auth_file:
         try:
             text = Path(auth_file).read_text(encoding="utf-8")
-        except OSError as e:
-            raise StudioError(f"Cannot read the auth file {auth_file}: {e.strerror}.",
-                              "Give a readable file with one USER:PASS per line.") from e
+        except (OSError, UnicodeDecodeError) as e:
+            why = e.reason if isinstance(e, UnicodeDecodeError) else e.strerror
+            raise StudioError(f"Cannot read the auth file {auth_file}: {why}.",
+                              "Give a readable UTF-8 file with one USER:PASS per line.") from e
         lines += [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
     out = []
     for item in lines:

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.errors import AudioError, StudioError
+from core.errors import AudioError, StudioError, TextError
 
 log = logging.getLogger("vallex.cli")
 
@@ -43,19 +43,30 @@ def batch_jobs(args: argparse.Namespace) -> list[Job]:
         path = Path(args.text_file)
         if not path.is_file():
             raise StudioError(f"No text file at {path}.", "Give --text-file an existing file.")
-        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+        lines = [ln.strip() for ln in _read_text(path).splitlines()]
         width = max(4, len(str(len(lines))))
-        return [Job(t, out_dir / f"{i:0{width}d}.{args.format}")
-                for i, t in enumerate(lines, 1) if t]
+        jobs = [Job(t, out_dir / f"{i:0{width}d}.{args.format}") for i, t in enumerate(lines, 1) if t]
+        if not jobs:
+            raise StudioError(f"{path} has no text.", "Put one utterance per line.")
+        return jobs
     folder = Path(args.in_dir)
     if not folder.is_dir():
         raise StudioError(f"No folder at {folder}.", "Give --in-dir a folder of .txt files.")
-    jobs = [Job(p.read_text(encoding="utf-8").strip(), out_dir / f"{p.stem}.{args.format}")
-            for p in sorted(folder.glob("*.txt"))]
+    jobs = [Job(_read_text(p).strip(), out_dir / f"{p.stem}.{args.format}") for p in sorted(folder.glob("*.txt"))]
     jobs = [j for j in jobs if j.text]
     if not jobs:
         raise StudioError(f"No non-empty .txt files in {folder}.", "Put one utterance per .txt file.")
     return jobs
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise TextError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason}).",
+                        "Save it as UTF-8 plain text.") from None
+    except OSError as e:
+        raise StudioError(f"Cannot read {path}: {e.strerror or e}.", "Check the path and its permissions.") from None
 
 
 def write_atomic(path: Path, data: bytes) -> None:

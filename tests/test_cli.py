@@ -71,6 +71,26 @@ def test_batch_jobs_from_file_and_folder(tmp_path):
     assert [(j.text, j.out.name) for j in commands.batch_jobs(args)] == [("Ay.", "a.flac"), ("Bee.", "b.flac")]
 
 
+def test_unreadable_or_empty_text_inputs_are_refused_with_the_reason(tmp_path):
+    # Not UTF-8, or no text at all: a clear error naming the file, never a traceback or a silent
+    # run that makes nothing.
+    binary = tmp_path / "lines.txt"
+    binary.write_bytes(b"\xc0\xff\x00 not text")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "a.txt").write_bytes(b"\xc0\xff")
+    for argv, want in [(["--text-file", str(binary)], "lines.txt is not UTF-8 text"),
+                       (["--text-file", str(empty)], "empty.txt has no text"),
+                       (["--in-dir", str(folder)], "a.txt is not UTF-8 text")]:
+        args = cli.build_parser().parse_args(["synth", *argv, "--out-dir", str(tmp_path / "o")])
+        with pytest.raises(StudioError, match=want):
+            commands.batch_jobs(args)
+    with pytest.raises(StudioError, match="Cannot read the auth file"):
+        cli.parse_auth(None, str(binary))
+
+
 def test_write_atomic_leaves_no_partial_file(tmp_path):
     out = tmp_path / "sub" / "x.wav"
     commands.write_atomic(out, b"abc")
