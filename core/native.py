@@ -90,6 +90,10 @@ def _declare(lib) -> None:
     lib.vx_linear_i8.restype = None
     lib.vx_linear_bf16.argtypes = [P, L, I, I, I, P, P, P, I, I, I, I]
     lib.vx_linear_bf16.restype = None
+    lib.vx_linear_f32.argtypes = [P, L, I, I, P, P, P, I, I, I]
+    lib.vx_linear_f32.restype = None
+    lib.vx_has_linear_f32.argtypes = []
+    lib.vx_has_linear_f32.restype = I
     lib.vx_linear_i4.argtypes = [P, L, I, I, P, P, P, P, I, I, I, I]
     lib.vx_linear_i4.restype = None
     lib.vx_has_linear_i4.argtypes = []

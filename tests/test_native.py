@@ -687,19 +687,67 @@ def test_int8_engine_generates_with_and_without_fused_step(golden):
 def test_engine_without_native_kernels(golden, monkeypatch):
     monkeypatch.setattr(native, "_tried", True)
     monkeypatch.setattr(native, "_lib", None)
-    for kw in (dict(dtype=torch.bfloat16), dict(quantize="int8")):
+    for kw in (dict(dtype=torch.bfloat16), dict(quantize="int8"), {}):
         model = VallEX.from_checkpoint(golden / "model" / "tiny-b" / "checkpoint.pt", n_heads=6, **kw)
         assert not model.core.ar.fast_cpu and model.core.ar.decode_step is None
+        assert not model.core.ar.native_decode_attn
+        assert not isinstance(model.core.ar.layers[0].qkv, native_linear.NativeLinear)
         assert model.core.ar.kv_dtype == torch.float32
         codes = model.generate_ar([5, 6, 7], [0, 0, 0], 1, torch.zeros(4, 8, dtype=torch.long),
                                   sampling=Sampling(top_k=1, max_frames=6))
         assert codes.dtype == torch.long
 
 
-def test_float32_mode_never_uses_native_kernels(golden):
+@needs_native
+def test_float32_mode_runs_the_ar_on_the_float32_kernels(golden):
+    """fp32 stays float32 everywhere (cache, sums, no fused reduced-precision step); where AVX-512
+    runs, the AR's Linears are vx_linear_f32 and its decode attention vx_attn_decode, the NAR stays
+    on oneDNN; the golden tokens stay exact (tests/test_lm.py checks every case)."""
+    from core.quantize import PackedLinear
+
     model = VallEX.from_checkpoint(golden / "model" / "tiny-b" / "checkpoint.pt", n_heads=6)
     for stack in (model.core.ar, model.core.nar):
         assert not stack.fast_cpu and stack.decode_step is None and stack.kv_dtype == torch.float32
+    ar_kind = native_linear.F32Linear if native_linear.f32_available() else PackedLinear
+    for layer in model.core.ar.layers:
+        assert all(isinstance(getattr(layer, n), ar_kind) for n in ("qkv", "out", "ff1", "ff2"))
+    assert model.core.ar.native_decode_attn == native_linear.f32_available()
+    assert not model.core.nar.native_decode_attn
+    assert all(isinstance(layer.qkv, PackedLinear) for layer in model.core.nar.layers)
+
+
+def _f64_reference(x, w, b, relu=False):
+    y = x.double() @ w.double().T + b.double()
+    return y.clamp(min=0) if relu else y
+
+
+@pytest.mark.skipif(not native_linear.f32_available(), reason="no AVX-512 float32 kernel")
+@pytest.mark.parametrize("K, N", [(1024, 96), (100, 37), (71, 40), (1100, 48), (24, 72)])
+def test_f32_linear_is_a_float32_linear_and_row_invariant(K, N):
+    """Within float32 rounding of the exact sum, and each row's result bit-identical whatever rows
+    come with it: 1..16 rows (GEMV), more (tiled GEMM, tile remainders, a partial last panel, K
+    split in passes), so a batch decodes exactly like one request at a time."""
+    g = torch.Generator().manual_seed(K + N)
+    w, b = torch.randn(N, K, generator=g) * K ** -0.5, torch.randn(N, generator=g)
+    m = native_linear.F32Linear(w, b)
+    x = torch.randn(40, K, generator=g)
+    got = m(x)
+    assert got.dtype == torch.float32 and got.shape == (40, N)
+    want = _f64_reference(x, w, b)
+    # one float32 sum per output, k in order: ~sqrt(K) roundings of ~6e-8 (torch's: the same size)
+    assert float(((got.double() - want).abs() / (1 + want.abs())).max()) < 1e-5
+    for rows in (1, 3, 16, 17, 29):
+        part = m(x[:rows])
+        assert torch.equal(part, got[:rows]), rows
+        for i in {0, rows // 2, rows - 1}:
+            assert torch.equal(m(x[i:i + 1]), got[i:i + 1]), (rows, i)
+    assert torch.equal(m(x, relu=True), torch.relu(got))
+    assert torch.equal(m(x[:5].view(5, 1, K)), got[:5].view(5, 1, N))
+    assert torch.equal(m(x.t().contiguous().t()), got)  # a strided input is read as its values
+    with pytest.raises(ValueError, match="float32"):
+        m(x, out_dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match=f"\\[..., {K}\\]"):  # a wrong width is never read past
+        m(torch.randn(3, K + 1))
 
 
 def _probe(env_extra, tmp_path):
@@ -745,7 +793,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     dyn = quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)[0]
 x = torch.randn(3, 70)
-assert not native.gemm_available() and not native_linear.bf16_available()
+assert not native.gemm_available() and not native_linear.bf16_available() and not native_linear.f32_available()
 m = native_linear.Int8Linear(dyn)
 err = (m(x) - lin(x)).abs().max() / lin(x).abs().max()
 assert err < 0.03, err
@@ -774,6 +822,8 @@ from core.lm import VallEX
 model = VallEX.from_checkpoint(os.environ["VALLEX_TINY"], n_heads=6, dtype=torch.bfloat16)  # oneDNN's bf16 Linear
 assert model.core.ar.decode_step is None and model.core.ar.kv_dtype == torch.bfloat16
 assert model.generate_ar([5, 6, 7], [0, 0, 0], 1, torch.zeros(4, 8, dtype=torch.long)).dtype == torch.long
+model = VallEX.from_checkpoint(os.environ["VALLEX_TINY"], n_heads=6)  # fp32: oneDNN, and the scalar attention
+assert not isinstance(model.core.ar.layers[0].qkv, native_linear.NativeLinear) and model.core.ar.native_decode_attn is False
 assert not native_linear.int4_available()
 try:
     VallEX.from_checkpoint(os.environ["VALLEX_TINY"], n_heads=6, quantize="int4")

@@ -157,6 +157,59 @@ static void decode_bf16(const float *qv, const uint16_t *k, const uint16_t *v, i
         _mm512_storeu_ps(o + 32 * z + 16, _mm512_permutex2var_ps(e, hi, d));
     }
 }
+
+/* One query against keys [s0, n) of one head of a float32 cache (the fp32 mode), D % 16 == 0,
+   D <= 128: decode_bf16's loops over float32 rows (scores of 16 keys per transpose-and-add tree,
+   two sets of value sums, the next head's keys and values prefetched). */
+static inline __attribute__((always_inline)) __m512 qk16_f32(const __m512 *q, int nz, const float *k, int D,
+                                                             int cnt) {
+    __m512 a[16];
+    for (int j = 0; j < 16; j++) {
+        a[j] = _mm512_setzero_ps();
+        if (j < cnt)
+            for (int z = 0; z < nz; z++) a[j] = _mm512_fmadd_ps(q[z], _mm512_loadu_ps(k + (int64_t)j * D + 16 * z), a[j]);
+    }
+    return hsum16(a);
+}
+
+static void decode_f32(const float *qv, const float *k, const float *v, int D, int s0, int n, float scale,
+                       float *p, float *o, const float *nk, const float *nv) {
+    int nz = D / 16;
+    __m512 q[8], sc = _mm512_set1_ps(scale);
+    for (int z = 0; z < nz; z++) q[z] = _mm512_mul_ps(_mm512_loadu_ps(qv + 16 * z), sc);
+    __m512 vmax = _mm512_set1_ps(-INFINITY);
+    int s = s0;
+    for (; s + 16 <= n; s += 16) {
+        PREFETCH_L2(nk ? nk + (int64_t)s * D : NULL, 64 * D);
+        __m512 r = qk16_f32(q, nz, k + (int64_t)s * D, D, 16);
+        _mm512_storeu_ps(p + s, r);
+        vmax = _mm512_max_ps(vmax, r);
+    }
+    if (s < n) {
+        __mmask16 m = (__mmask16)((1u << (n - s)) - 1);
+        __m512 r = qk16_f32(q, nz, k + (int64_t)s * D, D, n - s);
+        _mm512_mask_storeu_ps(p + s, m, r);
+        vmax = _mm512_mask_max_ps(vmax, m, vmax, r);
+    }
+    float inv = exp_scores(p, s0, n, vmax);
+    __m512 acc[2][8];
+    for (int t = 0; t < 2; t++)
+        for (int z = 0; z < nz; z++) acc[t][z] = _mm512_setzero_ps();
+    for (s = s0; s + 2 <= n; s += 2) {
+        PREFETCH_L2(nv ? nv + (int64_t)s * D : NULL, 8 * D);
+        for (int t = 0; t < 2; t++) {
+            __m512 w = _mm512_set1_ps(p[s + t]);
+            for (int z = 0; z < nz; z++)
+                acc[t][z] = _mm512_fmadd_ps(w, _mm512_loadu_ps(v + (int64_t)(s + t) * D + 16 * z), acc[t][z]);
+        }
+    }
+    if (s < n) {
+        __m512 w = _mm512_set1_ps(p[s]);
+        for (int z = 0; z < nz; z++) acc[0][z] = _mm512_fmadd_ps(w, _mm512_loadu_ps(v + (int64_t)s * D + 16 * z), acc[0][z]);
+    }
+    __m512 iv = _mm512_set1_ps(inv);
+    for (int z = 0; z < nz; z++) _mm512_storeu_ps(o + 16 * z, _mm512_mul_ps(_mm512_add_ps(acc[0][z], acc[1][z]), iv));
+}
 #endif
 
 /* ---- the int8 KV cache (layout: common.h) ---------------------------------------------------- */
@@ -411,6 +464,11 @@ void vx_attn_decode(const float *q, int64_t qsb, const void *k, const void *v, i
                 continue;
             }
 #endif
+            if (kv == KV_F32 && D % 16 == 0 && D <= 128) {
+                decode_f32(qv, (const float *)kb, (const float *)vb, D, s0, n, scale, p, o, (const float *)nk,
+                           (const float *)nv);
+                continue;
+            }
             if (kv == KV_BF16 && D % 32 == 0 && D <= 128) {
                 decode_bf16(qv, (const uint16_t *)kb, (const uint16_t *)vb, D, s0, n, scale, p, o,
                             (const uint16_t *)nk, (const uint16_t *)nv);

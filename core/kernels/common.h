@@ -104,13 +104,14 @@ static inline float quantize_row8(const float *xr, int K, int kp, uint8_t *q, in
     return s;
 }
 
-/* ---- the packed Linear kernels' inner loops (linear_i8.c, linear_bf16.c) ---------------------
-Both pack their weights so that one 64-byte vector holds one k step of 16 output rows (4 int8 k,
-or 2 bf16 k, per row) and give each activation row one 32-bit word per step, broadcast: the loops
-are the same, only the multiply-add differs. Sums live in __m512 registers either way (int32 bits
+/* ---- the packed Linear kernels' inner loops (linear_i8.c, linear_float.c) ---------------------
+All pack their weights so that one 64-byte vector holds one k step of 16 output rows (4 int8 k,
+2 bf16 k or 1 float32 k per row) and give each activation row one 32-bit word per step, broadcast:
+the loops are the same, only the multiply-add differs. Sums live in __m512 registers either way (int32 bits
 for int8: with __m512i ones gcc 12 spilled the bf16 GEMM tile's 24 sums to the stack, 2.3x slower). */
 #define DOT_I8 0   /* vpdpbusd: u8 activations x s8 weights, int32 sums (AVX-512 VNNI) */
 #define DOT_BF16 1 /* vdpbf16ps: bf16 pairs, float32 sums (AVX-512 BF16) */
+#define DOT_F32 2  /* vfmadd: one float32 a step (AVX-512F) */
 #define VX_ROWS_MAX 16 /* rows per pass over a weight block: 16 sums + 1 weight register */
 #define VX_TILE_MR 12  /* rows per GEMM tile: 24 sums + 2 weight registers + 1 broadcast */
 
@@ -123,6 +124,7 @@ static inline __attribute__((always_inline)) __m512 dot_step(__m512 acc, __m512i
 #if defined(__AVX512VNNI__)
     if (kind == DOT_I8) return _mm512_castsi512_ps(_mm512_dpbusd_epi32(_mm512_castps_si512(acc), x, w));
 #endif
+    if (kind == DOT_F32) return _mm512_fmadd_ps(_mm512_castsi512_ps(x), _mm512_castsi512_ps(w), acc);
     (void)x, (void)w, (void)kind;
     return acc; /* not built for this kind: never called (the callers check) */
 }
@@ -210,7 +212,7 @@ static inline float kv_scale(const int8_t *row, int D) {
     return sc;
 }
 
-/* entry points used across files (attn_decode.c, linear_i8.c, linear_bf16.c) */
+/* entry points used across files (attn_decode.c, linear_i8.c, linear_float.c) */
 void vx_kv_put_i8(const float *x, int D, int8_t *row);
 void vx_attn_decode(const float *q, int64_t qsb, const void *k, const void *v, int64_t sb, int64_t sh,
                     float *out, int B, int H, int D, int n, const int32_t *starts, const int32_t *rows,
@@ -222,5 +224,7 @@ void vx_linear_i4(const float *x, int64_t xs, int M, int K, const uint8_t *wp, c
                   const float *bias, void *y, int N, int relu, int out_bf16, int n_threads);
 void vx_linear_bf16(const void *x, int64_t xs, int x_bf16, int M, int K, const uint16_t *wp, const float *bias,
                     void *y, int N, int relu, int out_bf16, int n_threads);
+void vx_linear_f32(const float *x, int64_t xs, int M, int K, const float *wp, const float *bias, float *y, int N,
+                   int relu, int n_threads);
 
 #endif
