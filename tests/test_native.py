@@ -442,6 +442,24 @@ def _bf16_reference(x, w, b, relu=False):
     return (y.clamp(min=0) if relu else y).float().to(torch.bfloat16)
 
 
+def _assert_rows_alone(m, x, got):
+    """A native Linear `m` gives each row of x the result `got` has for it whatever rows come with
+    it (1..16 rows: the GEMV; more: the tiled GEMM and its remainders), as a [B, 1, K] view too;
+    ReLU is the kernel's; a wrong width or a non-CPU tensor is refused, never read past."""
+    K, N = x.shape[1], got.shape[1]
+    for rows in (1, 3, 16, 17, 29):
+        part = m(x[:rows])
+        assert torch.equal(part, got[:rows]), rows
+        for i in {0, rows // 2, rows - 1}:
+            assert torch.equal(m(x[i:i + 1]), got[i:i + 1]), (rows, i)
+    assert torch.equal(m(x, relu=True), torch.relu(got))
+    assert torch.equal(m(x[:5].view(5, 1, K)), got[:5].view(5, 1, N))
+    with pytest.raises(ValueError, match=f"\\[..., {K}\\]"):
+        m(torch.randn(3, K + 1))
+    with pytest.raises(ValueError, match="CPU tensor"):
+        m(torch.tensor(1.0))
+
+
 @needs_bf16
 @pytest.mark.parametrize("K, N", [(1024, 96), (100, 37), (71, 40), (2100, 48), (24, 72)])
 def test_bf16_linear_is_a_bf16_linear_and_row_invariant(K, N):
@@ -457,21 +475,11 @@ def test_bf16_linear_is_a_bf16_linear_and_row_invariant(K, N):
     want = _bf16_reference(x, w, b)
     step = want.float().abs().clamp(min=1e-3) * 2 ** -7  # one bf16 rounding step
     assert bool(((got.float() - want.float()).abs() <= step).all())
-    for rows in (1, 3, 16, 17, 29):
-        part = m(x[:rows])
-        assert torch.equal(part, got[:rows]), rows
-        for i in {0, rows // 2, rows - 1}:
-            assert torch.equal(m(x[i:i + 1]), got[i:i + 1]), (rows, i)
-    assert torch.equal(m(x, relu=True), torch.relu(got))
+    _assert_rows_alone(m, x, got)
     assert torch.equal(m(x, out_dtype=torch.float32), got.float())  # the same bf16 values
     assert torch.equal(m(x.to(torch.bfloat16)), got)  # float32 input is rounded to bf16 first
-    assert torch.equal(m(x[:5].view(5, 1, K)), got[:5].view(5, 1, N))
     with pytest.raises(ValueError, match="float32 or bfloat16"):
         m(x, out_dtype=torch.float16)
-    with pytest.raises(ValueError, match=f"\\[..., {K}\\]"):  # a wrong width is never read past
-        m(torch.randn(3, K + 1))
-    with pytest.raises(ValueError, match="CPU tensor"):
-        m(torch.tensor(1.0))
 
 
 @needs_bf16
@@ -736,18 +744,10 @@ def test_f32_linear_is_a_float32_linear_and_row_invariant(K, N):
     want = _f64_reference(x, w, b)
     # one float32 sum per output, k in order: ~sqrt(K) roundings of ~6e-8 (torch's: the same size)
     assert float(((got.double() - want).abs() / (1 + want.abs())).max()) < 1e-5
-    for rows in (1, 3, 16, 17, 29):
-        part = m(x[:rows])
-        assert torch.equal(part, got[:rows]), rows
-        for i in {0, rows // 2, rows - 1}:
-            assert torch.equal(m(x[i:i + 1]), got[i:i + 1]), (rows, i)
-    assert torch.equal(m(x, relu=True), torch.relu(got))
-    assert torch.equal(m(x[:5].view(5, 1, K)), got[:5].view(5, 1, N))
+    _assert_rows_alone(m, x, got)
     assert torch.equal(m(x.t().contiguous().t()), got)  # a strided input is read as its values
     with pytest.raises(ValueError, match="float32"):
         m(x, out_dtype=torch.bfloat16)
-    with pytest.raises(ValueError, match=f"\\[..., {K}\\]"):  # a wrong width is never read past
-        m(torch.randn(3, K + 1))
 
 
 def _probe(env_extra, tmp_path):
