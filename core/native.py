@@ -9,7 +9,8 @@ the same soname, so the loader reuses it): one thread pool, no oversubscription.
 
 Everything here is optional. Without a compiler, on another OS or CPU architecture, or with
 VALLEX_NATIVE=0, `available()` is False and the LM keeps to plain PyTorch ops. The float32
-(reference-exact) mode never uses these kernels.
+(reference-exact) mode uses only the float32 ones (its AR's Linears and decode attention: float32
+sums, the golden tokens unchanged).
 """
 from __future__ import annotations
 

@@ -136,8 +136,8 @@ def f32_available() -> bool:
 
 
 class NativeLinear(torch.nn.Module):
-    """What Int8Linear and Bf16Linear share: sizes, the packed weights `w`, a float32 bias `b`
-    padded to 32, the kernel's call. The stacks (core/transformer.py) pass relu / out_dtype."""
+    """What the native Linears share: sizes, the packed weights `w`, a float32 bias `b` padded
+    to 32, the kernel's call. The stacks (core/transformer.py) pass relu / out_dtype."""
 
     kind = -1  # LIN_I8 / LIN_BF16 of core/kernels/decode_step.c
     out_default = torch.float32

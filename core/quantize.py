@@ -1,5 +1,8 @@
-"""Precision modes of the LM engine: float32 (reference-exact), bfloat16, int8.
+"""Precision modes of the LM engine: float32 (reference-exact), bfloat16, int8, int4.
 
+- fp32: float32 weights, sums and KV cache; on a CPU with AVX-512 the AR's Linears run in
+  core/kernels/linear_float.c (vx_linear_f32) and its decode attention in attn_decode.c, the NAR on
+  oneDNN's pre-packed Linear.
 - bf16: every Linear and embedding table in bfloat16 (AVX-512 BF16 on this CPU class, tensor
   cores on CUDA); LayerNorm, positions, the residual stream and the softmax stay float32. The
   float32 weights are never kept: each table is converted once and its mmap pages are handed back
@@ -161,6 +164,7 @@ def _use_native(stack, device) -> bool:
     if device.type != "cpu" or not native.available():
         return False
     stack.fast_cpu = True
+    stack.native_decode_attn = True
     stack.kv_dtype = torch.bfloat16
     return True
 

@@ -170,8 +170,8 @@ class Stack(nn.Module):
         # passes' attention (NAR, prefill) use the kernels of core/native.py, float32 softmax;
         # what they do not cover runs as bf16 matmuls.
         self.fast_cpu = False
-        # the decode step's attention (one query row) in native.attn_decode: the fast_cpu modes,
-        # and fp32 on a CPU where the native kernels load (set by core.quantize)
+        # the decode step's attention (one query row) in native.attn_decode, over the cache's
+        # dtype: the fast_cpu modes, and fp32 where vx_linear_f32 runs (set by core.quantize)
         self.native_decode_attn = False
         self.decode_step = None  # int8 / bf16 modes: core.native_linear.DecodeStep, the whole step in one call
 
@@ -203,7 +203,7 @@ class Stack(nn.Module):
             qkv = layer.qkv(h, out_dtype=torch.bfloat16)  # rounded in the GEMM: no conversion pass
         else:
             qkv = layer.qkv(h)
-        if (self.fast_cpu or self.native_decode_attn) and S == 1 and cache_k is not None:
+        if self.native_decode_attn and S == 1 and cache_k is not None:
             qkv = qkv.view(B, 3, self.h, self.hd)
             qkv = qkv if qkv.dtype == torch.float32 else qkv.float()
             _cache_put(cache_k[:, :, start], qkv[:, 1])
