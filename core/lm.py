@@ -124,7 +124,7 @@ class VallEX:
         if quantize is not None:
             quantize = str(quantize).lower()
             if quantize == "int8":
-                quantize = DEFAULT_INT8 if device.type == "cpu" else "int8-torchao"
+                quantize = DEFAULT_INT8 if device.type == "cpu" else "int8-weight"
             if quantize not in QUANTIZE_MODES:
                 raise StudioError(f"unknown quantize mode {quantize!r}; use None, 'int8' or one of "
                                   f"{', '.join(QUANTIZE_MODES)}")

@@ -11,10 +11,11 @@
   * "int8-dynamic": `torch.ao.quantization.quantize_dynamic` (fbgemm, VNNI): int8 weights per
     output channel, activations quantized on the fly. Deprecated upstream but fast here.
   * "int8-weight": weight-only int8 (per-channel scales) through `aten._weight_int8pack_mm` with
-    bfloat16 activations: more accurate (activations stay bf16).
+    bfloat16 activations: more accurate (activations stay bf16). CPU and CUDA (int8's default on
+    CUDA: no extra package).
   * "int8-torchao": torchao's `Int8DynamicActivationInt8WeightConfig` (the maintained path),
     when torchao is installed.
-  * "int8": the default int8 backend (see DEFAULT_INT8).
+  * "int8": the default int8 backend (DEFAULT_INT8 on the CPU, "int8-weight" on CUDA).
 - int4 (`quantize="int4"`, CPU with AVX-512 VNNI): the AR's Linear layers in 4 bits (a bf16 scale
   per 64 inputs, int8 activations: core/kernels/linear_i4.c), the NAR as "int8-dynamic". The AR's
   decode step streams all its weights once a token, so it runs at the memory bandwidth: 4 bits
@@ -151,7 +152,12 @@ class Int8WeightLinear(nn.Module):
         x2 = x.reshape(-1, shape[-1])
         if x2.dtype != self.act_dtype:
             x2 = x2.to(self.act_dtype)
-        y = torch.ops.aten._weight_int8pack_mm(x2.contiguous(), self.qweight, self.scale)
+        if x2.is_cuda and x2.shape[0] > 16:
+            # CUDA's int8pack kernel is a GEMV at heart: the NAR's ~600 rows ran 20x slower than
+            # bf16 through it (H100). Many rows: the bf16 weights for this call, then cuBLAS.
+            y = torch.mm(x2, (self.qweight.to(self.act_dtype) * self.scale[:, None]).t())
+        else:
+            y = torch.ops.aten._weight_int8pack_mm(x2.contiguous(), self.qweight, self.scale)
         if self.bias is not None:
             y = y + self.bias
         return y.view(*shape[:-1], y.shape[-1])
@@ -343,8 +349,8 @@ def apply_precision(core, dtype: torch.dtype, quantize: str | None, device, mmap
                 lin = getattr(layer, name)
                 src = lin.weight
                 if src.shape[1] % 16 or src.shape[1] < 32:  # the int8pack kernel needs K % 16 == 0
-                    q = PackedLinear(src, lin.bias, act) if packing_available(act) else \
-                        _cast_linear(lin, act, device)
+                    q = PackedLinear(src, lin.bias, act) if device.type == "cpu" and packing_available(act) \
+                        else _cast_linear(lin, act, device)
                 else:
                     q = Int8WeightLinear(lin, act).to(device)
                 setattr(layer, name, q)
