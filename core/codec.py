@@ -15,6 +15,7 @@ import numpy as np
 import soxr
 import torch
 
+from core.devices import resolve_device
 from core.errors import AudioError, CheckpointError, ModelMissingError
 from core.vocos import ENCODEC_REPO, Vocos, resolve_model_folder
 
@@ -68,8 +69,8 @@ class Codec:
     """EnCodec 24 kHz codec. `Codec.from_pretrained(folder).encode(wav, sr) -> LongTensor [T, 8]`."""
 
     def __init__(self, model, device: str | torch.device = "cpu", bandwidth: float = BANDWIDTH_KBPS):
-        self.model = model.eval().to(device)
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
+        self.model = model.eval().to(self.device)
         self.bandwidth = float(bandwidth)
         cfg = model.config
         self.sample_rate = int(cfg.sampling_rate)

@@ -31,6 +31,7 @@ from core import native_linear
 from core.ar import decode_ar
 from core.checkpoint import (N_CODES, _fill_tied_aliases, _reference_tying, check_state_dict, checkpoint_to_internal,
                              infer_config, read_state_dict, reference_schema)
+from core.devices import resolve_device
 from core.errors import StudioError
 from core.lm_io import MAX_CONTEXT_FRAMES, Generation, LMRequest, Req, codes_1d, prepare, unpack
 from core.nar import decode_nar
@@ -118,7 +119,7 @@ class VallEX:
                         dtype=torch.float32, quantize: str | None = None, source: str = "<state dict>",
                         mmapped: bool = False) -> "VallEX":
         dtype = _parse_dtype(dtype)
-        device = torch.device(device)
+        device = resolve_device(device)
         if device.type == "cpu":
             tune_allocator()
         if quantize is not None:
@@ -144,27 +145,32 @@ class VallEX:
         for p in core.parameters():
             p.requires_grad_(False)
         core.eval()
-        if device.type != "cpu" and device.type != "meta":
-            for mod in core.modules():
-                for name, p in list(mod.named_parameters(recurse=False)):
-                    setattr(mod, name, nn.Parameter(p.detach().to(device), requires_grad=False))
-            mmapped = False
         # AdaLN: (w, b) per stage from the (constant) stage embeddings, as the reference computes them;
         # folded into the LayerNorm's affine in the reduced-precision modes (fp32 keeps the order).
         reduced = dtype != torch.float32 or quantize is not None
+        on_gpu = device.type not in ("cpu", "meta")
+        if on_gpu and not reduced:
+            _move(core, device)
+            mmapped = False
         with torch.no_grad():
             stage_embs = [e.weight.detach() for e in core.nar_stage_embs]
             for mod in list(core.nar.modules()):
                 if hasattr(mod, "precompute"):
                     w = mod.project.weight
                     mod.precompute(stage_embs)
-                    if reduced:
-                        mod.fold()
                     if mmapped:
                         release_pages(w)
             if device.type != "meta":
+                # reduced modes on a GPU: each table moves as it is converted, so the GPU never
+                # holds the float32 copy (peak memory: the bf16 / int8 size, not the fp32 one)
                 apply_precision(core, dtype, quantize, device, mmapped)
+                if on_gpu:
+                    _move(core, device)  # what the conversion left on the CPU (norms, AdaLN tables)
                 trim_heap()
+            if reduced:  # after the move: the folded tables are plain tensors, where the norms are
+                for mod in core.nar.modules():
+                    if hasattr(mod, "fold"):
+                        mod.fold()
         return cls(core, cfg, n_heads, device, dtype, quantize, source)
 
     # -- public generation API --------------------------------------------------------------------
@@ -252,6 +258,17 @@ class VallEX:
 
 
 # ------------------------------------------------------------------------------------ helpers
+
+
+def _move(core: nn.Module, device: torch.device) -> None:
+    """Every CPU parameter and buffer of `core` onto `device` (frozen parameters)."""
+    for mod in core.modules():
+        for name, p in list(mod.named_parameters(recurse=False)):
+            if p.device.type == "cpu":
+                setattr(mod, name, nn.Parameter(p.detach().to(device), requires_grad=False))
+        for name, b in list(mod.named_buffers(recurse=False)):
+            if b is not None and b.device.type == "cpu":
+                setattr(mod, name, b.to(device))
 
 
 def _parse_dtype(dtype) -> torch.dtype:

@@ -66,6 +66,9 @@ class Studio:
                  voices_dir=None):
         if dtype not in _DTYPES:
             raise StudioError(f"Unknown dtype {dtype!r}.", f"Use one of {', '.join(_DTYPES)}.")
+        from core.devices import resolve_device
+
+        resolve_device(device)  # a device this torch cannot use is refused now, not at the first take
         self.models_dir = Path(models_dir) if models_dir is not None else None
         self.device, self.dtype, self.offline = device, dtype, offline
         self._voices_dir = voices_dir

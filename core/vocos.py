@@ -17,6 +17,7 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
+from core.devices import resolve_device
 from core.errors import CheckpointError, ModelMissingError
 
 log = logging.getLogger(__name__)
@@ -230,8 +231,8 @@ class Vocos:
     """Codes -> 24 kHz waveform. `Vocos.from_pretrained(folder).decode(codes [T, 8])`."""
 
     def __init__(self, model: VocosModel, device: str | torch.device = "cpu"):
-        self.model = model.eval().to(device)
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
+        self.model = model.eval().to(self.device)
         self.cfg = model.cfg
         self.hop_length = model.cfg.hop_length
         self.sample_rate = SAMPLE_RATE

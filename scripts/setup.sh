@@ -2,6 +2,7 @@
 # One idempotent set-up for a fresh Debian machine with Python 3.11 and root:
 #   Debian packages, a .venv at the repo root, torch 2.13.0 (CPU build), the project itself.
 # Usage: scripts/setup.sh [--test]   (--test also installs the browser + test tools)
+#        TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130 scripts/setup.sh   (torch for a GPU)
 # Each step is skipped when what it makes is already there, so a second run takes seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,14 +36,19 @@ VPY="$ROOT/.venv/bin/python"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # A stamp keyed on the dependency list makes the second run skip pip entirely.
-want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)-$WITH_TEST"
+want="$( (cat pyproject.toml scripts/setup.sh; echo "${TORCH_INDEX_URL:-}") | sha256sum | cut -c1-16)-$WITH_TEST"
 stamp=".venv/.studio-setup"
 have="$(cat "$stamp" 2>/dev/null || true)"
 if [[ "$have" != "$want" && "$have" != "${want%-0}-1" ]]; then
     log "installing Python packages (first run takes a few minutes)"
     "$VPY" -m pip install -q --upgrade pip
-    # torch first and pinned: the local CPU wheel, never the CUDA build
-    "$VPY" -m pip install -q torch==2.13.0
+    # torch first and pinned: the local CPU wheel, never the CUDA build, unless TORCH_INDEX_URL
+    # names a PyTorch wheel index (e.g. https://download.pytorch.org/whl/cu130 for a GPU)
+    if [[ -n "${TORCH_INDEX_URL:-}" ]]; then
+        "$VPY" -m pip install -q --force-reinstall torch==2.13.0 --index-url "$TORCH_INDEX_URL"
+    else
+        "$VPY" -m pip install -q torch==2.13.0
+    fi
     if (( WITH_TEST )); then
         "$VPY" -m pip install -q -e ".[test]"
     else

@@ -217,3 +217,15 @@ def test_download_command_messages(tiny_models, tmp_path, capsys):
     assert "already there" in capsys.readouterr().out
     assert cli.main(["download", "--models", str(tmp_path), "--offline"]) == 2
     assert "--offline" in capsys.readouterr().err
+
+
+def test_a_device_this_torch_cannot_use_stops_the_launch_with_a_message(capsys):
+    import torch
+
+    bad = ["tpu"] + ([] if torch.cuda.is_available() else ["cuda"])
+    for device in bad:  # the server would start with a good one: each of these must stop first
+        assert cli.main(["--device", device]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "Traceback" not in err
+        assert ("Unknown device 'tpu'" if device == "tpu" else "no CUDA support") in err
+        assert "--device cpu" in err

@@ -372,6 +372,8 @@ def test_cuda_parity(golden):
         same = total = 0
         for cfg_dir in _configs(golden):
             model = _load(cfg_dir, device="cuda", **kw)
+            left = [t.shape for t in (*model.core.parameters(), *model.core.buffers()) if not t.is_cuda]
+            assert not left, f"{kw}: tensors left on the CPU: {left}"
             cases = _cases(cfg_dir)
             for c in cases:
                 nar = model.generate_nar(*_args(c), torch.tensor(c["ar_codes"]))
@@ -383,3 +385,25 @@ def test_cuda_parity(golden):
             batch = model.generate_batch([LMRequest(*_args(c)) for c in cases[:3]], Sampling(top_k=1, max_frames=8))
             assert all(g.codes.shape[1] == 8 and g.codes.shape[0] <= 8 for g in batch)
         assert same / total > 0.6, kw
+
+
+def test_a_device_this_torch_cannot_use_is_refused_up_front(golden, monkeypatch):
+    """torch takes "cuda" on a CPU-only build and fails deep in the first .to(); the engine (and
+    Studio, Codec, Vocos: core.devices) refuse it before loading anything, saying what to do."""
+    from core.devices import resolve_device
+
+    cfg_dir = golden / "model" / "tiny-a"
+    for bad, words in [("tpu", "Unknown device 'tpu'"), ("cuda:x", "Unknown device"), (3.5, "Unknown device")]:
+        with pytest.raises(StudioError, match=words):
+            _load(cfg_dir, device=bad)
+    assert resolve_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(StudioError, match="not available") as e:
+            _load(cfg_dir, device="cuda")
+        assert "--device cpu" in e.value.hint
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(StudioError, match=r"'cuda:2' does not exist: this machine has 2 CUDA GPU") as e:
+        resolve_device("cuda:2")
+    assert "cuda:0 .. cuda:1" in e.value.hint
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
