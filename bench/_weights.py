@@ -3,9 +3,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import torch
+
+# ../shared/golden beside the checkout, or VALLEX_GOLDEN (as in tests/conftest.py)
+GOLDEN = Path(os.environ.get("VALLEX_GOLDEN", Path(__file__).resolve().parents[2] / "shared" / "golden"))
+SCHEMA = GOLDEN / "schema" / "vallex-full.json"
 
 
 def random_state_dict(schema_path: str | Path, seed: int = 0) -> dict[str, torch.Tensor]:

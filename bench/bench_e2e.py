@@ -10,7 +10,7 @@ its own subprocess:
 Random weights never pick EOS (bench_lm.py sets its logit low), so every sentence runs to the cap.
 Reported: wall seconds, audio seconds, RTF (wall / audio; <= 1.0 is real time), the LM's share.
 
-    .venv/bin/python bench/bench_e2e.py [--modes fp32,bf16,int8] [--threads 2] [--json PATH]
+    .venv/bin/python bench/bench_e2e.py [--modes fp32,bf16,int8] [--threads 2] [--device cuda] [--json PATH]
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-SCHEMA = ROOT.parent / "shared" / "golden" / "schema" / "vallex-full.json"
+from bench._weights import SCHEMA  # noqa: E402
 CAP_S = 384 / 75
 
 ONE = "Good morning, how are you today?"
@@ -69,7 +69,7 @@ def worker(args) -> dict:
     from core.synth_types import SynthOptions
 
     torch.set_num_threads(args.threads)
-    studio = Studio(args.models, dtype=args.mode, offline=True)
+    studio = Studio(args.models, device=args.device, dtype=args.mode, offline=True)
     t = time.perf_counter()
     studio._load()
     load_s = time.perf_counter() - t
@@ -86,6 +86,9 @@ def worker(args) -> dict:
                      "rtf": round(wall / max(res.seconds, 1e-9), 3), "lm_s": round(lm, 2),
                      "rest_s": round(wall - lm, 2)}
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    out["device"] = args.device
+    if args.device.startswith("cuda"):
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() // 2**20
     return out
 
 
@@ -93,6 +96,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--modes", default="fp32,bf16,int8")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
     ap.add_argument("--ckpt", default=str(Path(tempfile.gettempdir()) / "vallex-bench" / "full-random.pt"))
     ap.add_argument("--models", default=str(Path(tempfile.gettempdir()) / "vallex-bench" / "e2e-models"))
     ap.add_argument("--json", default=None)
@@ -102,6 +106,13 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args)))
         return
+    from core.devices import resolve_device
+    from core.errors import StudioError
+
+    try:
+        resolve_device(args.device)
+    except StudioError as e:
+        sys.exit(f"--device: {e.user_message()}")
 
     from bench import _machine
     from bench._weights import write_checkpoint
@@ -114,7 +125,7 @@ def main() -> None:
     for mode in [m for m in args.modes.split(",") if m]:
         print(f"{mode} ...", flush=True)
         p = subprocess.run([sys.executable, __file__, "--worker", "--mode", mode, "--models", str(models),
-                            "--threads", str(args.threads)], capture_output=True, text=True, env=env, cwd=ROOT)
+                            "--threads", str(args.threads), "--device", args.device], capture_output=True, text=True, env=env, cwd=ROOT)
         lines = [line for line in p.stdout.splitlines() if line.startswith("{")]
         results["modes"][mode] = json.loads(lines[-1]) if p.returncode == 0 and lines else \
             {"error": (p.stderr or p.stdout)[-600:]}

@@ -32,9 +32,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench._weights import GOLDEN, SCHEMA  # noqa: E402
 SHARED = ROOT.parent / "shared"
-GOLDEN = Path(os.environ.get("VALLEX_GOLDEN", SHARED / "golden"))  # as in tests/conftest.py
-SCHEMA = GOLDEN / "schema" / "vallex-full.json"
 REF_BENCH = SHARED / "tools" / "ref_bench.py"
 
 PROMPT_FRAMES, TEXT_IDS, PROMPT_TEXT = 225, 24, 8
