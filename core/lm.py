@@ -35,7 +35,8 @@ from core.devices import resolve_device
 from core.errors import StudioError
 from core.lm_io import MAX_CONTEXT_FRAMES, Generation, LMRequest, Req, codes_1d, prepare, unpack
 from core.nar import decode_nar
-from core.quantize import DEFAULT_INT8, QUANTIZE_MODES, apply_precision, release_pages, trim_heap, tune_allocator
+from core.quantize import (DEFAULT_INT8, QUANTIZE_MODES, apply_precision, convert_tensor, release_pages, trim_heap,
+                           tune_allocator)
 from core.sampling import Sampling
 from core.transformer import Stack, embed, sinusoid_table
 
@@ -261,14 +262,16 @@ class VallEX:
 
 
 def _move(core: nn.Module, device: torch.device) -> None:
-    """Every CPU parameter and buffer of `core` onto `device` (frozen parameters)."""
+    """Every CPU parameter and buffer of `core` onto `device` (frozen parameters). Tensors that
+    share storage (the NAR heads tied to their embedding tables) stay shared: one copy moves."""
+    done: dict = {}
     for mod in core.modules():
         for name, p in list(mod.named_parameters(recurse=False)):
             if p.device.type == "cpu":
-                setattr(mod, name, nn.Parameter(p.detach().to(device), requires_grad=False))
+                setattr(mod, name, nn.Parameter(convert_tensor(p, p.dtype, device, False, done), requires_grad=False))
         for name, b in list(mod.named_buffers(recurse=False)):
             if b is not None and b.device.type == "cpu":
-                setattr(mod, name, b.to(device))
+                setattr(mod, name, convert_tensor(b, b.dtype, device, False, done))
 
 
 def _parse_dtype(dtype) -> torch.dtype:
