@@ -120,7 +120,7 @@ class VallEX:
                         dtype=torch.float32, quantize: str | None = None, source: str = "<state dict>",
                         mmapped: bool = False) -> "VallEX":
         dtype = _parse_dtype(dtype)
-        device = resolve_device(device)
+        device = resolve_device(device, allow_meta=True)  # meta: the schema check, no data
         if device.type == "cpu":
             tune_allocator()
         if quantize is not None:

@@ -397,6 +397,18 @@ def test_a_device_this_torch_cannot_use_is_refused_up_front(golden, monkeypatch)
         with pytest.raises(StudioError, match=words):
             _load(cfg_dir, device=bad)
     assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(StudioError) as e:  # a hostile length is clipped in the message
+        resolve_device("x" * 100_000)
+    assert len(str(e.value)) < 120 and "..." in str(e.value)
+    # the other loaders and the pipeline check before touching their model (None here)
+    from core.codec import Codec
+    from core.synth import Studio
+    from core.vocos import Vocos
+
+    for make in (lambda d: Codec(None, d), lambda d: Vocos(None, d), lambda d: Studio(device=d)):
+        for bad in ("tpu", "meta"):  # meta (shapes, no data) only for the engine's schema check
+            with pytest.raises(StudioError, match="Unknown device|not supported"):
+                make(bad)
     if not torch.cuda.is_available():
         with pytest.raises(StudioError, match="not available") as e:
             _load(cfg_dir, device="cuda")
