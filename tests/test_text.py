@@ -182,3 +182,17 @@ def test_a_long_decimal_is_read_to_16_places_without_a_warning():
         warnings.simplefilter("error")
         got = numbers_to_chinese("圆周率是3." + "14159265358979323846" + "。")
     assert got == "圆周率是三点一四一五九二六五三五八九七九三二。"
+
+
+def test_japanese_prints_nothing_on_stdout():
+    """pyopenjtalk-plus prints 'install ONNX Runtime' on import; that advice would move the
+    readings of 何 away from the reference's, so a fresh process must say nothing."""
+    import subprocess
+    import sys
+
+    code = ("from core.text import phonemize, split_sentences\n"
+            "split_sentences('これは長い文です。' * 30, 'ja')\n"
+            "assert phonemize('これは何ですか？', language='ja').ids\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-500:]
+    assert done.stdout == ""

@@ -7,7 +7,9 @@ between runs pass through unidecode; then sokuon/hatsuon assimilation and a roma
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import re
 import threading
 
@@ -42,7 +44,11 @@ _OJT_LOCK = threading.Lock()
 
 @functools.cache
 def _openjtalk():
-    import pyopenjtalk
+    # pyopenjtalk-plus prints "ONNX Runtime is not installed ... please install it" on import.
+    # Its absence is what we want (with onnxruntime the readings of 何 move away from the
+    # reference's: golden README), so the advice must not reach the user's console.
+    with contextlib.redirect_stdout(io.StringIO()):
+        import pyopenjtalk
 
     return pyopenjtalk
 

@@ -70,9 +70,10 @@ def _word_pieces(text: str, language: str) -> list[str]:
         return re.findall(r"\S+\s*|\s+", text)
     if _KANA.search(text) or language == "ja":
         try:
-            import pyopenjtalk
+            from core.text.ja import _OJT_LOCK, _openjtalk
 
-            words = [w["string"] for w in pyopenjtalk.run_frontend(text)]
+            with _OJT_LOCK:  # one shared OpenJTalk engine
+                words = [w["string"] for w in _openjtalk().run_frontend(text)]
             if "".join(words) == text:
                 return words
         except Exception:  # fall through to jieba
