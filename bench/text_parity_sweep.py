@@ -10,6 +10,9 @@ libraries, pinned alike):
 
     .venv/bin/python bench/text_parity_sweep.py --ref /work/ref/VALL-E-X [--n 6000] [--seed 7]
 
+`--write tests/text_sweep_cases.jsonl.gz --n 1000 --seed 101` made the test suite's extra cases (the
+reference's answers kept, so CI checks them without the reference).
+
 Where the reference raises, any well-formed result or a ValueError counts as agreeing, as in
 ../shared/tools/parity.py. Prints the disagreements and a summary; exit status 1 if any.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gzip
 import io
 import json
 import os
@@ -167,6 +171,7 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=6000, help="generated cases")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--show", type=int, default=20, help="disagreements to print")
+    ap.add_argument("--write", metavar="JSONL", help="also save the reference's answers (golden case format)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -180,6 +185,9 @@ def main() -> int:
                           input=feed, capture_output=True, text=True, check=True)
     refs = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert len(refs) == len(todo), f"the reference answered {len(refs)} of {len(todo)} cases"
+    if args.write:
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in refs).encode()
+        Path(args.write).write_bytes(gzip.compress(text, 9, mtime=0) if args.write.endswith(".gz") else text)
     sys.path.insert(0, str(ROOT))
     tally: dict[str, list[int]] = {}
     shown = 0
