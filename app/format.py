@@ -81,7 +81,7 @@ def take_markdown(result, seconds: float | None = None, device: str = "cpu", dty
     return "\n\n".join(parts)
 
 
-SENTENCE_HEADERS = ["#", "sentence", "seconds", "seed", "stop", "notes"]
+SENTENCE_HEADERS = ["#", "sentence", "sec", "seed", "stop", "notes"]
 
 
 def sentence_rows(result) -> list[list]:

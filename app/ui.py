@@ -19,7 +19,7 @@ from app.voice_handlers import VoiceHandlers
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 LANGUAGES = [("auto (mixed languages)", "auto-mix"), ("auto (one language)", "auto"),
              ("English", "en"), ("Chinese", "zh"), ("Japanese", "ja"), ("mix (tagged)", "mix")]
-ACCENTS = [("keep each language's own", "keep"), ("English", "en"), ("Chinese", "zh"),
+ACCENTS = [("native", "keep"), ("English", "en"), ("Chinese", "zh"),
            ("Japanese", "ja")]
 PRESETS = ["stable", "balanced", "expressive", "reference", "greedy"]
 STUDIO = {"concurrency_id": "studio", "concurrency_limit": 1}
