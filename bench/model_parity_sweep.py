@@ -1,14 +1,18 @@
 """The LM against the reference's own, on random tiny models of many sizes.
 
 The golden model cases come from two configurations; the checks also run hidden ones of other
-widths, head counts, depths and seeds. This builds more of those: the reference's `VALLE` (imported
-from a work tree of github Plachtaa/VALL-E-X) at random sizes, built and perturbed as the golden
-README says, saved in its checkpoint format, then the same random cases (prompt or none, one target
-language or a per-token mix, about half stopping by EOS) through the reference's `inference` (top_k
-1) and through `core.lm.VallEX` (greedy AR, then the NAR on the reference's AR codes), fp32, one
-thread. Run it with the project's venv:
+widths, head counts, depths and seeds. This makes more of those: random tiny checkpoints in the
+reference's format at random sizes (tests/tiny_models.py: reference-like init, perturbed as the
+golden README says, the EOS row biased so that some cases stop by EOS and some at the length cap),
+loaded strictly into the reference's `VALLE` (imported from a work tree of github
+Plachtaa/VALL-E-X) and into `core.lm.VallEX`; random cases (no prompt or up to 60 frames, one
+target language or a per-token mix) through the reference's `inference` (top_k 1) and through ours
+(greedy AR, then the NAR on the reference's AR codes), fp32, one thread. With the project's venv:
 
     .venv/bin/python bench/model_parity_sweep.py --ref /work/ref/VALL-E-X [--configs 12] [--cases 6]
+
+`--write tests/model_sweep_cases.json.gz --configs 8 --cases 3 --seed 31` made the test suite's
+extra cases (the configurations and the reference's answers; the tests rebuild the checkpoints).
 
 A case whose reference run had a near-tie (top-1 minus top-2 logit under 1e-4 at some step) is
 counted apart: float rounding may then pick either. Exit status 1 on any other disagreement.
@@ -16,7 +20,9 @@ counted apart: float rounding may then pick either. Exit status 1 on any other d
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
+import logging
 import os
 import random
 import subprocess
@@ -30,26 +36,9 @@ LANGS = ["en", "zh", "ja"]  # model language ids 0, 1, 2
 NEAR_TIE = 1e-4
 
 
-def _perturb(model, torch, g) -> None:
-    """The golden README's perturbations (so biases, gains and alphas are all exercised)."""
-    for name, p in model.named_parameters():
-        with torch.no_grad():
-            if name.endswith(".alpha"):
-                p.fill_(0.6 + 0.9 * torch.rand(1, generator=g).item())
-            elif "project_layer.bias" in name:
-                d = p.shape[0] // 2
-                p.copy_(0.2 * torch.randn(p.shape, generator=g))
-                p[:d] += 1
-            elif "norm" in name and name.endswith(".weight") and p.ndim == 1:
-                p.copy_(1 + 0.3 * torch.randn(p.shape, generator=g))
-            elif name.endswith("bias") and p.ndim == 1:
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-            elif name.endswith("in_proj_weight"):
-                p.mul_(2)
-
-
 def reference_worker(ref: str, spec: dict, out_dir: str) -> None:
-    """Build one model, save checkpoint.pt, run the cases; cases.json (with min logit gaps)."""
+    """Load out_dir/checkpoint.pt into the reference's VALLE, run the cases: cases.json (with the
+    smallest logit gap of each case's greedy decisions)."""
     sys.path.insert(0, ref)
     os.chdir(ref)
     sys.modules.setdefault("matplotlib", types.ModuleType("matplotlib"))
@@ -59,15 +48,11 @@ def reference_worker(ref: str, spec: dict, out_dir: str) -> None:
     from models.vallex import VALLE
 
     torch.set_num_threads(1)
-    torch.manual_seed(spec["seed"])
     model = VALLE(spec["d"], spec["heads"], spec["layers"], norm_first=True, add_prenet=False, prefix_mode=1,
                   share_embedding=True, nar_scale_factor=1.0, prepend_bos=True, num_quantizers=8)
-    g = torch.Generator().manual_seed(spec["seed"])
-    _perturb(model, torch, g)
-    with torch.no_grad():
-        model.ar_predict_layer.weight[1024] *= spec["eos_scale"]
+    state = torch.load(Path(out_dir) / "checkpoint.pt", weights_only=True)["model"]
+    model.load_state_dict(state, strict=True)
     model.eval()
-    torch.save({"model": model.state_dict()}, Path(out_dir) / "checkpoint.pt")
     gaps: list[float] = []
 
     def watch(_m, _inp, out):  # the smallest top-1 / top-2 gap of every greedy decision
@@ -102,18 +87,15 @@ def reference_worker(ref: str, spec: dict, out_dir: str) -> None:
     (Path(out_dir) / "cases.json").write_text(json.dumps(cases))
 
 
-def ours(out_dir: Path, heads: int) -> list[bool]:
-    import logging
-
+def same_tokens(model, cases: list[dict]) -> list[bool]:
+    """Per case: our greedy AR gives the reference's codebook-0 codes, and our NAR (on them) its
+    other seven codebooks. `model`: a core.lm.VallEX."""
     import torch
 
-    from core.lm import Sampling, VallEX
+    from core.lm import Sampling
 
-    torch.set_num_threads(1)
-    logging.disable(logging.WARNING)  # the loop guards' notes on random weights (greedy is left as is)
-    model = VallEX.from_checkpoint(out_dir / "checkpoint.pt", n_heads=heads)
     same = []
-    for c in json.loads((out_dir / "cases.json").read_text()):
+    for c in cases:
         ids, langs = torch.tensor(c["text_ids"]), torch.tensor(c["text_langs"])
         prompt = torch.tensor(c["prompt_codes"], dtype=torch.long).reshape(-1, 8)
         want_ar = torch.tensor(c["ar_codes"], dtype=torch.long)
@@ -130,6 +112,7 @@ def main() -> int:
     ap.add_argument("--configs", type=int, default=12)
     ap.add_argument("--cases", type=int, default=6, help="cases per config")
     ap.add_argument("--seed", type=int, default=5)
+    ap.add_argument("--write", metavar="JSON", help="also save the configurations and the reference's answers")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -139,19 +122,29 @@ def main() -> int:
     if not args.ref or not (Path(args.ref) / "models" / "vallex.py").is_file():
         sys.exit("--ref DIR (or VALLEX_REF) must be a work tree of github Plachtaa/VALL-E-X")
     sys.path.insert(0, str(ROOT))
+    import torch
+
+    from core.lm import VallEX
+    from tests.tiny_models import make_vallex_checkpoint
+
+    torch.set_num_threads(1)
+    logging.disable(logging.WARNING)  # the loop guards' notes on random weights (greedy is left as is)
     r = random.Random(args.seed)
     ok = ties = n = 0
+    written = []
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(args.configs):
             heads = r.choice([1, 2, 3, 4, 6, 8, 16])
             d = heads * r.choice([2, 4, 6, 8, 16]) if heads > 1 else r.choice([8, 16, 24])
             spec = {"d": d, "heads": heads, "layers": r.randrange(1, 5), "seed": r.randrange(10**6),
-                    "eos_scale": r.choice([0.0, 1.0, 2.0, 3.0, 4.0, 8.0, 16.0]), "cases": args.cases, "dir": f"{tmp}/{k}"}
-            Path(spec["dir"]).mkdir()
+                    "eos_bias": r.choice([0.0, 1.0, 1.25, 1.5, 1.75, 2.0, 3.0]), "cases": args.cases}
+            ckpt = make_vallex_checkpoint(Path(tmp) / str(k) / "checkpoint.pt", d, heads, spec["layers"],
+                                          spec["seed"], spec["eos_bias"])
             subprocess.run([sys.executable, __file__, "--ref", str(Path(args.ref).resolve()), "--worker",
-                            json.dumps(spec)], check=True, capture_output=True, text=True)
-            cases = json.loads((Path(spec["dir"]) / "cases.json").read_text())
-            same = ours(Path(spec["dir"]), heads)
+                            json.dumps({**spec, "dir": str(ckpt.parent)})], check=True, capture_output=True, text=True)
+            cases = json.loads((ckpt.parent / "cases.json").read_text())
+            written.append({**spec, "cases": cases})
+            same = same_tokens(VallEX.from_checkpoint(ckpt, n_heads=heads), cases)
             for i, (c, s) in enumerate(zip(cases, same)):
                 n += 1
                 tie = c["min_gap"] is not None and c["min_gap"] < NEAR_TIE
@@ -160,8 +153,11 @@ def main() -> int:
                 if not s:
                     print(f"DIFF d={d} heads={heads} layers={spec['layers']} case {i}: stop {c['stop']}, "
                           f"min gap {c['min_gap']:.2e}{' (near-tie)' if tie else ''}")
-            print(f"  d={d:3d} heads={heads} layers={spec['layers']} eos x{spec['eos_scale']}: "
+            print(f"  d={d:3d} heads={heads} layers={spec['layers']} eos bias {spec['eos_bias']}: "
                   f"{sum(same)}/{len(same)} (stops: {', '.join(c['stop'] for c in cases)})", flush=True)
+    if args.write:
+        text = json.dumps(written).encode()
+        Path(args.write).write_bytes(gzip.compress(text, 9, mtime=0) if args.write.endswith(".gz") else text)
     print(f"LM vs the reference: {ok}/{n} cases token-exact (AR greedy + NAR), {ties} other(s) at a near-tie")
     return 0 if ok + ties == n else 1
 

@@ -70,21 +70,42 @@ def _controlled(sd, logits_for: dict[int, float], floor: float = -30.0) -> VallE
 # ------------------------------------------------------------------------------ parity
 
 
+def _check_reference_cases(model, cases: list[dict], name: str) -> int:
+    """Greedy AR codes and NAR codes (on the reference's AR codes) token-exact, fp32."""
+    for i, c in enumerate(cases):
+        ids, langs, p_len, prompt = _args(c)
+        ar = model.generate_ar(ids, langs, p_len, prompt, sampling=Sampling(top_k=1))
+        assert ar.dtype == torch.long and ar.tolist() == c["ar_codes"], f"{name}#{i} AR"
+        nar = model.generate_nar(ids, langs, p_len, prompt, torch.tensor(c["ar_codes"]))
+        assert nar.tolist() == c["nar_codes"], f"{name}#{i} NAR"
+        if c["stop"] == "limit":  # the off-by-one cap: exactly 16 x all text ids
+            assert len(c["ar_codes"]) == 16 * len(c["text_ids"])
+    return len(cases)
+
+
 def test_golden_parity_ar_and_nar(golden):
-    """Every public golden case: greedy AR codes and NAR codes token-exact, fp32."""
+    """Every public golden case."""
+    assert sum(_check_reference_cases(_load(d), _cases(d), d.name) for d in _configs(golden)) >= 20
+
+
+def test_generated_models_match_the_reference(tmp_path):
+    """8 more random tiny models (widths 4-48, 1-6 heads, 1-4 layers, head sizes down to 2; some
+    cases stop by EOS, some at the cap) with the reference program's own greedy tokens, made by
+    bench/model_parity_sweep.py --write (its docstring). The checkpoints are rebuilt here from
+    their seeds by tests/tiny_models.py, as the sweep built them."""
+    import gzip
+    from pathlib import Path
+
+    from tests.tiny_models import make_vallex_checkpoint
+
+    raw = gzip.decompress((Path(__file__).parent / "model_sweep_cases.json.gz").read_bytes())
     n = 0
-    for cfg_dir in _configs(golden):
-        model = _load(cfg_dir)
-        for i, c in enumerate(_cases(cfg_dir)):
-            ids, langs, p_len, prompt = _args(c)
-            ar = model.generate_ar(ids, langs, p_len, prompt, sampling=Sampling(top_k=1))
-            assert ar.dtype == torch.long and ar.tolist() == c["ar_codes"], f"{cfg_dir.name}#{i} AR"
-            nar = model.generate_nar(ids, langs, p_len, prompt, torch.tensor(c["ar_codes"]))
-            assert nar.tolist() == c["nar_codes"], f"{cfg_dir.name}#{i} NAR"
-            if c["stop"] == "limit":  # the off-by-one cap: exactly 16 x all text ids
-                assert len(c["ar_codes"]) == 16 * len(c["text_ids"])
-            n += 1
-    assert n >= 20
+    for k, cfg in enumerate(json.loads(raw)):
+        ckpt = make_vallex_checkpoint(tmp_path / f"{k}.pt", cfg["d"], cfg["heads"], cfg["layers"], cfg["seed"],
+                                      cfg["eos_bias"])
+        name = f"d={cfg['d']} heads={cfg['heads']} layers={cfg['layers']}"
+        n += _check_reference_cases(VallEX.from_checkpoint(ckpt, n_heads=cfg["heads"]), cfg["cases"], name)
+    assert n == 24
 
 
 def test_generate_reports_stop_reason_and_codes(golden, tiny_a):
