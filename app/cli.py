@@ -24,6 +24,22 @@ PRESETS = ["stable", "balanced", "expressive", "reference", "greedy"]
 FORMATS = ["wav", "flac", "mp3", "ogg", "opus"]
 
 
+def _whole(lo: int, hi: int):
+    """argparse type: a whole number from lo to hi. A bad value stops the command with
+    "argument --port: 99999 is out of range: use 1 to 65535" (exit 2), not a traceback later."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{value} is out of range: use {lo} to {hi}")
+        return value
+
+    return parse
+
+
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
     """Shows `(default: X)` only where X says something (not None/False/suppressed)."""
 
@@ -55,7 +71,7 @@ def _server_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("server (no subcommand)")
     g.add_argument("--host", default="127.0.0.1",
                    help="address to bind; 0.0.0.0 exposes the studio to your network")
-    g.add_argument("--port", type=int, default=7860, help="port for the page and the /v1 API")
+    g.add_argument("--port", type=_whole(1, 65535), default=7860, help="port for the page and the /v1 API")
     g.add_argument("--share", action="store_true",
                    help="also open a public Gradio share link (needs the internet; use --auth)")
     g.add_argument("--auth", metavar="USER:PASS", action="append", default=None,
@@ -64,7 +80,7 @@ def _server_args(p: argparse.ArgumentParser) -> None:
                    help="file with one USER:PASS per line (# comments allowed)")
     g.add_argument("--api-key", metavar="KEY", default=None,
                    help="bearer key for /v1 (default when auth is on: any login's password)")
-    g.add_argument("--max-queue", type=int, default=16,
+    g.add_argument("--max-queue", type=_whole(1, 10_000), default=16,
                    help="requests allowed to wait; more get a 'busy' answer (HTTP 429)")
 
 

@@ -1,7 +1,9 @@
 """Serving: the Gradio page and the /v1 API on one port, with optional login and share link."""
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 from dataclasses import dataclass
 
 from app.api import make_router
@@ -39,6 +41,38 @@ def launch_kwargs(opts: ServerOptions) -> dict:
                 max_file_size="50mb", css=css())
 
 
+def check_address(host: str, port: int) -> None:
+    """Raise a StudioError that says what is wrong with --host / --port before Gradio tries them
+    (its own message is "Cannot find empty port" whatever the cause: a busy port, a name that does
+    not resolve, an address of another machine, a port that needs root)."""
+    fix_host = ("Give --host an address of this machine: 127.0.0.1 (this computer only) or 0.0.0.0 "
+                "(your network).")
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        raise StudioError(f"Cannot listen on {host!r}: no such address ({getattr(e, 'strerror', e)}).",
+                          fix_host) from e
+    with socket.socket(family, kind, proto) as s:
+        # what uvicorn sets too: a port left in TIME_WAIT by a studio just stopped is free to reuse
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                other = port + 1 if port < 65535 else 7860
+                raise StudioError(f"Port {port} on {host} is already in use (another program, or a "
+                                  "studio that is still running).",
+                                  f"Stop it, or pick another: --port {other}.") from e
+            if e.errno == errno.EADDRNOTAVAIL:
+                raise StudioError(f"Cannot listen on {host}: it is not an address of this machine.",
+                                  fix_host) from e
+            if e.errno == errno.EACCES:
+                raise StudioError(f"Port {port} needs administrator rights (ports below 1024 do).",
+                                  "Pick a port from 1024 up, e.g. --port 7860.") from e
+            raise StudioError(f"Cannot listen on {host}:{port} ({e.strerror}).",
+                              "Pick another --host or --port.") from e
+
+
 def serve(studio, opts: ServerOptions, block: bool = True):
     """Start the page and the API; blocks until Ctrl-C unless `block` is False."""
     if opts.share and not opts.auth:
@@ -47,6 +81,7 @@ def serve(studio, opts: ServerOptions, block: bool = True):
     if opts.host not in ("127.0.0.1", "localhost") and not opts.auth:
         log.warning("Listening on %s without --auth: everyone on your network can use the studio.",
                     opts.host)
+    check_address(opts.host, opts.port)
     gate = Gate(max_waiting=opts.max_queue)
     demo = build_ui(studio, gate)
     demo.queue(max_size=opts.max_queue, default_concurrency_limit=1)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from core.audio import FRAME_RATE, N_CODEBOOKS
+from core.sampling import SEED_MAX
 
 MAX_CONTEXT_S = 22.0  # prompt + generated audio, seconds (training clips were at most 22 s)
 MIN_OUTPUT_S = 4.0  # never cap a sentence below this, however long its prompt
@@ -122,5 +123,7 @@ def new_seed() -> int:
 
 
 def sentence_seed(seed: int | None, index: int, base: int) -> int:
-    """Sentence i samples with seed + i (consecutive seeds let a batch match one-by-one runs)."""
-    return (int(seed) if seed is not None else base) + index
+    """Sentence i samples with seed + i (consecutive seeds let a batch match one-by-one runs),
+    wrapped to stay a 64-bit seed at the top of the range."""
+    value = (int(seed) if seed is not None else base) + index
+    return value - 2**64 if value > SEED_MAX else value

@@ -24,6 +24,22 @@ FRAME_RATE = 75  # EnCodec 24 kHz frames per second
 EOS = 1024  # class 1024 of the AR head
 
 
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # what torch.Generator.manual_seed takes (64 bits)
+
+
+def check_seed(seed) -> None:
+    """A seed is None (random) or a whole number in 64 bits: anything else raises a StudioError that
+    says so (a bigger one would fail deep in torch as "Overflow when unpacking long long")."""
+    if seed is None:
+        return
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise StudioError(f"The seed must be a whole number, not {str(seed)[:24]!r}.",
+                          "Give a whole number, or none for a random seed.")
+    if not SEED_MIN <= seed <= SEED_MAX:
+        raise StudioError(f"The seed {str(seed)[:24]} is out of range.",
+                          f"Use a whole number from {SEED_MIN} to {SEED_MAX}, or none for a random seed.")
+
+
 @dataclass(frozen=True)
 class Sampling:
     """How the AR stage picks codes. Every field is selectable per request.
@@ -78,8 +94,7 @@ class Sampling:
             bad(f"repetition_threshold must be in [0, 1], got {self.repetition_threshold!r}")
         if self.max_frames is not None and (not isinstance(self.max_frames, int) or self.max_frames < 1):
             bad(f"max_frames must be a positive int or None, got {self.max_frames!r}")
-        if self.seed is not None and not isinstance(self.seed, int):
-            bad(f"seed must be an int or None, got {self.seed!r}")
+        check_seed(self.seed)
         if self.guard_repeat_s <= 0 or self.guard_loop_s <= 0 or self.guard_loop_distinct < 1:
             bad("guard limits must be positive")
 

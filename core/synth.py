@@ -28,6 +28,7 @@ from core.audio import SAMPLE_RATE, check_prompt, load_audio, load_mono, to_mono
 from core.convert import EditPlan, apply_plan, change_speed, output_plan, parse_instruction, transform_prompt
 from core.errors import StudioError, TextError, VoiceError, loading
 from core.longform import Prompt, Request, new_seed, sentence_seed
+from core.sampling import check_seed
 from core.synth_types import ACCENTS, LANGUAGES, PRESETS, Job, SentenceResult, SynthOptions, SynthResult, load_presets
 
 log = logging.getLogger(__name__)
@@ -218,6 +219,7 @@ class Studio:
         if not 0 <= index < len(result.sentences):
             raise StudioError(f"There is no sentence {index} (the take has {len(result.sentences)}).",
                               f"Pick 0-{len(result.sentences) - 1}.")
+        check_seed(seed)
         job = result.sentences[0].context
         if job is None:
             raise StudioError("This result cannot be re-rolled (it was not made by this Studio).",

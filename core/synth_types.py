@@ -16,6 +16,7 @@ from core.audio import encode_audio
 from core.convert import EditPlan
 from core.errors import StudioError
 from core.longform import Prompt, Request
+from core.sampling import check_seed
 
 __all__ = ["SynthOptions", "SynthResult", "SentenceResult", "PRESETS", "load_presets", "LANGUAGES", "ACCENTS"]
 
@@ -72,6 +73,7 @@ class SynthOptions:
         for ok, what, allowed in checks:
             if not ok:
                 raise StudioError(f"Unknown or out-of-range {what}.", f"Use {allowed}.")
+        check_seed(self.seed)
 
     def sampling(self, seed: int, max_frames: int | None = None):
         """The `core.sampling.Sampling` for one sentence: preset values, then raw knob overrides."""

@@ -2,6 +2,8 @@
 sound card, download, and the launch options reaching Gradio (share offline, auth, API key)."""
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +56,50 @@ def test_bad_auth_is_a_message_not_a_traceback():
                        text=True, timeout=120)
     assert r.returncode == 2
     assert "USER:PASS" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--port", "99999"], "argument --port: 99999 is out of range: use 1 to 65535"),
+    (["--port", "0"], "argument --port: 0 is out of range"),
+    (["--port", "web"], "argument --port: 'web' is not a whole number"),
+    (["--max-queue", "0"], "argument --max-queue: 0 is out of range: use 1 to"),
+])
+def test_numbers_out_of_range_stop_at_the_option(argv, says, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.build_parser().parse_args(argv)
+    assert e.value.code == 2
+    assert says in capsys.readouterr().err
+
+
+def test_an_address_that_cannot_be_served_is_named_before_launch():
+    from app.server import check_address
+
+    with pytest.raises(StudioError, match="no such address") as e:
+        check_address("nosuch.invalid", 7860)
+    assert "127.0.0.1" in e.value.user_message()
+    with pytest.raises(StudioError, match="not an address of this machine"):
+        check_address("192.0.2.1", 7860)  # TEST-NET-1: never a local address
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(StudioError, match=f"Port {port} on 127.0.0.1 is already in use") as e:
+            check_address("127.0.0.1", port)
+        assert f"--port {port + 1}" in e.value.user_message()
+    check_address("127.0.0.1", port)  # free again: no error
+
+
+def test_a_busy_port_is_a_message_not_a_traceback():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = subprocess.run([sys.executable, "launch.py", "--port", str(port), "--models", "no-such-dir"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "HF_HUB_OFFLINE": "1",
+                                "GRADIO_ANALYTICS_ENABLED": "False"})
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "already in use" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_batch_jobs_from_file_and_folder(tmp_path):

@@ -16,6 +16,7 @@ import soundfile as sf
 
 from core.convert import EditPlan, apply_plan
 from core.errors import StudioError, TextError, VoiceError
+from core.sampling import Sampling
 from core.synth import PRESETS, Studio, SynthOptions, SynthResult
 from tests.test_convert import f0_stats, level_db
 
@@ -275,6 +276,24 @@ def test_bad_input_is_one_clear_error(studio):
     with pytest.raises(VoiceError):
         studio.synthesize("Hi.", 42, GREEDY)
     assert set(PRESETS) >= {"stable", "balanced", "expressive", "reference", "greedy"}
+
+
+def test_seeds_are_64_bit_whole_numbers(studio):
+    for seed in (2**63, -(2**63) - 1, 10**30):
+        with pytest.raises(StudioError, match="seed .* out of range") as e:
+            SynthOptions(seed=seed)
+        assert "whole number from" in e.value.user_message()
+        with pytest.raises(StudioError, match="out of range"):
+            Sampling(seed=seed)
+    with pytest.raises(StudioError, match="whole number"):
+        SynthOptions(seed=1.5)
+    # the edges work, and sentence i's seed (seed + i) stays a 64-bit seed at the top
+    for seed in (-(2**63), 2**63 - 1):
+        result = studio.synthesize("Hi. Bye.", None, replace(GREEDY, preset="stable", seed=seed, max_chars=4))
+        assert all(s.ok for s in result.sentences) and result.seeds[0] == seed
+    assert result.seeds[1] == -(2**63)
+    with pytest.raises(StudioError, match="out of range"):
+        studio.reroll(result, 0, seed=2**64)
 
 
 def test_one_failing_sentence_keeps_the_others(studio, spy):
