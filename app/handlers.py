@@ -278,13 +278,24 @@ def make_options(language, accent, preset, top_k, top_p, temperature, rep_window
     """UI values -> `SynthOptions`; empty advanced fields mean "the preset's value"."""
     from core.synth import SynthOptions
 
-    def opt(v, cast):
-        return None if v in (None, "") else cast(v)
+    def opt(v, cast, name):
+        if v is None or str(v).strip() == "":
+            return None
+        try:
+            number = float(v)
+        except (TypeError, ValueError):
+            number = None
+        if number is None or (cast is int and not number.is_integer()):
+            kind = "a whole number" if cast is int else "a number"
+            raise gr.Error(f"{name} must be {kind}, not {str(v)[:20]!r} (or empty for the preset's value).")
+        return cast(number)
 
+    speed = opt(speed, float, "speed")
     return SynthOptions(
         language=language or "auto-mix", accent=accent or "keep", preset=preset or "balanced",
-        top_k=opt(top_k, int), top_p=opt(top_p, float), temperature=opt(temperature, float),
-        repetition_window=opt(rep_window, int), best_of=opt(best_of, int), seed=parse_seed(seed),
-        speed=float(speed or 1.0), instruction=instruction or "", prompt_mode=long_mode or "fixed",
-        instruction_mode=instruction_mode or "dsp",
+        top_k=opt(top_k, int, "top_k"), top_p=opt(top_p, float, "top_p"),
+        temperature=opt(temperature, float, "temperature"),
+        repetition_window=opt(rep_window, int, "repetition window"), best_of=opt(best_of, int, "best of"),
+        seed=parse_seed(seed), speed=1.0 if speed is None else speed, instruction=instruction or "",
+        prompt_mode=long_mode or "fixed", instruction_mode=instruction_mode or "dsp",
     )

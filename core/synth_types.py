@@ -74,6 +74,16 @@ class SynthOptions:
             if not ok:
                 raise StudioError(f"Unknown or out-of-range {what}.", f"Use {allowed}.")
         check_seed(self.seed)
+        # the sampling knobs are checked now, not when the first sentence is sampled (where a bad
+        # top_p would fail every sentence one by one)
+        try:
+            self.sampling(0)
+        except (TypeError, ValueError) as e:
+            if isinstance(e, StudioError):
+                raise
+            raise StudioError(f"Unreadable sampling setting ({e}).",
+                              "Give top_k, best_of and repetition_window as whole numbers, "
+                              "top_p and temperature as numbers.") from e
 
     def sampling(self, seed: int, max_frames: int | None = None):
         """The `core.sampling.Sampling` for one sentence: preset values, then raw knob overrides."""

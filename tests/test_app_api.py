@@ -113,6 +113,32 @@ def test_speak_errors_are_messages(client):
         fresh.predict(0, api_name="/reroll")
     with pytest.raises(AppError, match="Record or upload"):
         fresh.predict(None, api_name="/check_prompt")
+    # bad knobs are named before anything is generated
+    with pytest.raises(AppError, match=r"top_p must be in \(0, 1\]"):
+        client.predict("Hello.", None, top_p=0, api_name="/speak")
+    with pytest.raises(AppError, match="seed .* out of range"):
+        client.predict("Hello.", None, seed="1" * 30, api_name="/speak")
+
+
+def test_ui_fields_that_are_not_numbers_are_named():
+    import gradio as gr
+
+    from app.handlers import make_options
+
+    def knobs(**kw):
+        base = dict(language=None, accent=None, preset=None, top_k=None, top_p=None, temperature=None,
+                    rep_window=None, best_of=None, seed=None, speed=None, instruction="", long_mode=None)
+        return make_options(**{**base, **kw})
+
+    for field, value, says in [("top_k", "abc", "top_k must be a whole number, not 'abc'"),
+                               ("top_k", 2.5, "top_k must be a whole number"),
+                               ("top_p", "x", "top_p must be a number"),
+                               ("best_of", "3 beams", "best of must be a whole number")]:
+        with pytest.raises(gr.Error, match=re.escape(says)):
+            knobs(**{field: value})
+    assert knobs(top_k=3.0, speed="").top_k == 3 and knobs(speed=None).speed == 1.0
+    with pytest.raises(Exception, match="speed 0.0"):  # 0 was taken as "empty" and became 1.0
+        knobs(speed=0)
 
 
 def test_instruction_plan_and_presets(client):

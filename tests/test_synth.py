@@ -287,6 +287,10 @@ def test_seeds_are_64_bit_whole_numbers(studio):
             Sampling(seed=seed)
     with pytest.raises(StudioError, match="whole number"):
         SynthOptions(seed=1.5)
+    with pytest.raises(StudioError, match=r"top_p must be in \(0, 1\]"):  # at once, not per sentence
+        SynthOptions(top_p=2.0)
+    with pytest.raises(StudioError, match="Unreadable sampling setting"):
+        SynthOptions(temperature="warm")
     # the edges work, and sentence i's seed (seed + i) stays a 64-bit seed at the top
     for seed in (-(2**63), 2**63 - 1):
         result = studio.synthesize("Hi. Bye.", None, replace(GREEDY, preset="stable", seed=seed, max_chars=4))
