@@ -75,7 +75,7 @@ def _remote_file(spec: ModelSpec, f: ModelFile, endpoint: str | None) -> _Remote
 
 
 def download_file(spec: ModelSpec, f: ModelFile, endpoint: str | None, progress: Progress | None,
-                  attempts: int, force: bool, backoff: float) -> Path:
+                  attempts: int, force: bool, backoff: float, local_dir: Path | None = None) -> Path:
     """One file into the hub cache (`blobs/<etag>` + `snapshots/<commit>/<file>` + `refs/<revision>`),
     so that `try_to_load_from_cache` (hence `find_model`) and huggingface_hub itself find it.
 
@@ -84,7 +84,8 @@ def download_file(spec: ModelSpec, f: ModelFile, endpoint: str | None, progress:
     Ctrl-C or a dropped network starts again from zero, which is not acceptable for a 1.5 GB
     checkpoint. `_fetch` keeps a persistent partial file and continues it with HTTP Range.
     `attempts`: tries in a row without progress; `backoff`: seconds before the first retry (doubled
-    each time, capped at 30 s)."""
+    each time, capped at 30 s); `local_dir`: the folder a failure's message offers for a copy made
+    by hand (default: the default models folder's)."""
     from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.utils import WeakFileLock
 
@@ -129,10 +130,10 @@ def download_file(spec: ModelSpec, f: ModelFile, endpoint: str | None, progress:
         bar.close()
     kept = f" ({_human(_size(part))} kept; the next run continues from there)" if _size(part) else ""
     raise DownloadError(
-        f"Downloading {spec.repo}/{f.filename} failed after {attempts} attempts{kept}: "
+        f"Downloading {spec.repo}/{f.filename} failed after {attempts} attempt{'s' * (attempts != 1)}{kept}: "
         f"{type(last).__name__}: {last}",
         f"Check the network (or set HF_ENDPOINT to a mirror) and run `{DOWNLOAD_COMMAND} {spec.name}` again; "
-        f"or put the file in {models_folder() / spec.name}.") from last
+        f"or put the file in {local_dir or models_folder() / spec.name}.") from last
 
 
 def _expected_sha(f: ModelFile, remote: _Remote) -> str | None:

@@ -262,7 +262,8 @@ def download_model(name: str, models_dir: str | Path | None = None, *, progress:
     done, folder = 0, None
     for f in spec.files:
         sub = _sub_progress(progress, done / total, f.approx_bytes / total)
-        path = download_file(spec, f, endpoint, sub, max(1, attempts), force, BACKOFF_SECONDS)
+        path = download_file(spec, f, endpoint, sub, max(1, attempts), force, BACKOFF_SECONDS,
+                             models_folder(models_dir) / spec.name)
         folder = path.parent
         done += f.approx_bytes
     if progress:

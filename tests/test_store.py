@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -292,6 +293,15 @@ def test_registry_size_and_sha_are_checked(hub, monkeypatch):
 def test_unknown_repo_file_is_a_download_error(hub):
     with pytest.raises(DownloadError):  # nothing served: 404
         store.download_model("asr", attempts=1)
+
+
+def test_an_unreachable_hub_names_the_folder_the_user_chose(hub, tmp_path):
+    with socket.socket() as s:  # a port nobody listens on: the connection is refused
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    with pytest.raises(DownloadError, match="failed after 1 attempt:") as e:
+        store.download_model("vocos", tmp_path / "my-models", endpoint=dead, attempts=1)
+    assert f"put the file in {tmp_path / 'my-models' / 'vocos'}." in e.value.user_message()
 
 
 def test_offline_with_nothing_cached_says_what_and_where(tmp_path, monkeypatch):
