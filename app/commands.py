@@ -91,6 +91,9 @@ def options_from(args: argparse.Namespace):
 
 def voice_from(args: argparse.Namespace, studio):
     """--voice NAME (saved) or --prompt AUDIO [--transcript] -> Voice, or None."""
+    if args.transcript and not args.prompt:
+        raise StudioError("--transcript is what is said in --prompt, and no --prompt was given.",
+                          "Add --prompt AUDIO, or leave --transcript out (a saved --voice has its own).")
     if args.voice:
         return studio.voices.load(args.voice)
     if args.prompt:
@@ -111,6 +114,14 @@ def synth(args: argparse.Namespace) -> int:
     from core.audio import encode_audio
 
     jobs = batch_jobs(args)
+    out_dir = Path(args.out_dir)
+    try:  # before any model loads: a wrong --out-dir is known at once
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out_dir).close()
+    except OSError as e:
+        why = "it is a file" if out_dir.is_file() else (e.strerror or str(e))
+        raise StudioError(f"Cannot write into --out-dir {out_dir}: {why}.",
+                          "Give a folder you can write to (it is made if missing).") from None
     todo = [j for j in jobs if args.overwrite or not j.out.exists()]
     summary = Summary(skipped=len(jobs) - len(todo))
     if summary.skipped:
@@ -123,14 +134,20 @@ def synth(args: argparse.Namespace) -> int:
     for job in tqdm(todo, desc="synth", unit="utt", disable=None):
         try:
             result = studio.synthesize(job.text, voice=voice, options=options)
-            write_atomic(job.out, encode_audio(result.audio, result.sample_rate, args.format))
-            summary.done += 1
-            summary.seconds += len(result.audio) / result.sample_rate
         except StudioError as e:
             if e.code in ("model_missing", "bad_checkpoint", "download_failed"):
                 raise  # every job would fail the same way
             summary.failed.append((job.out, e.user_message()))
             log.error("%s: %s", job.out.name, e.user_message())
+            continue
+        try:
+            write_atomic(job.out, encode_audio(result.audio, result.sample_rate, args.format))
+        except OSError as e:  # a full disk: every later file would fail the same way
+            raise StudioError(f"Cannot write {job.out}: {e.strerror or e}.",
+                              "Free some space (or pick another --out-dir) and run the same command "
+                              "again: the files already made are kept.") from None
+        summary.done += 1
+        summary.seconds += len(result.audio) / result.sample_rate
     took = time.perf_counter() - start
     print(f"synth: {summary.done} made ({summary.seconds:.1f} s of audio in {took:.1f} s), "
           f"{summary.skipped} already done, {len(summary.failed)} failed -> {args.out_dir}")

@@ -258,6 +258,42 @@ def test_synth_batch_resumes_and_summarises(tiny_models, tmp_path, capsys):
     assert not list(out.glob(".*.part"))  # no temp files left
 
 
+def test_synth_output_problems_are_messages_and_keep_finished_files(tiny_models, tmp_path, capsys,
+                                                                     monkeypatch):
+    import errno
+
+    lines = tmp_path / "lines.txt"
+    lines.write_text("The first line to say.\nThe second line to say.\n")
+    base = ["synth", "--text-file", str(lines), "--models", str(tiny_models), "--voices", str(tmp_path / "v"),
+            "--offline", "--seed", "1"]
+    a_file = tmp_path / "taken"
+    a_file.write_text("not a folder")
+    assert cli.main(base + ["--out-dir", str(a_file)]) == 2
+    assert f"Cannot write into --out-dir {a_file}: it is a file" in capsys.readouterr().err
+    assert cli.main(base + ["--out-dir", str(tmp_path / "o"), "--transcript", "hi"]) == 2
+    assert "no --prompt was given" in capsys.readouterr().err
+
+    real = commands.write_atomic
+    calls = []
+
+    def disk_fills_up(path, data):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(commands, "write_atomic", disk_fills_up)
+    out = tmp_path / "out"
+    assert cli.main(base + ["--out-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Cannot write" in err and "No space left on device" in err and "files already made are kept" in err
+    assert [p.name for p in out.iterdir()] == ["0001.wav"]
+    monkeypatch.setattr(commands, "write_atomic", real)
+    assert cli.main(base + ["--out-dir", str(out)]) == 0  # the same command finishes the batch
+    assert "1 made" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["0001.wav", "0002.wav"]
+
+
 def test_download_command_messages(tiny_models, tmp_path, capsys):
     assert cli.main(["download", "--models", str(tiny_models)]) == 0
     assert "already there" in capsys.readouterr().out
