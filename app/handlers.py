@@ -24,6 +24,10 @@ from core.errors import StudioError
 
 log = logging.getLogger("vallex.ui")
 
+# One take on the page: ~20k characters is about half an hour of speech. A pasted book would be
+# phonemized for minutes before its first sentence; the CLI's batch mode is made for that.
+MAX_TEXT_CHARS = 20_000
+
 
 def user_errors(fn):
     """Show `StudioError`s as their user message and hide tracebacks of anything else."""
@@ -183,6 +187,10 @@ class Handlers:
         prompt state, transcript)."""
         if not (text or "").strip():
             raise gr.Error("Type the text to speak first.")
+        if len(text) > MAX_TEXT_CHARS:
+            raise gr.Error(f"The text has {len(text):,} characters; one take on this page holds at most "
+                           f"{MAX_TEXT_CHARS:,} (about half an hour of speech). Split it into parts, or make a "
+                           "book with the command line: `python launch.py synth --in-dir FOLDER --out-dir OUT`.")
         options = make_options(language, accent, preset, top_k, top_p, temperature, rep_window,
                                best_of, seed, speed, instruction, long_mode, instruction_mode)
         report = _progress_reporter(progress)

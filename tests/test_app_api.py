@@ -113,6 +113,8 @@ def test_speak_errors_are_messages(client):
         fresh.predict(0, api_name="/reroll")
     with pytest.raises(AppError, match="Record or upload"):
         fresh.predict(None, api_name="/check_prompt")
+    with pytest.raises(AppError, match="25,000 characters; one take on this page holds at most 20,000"):
+        client.predict("word " * 5000, None, api_name="/speak")
     # bad knobs are named before anything is generated
     with pytest.raises(AppError, match=r"top_p must be in \(0, 1\]"):
         client.predict("Hello.", None, top_p=0, api_name="/speak")
