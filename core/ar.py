@@ -123,11 +123,16 @@ def _prefill(model, reqs: list[Req], cache: torch.Tensor, nb: int, pre: list[int
         xa = embed(c.ar_audio_emb, a_ids) * 1.0 + c.ar_audio_alpha * model.positions(r.T + 1)
         x[b, P - pre[b]:] = torch.cat([model.text_input(r, nar=False), xa])
     pcache = cache[:, :, 0::nb] if nb > 1 else cache
-    if stack.decode_step is not None and B > 1:
-        # The fused decode step (int8, bf16) is batch-invariant (every row is quantized,
-        # summed and attended on its own); prefilling each request unpadded, in its own slice
-        # of the cache, makes a batch give exactly the one-by-one tokens. The pad slots are
-        # never read (key_start).
+    if B > 1 and (stack.decode_step is not None or dev.type == "cpu"):
+        # Each request prefilled unpadded, in its own slice of the cache. The fused decode step
+        # (int8, bf16) is batch-invariant (every row is quantized, summed and attended on its
+        # own), so a batch then gives exactly the one-by-one tokens. On a CPU the prefill is
+        # bound by arithmetic, and one padded batch spent ~25% more on its pad rows and masks
+        # than these separate passes (fp32, 10 sentences: 5.1 s against 4.1 s). No step attends
+        # to the pad slots (key_start, masks); they are zeroed all the same, so that no path can
+        # ever meet uninitialised memory there.
+        for b in range(B):
+            pcache[:, :, b, :, :P - pre[b]] = 0
         h = torch.cat([stack.forward_cached(x[b:b + 1, P - pre[b]:], pcache[:, :, b:b + 1, :, P - pre[b]:], 0,
                                             prefix_mask([r.L], [pre[b]], pre[b], dev), prefix=r.L)
                        for b, r in enumerate(reqs)])
