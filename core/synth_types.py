@@ -36,6 +36,14 @@ def load_presets(path: Path = PRESETS_FILE) -> dict[str, dict]:
 PRESETS = load_presets()
 
 
+def _number(value) -> float:
+    """float(value), or NaN (which fails every range check) for None, text and other non-numbers."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
 @dataclass(frozen=True)
 class SynthOptions:
     """Per-request choices. Override with `dataclasses.replace(options, seed=3)`."""
@@ -63,11 +71,12 @@ class SynthOptions:
             (self.language in LANGUAGES, f"language {self.language!r}", f"one of {', '.join(LANGUAGES)}"),
             (self.accent in ACCENTS, f"accent {self.accent!r}", f"one of {', '.join(ACCENTS)}"),
             (self.preset in PRESETS, f"preset {self.preset!r}", f"one of {', '.join(PRESETS)}"),
-            (0.5 <= float(self.speed) <= 2.0, f"speed {self.speed}", "a value from 0.5 to 2"),
+            (0.5 <= _number(self.speed) <= 2.0, f"speed {self.speed!r}", "a value from 0.5 to 2"),
             (self.instruction_mode in ("dsp", "prompt"), f"instruction_mode {self.instruction_mode!r}",
              '"dsp" or "prompt"'),
             (self.prompt_mode in ("fixed", "sliding"), f"prompt_mode {self.prompt_mode!r}", '"fixed" or "sliding"'),
-            (self.max_sentence_s is None or 0 < self.max_sentence_s <= 60, f"max_sentence_s {self.max_sentence_s}",
+            (self.max_sentence_s is None or 0 < _number(self.max_sentence_s) <= 60,
+             f"max_sentence_s {self.max_sentence_s!r}",
              "None or 0-60 seconds"),
         ]
         for ok, what, allowed in checks:

@@ -273,6 +273,9 @@ def test_bad_input_is_one_clear_error(studio):
         SynthOptions(preset="wild")
     with pytest.raises(StudioError, match="language"):
         SynthOptions(language="fr")
+    for bad in ({"speed": "fast"}, {"speed": None}, {"speed": float("nan")}, {"max_sentence_s": "x"}):
+        with pytest.raises(StudioError, match=f"out-of-range {next(iter(bad))}"):  # not a TypeError
+            SynthOptions(**bad)
     with pytest.raises(VoiceError):
         studio.synthesize("Hi.", 42, GREEDY)
     assert set(PRESETS) >= {"stable", "balanced", "expressive", "reference", "greedy"}
