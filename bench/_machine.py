@@ -29,11 +29,16 @@ def read_gb_s(nbytes: int = INT8_WEIGHT_BYTES, threads: int = 2, rounds: int = 3
 
 
 def snapshot(threads: int = 2) -> dict:
-    """Load averages and the read bandwidth now."""
-    return {"load_avg": [round(v, 2) for v in os.getloadavg()], "read_gb_s": read_gb_s(threads=threads)}
+    """Load averages, the read bandwidth now, and which inner loop the bf16 Linears run here
+    (core/native.py times vdpbf16ps against float32 FMAs: the faster one differs between CPUs)."""
+    from core import native
+
+    return {"load_avg": [round(v, 2) for v in os.getloadavg()], "read_gb_s": read_gb_s(threads=threads),
+            "bf16_dot": native.bf16_dot()}
 
 
 def line(start: dict, end: dict) -> str:
     """One line for a results table: the bandwidth and load at the start and the end of the run."""
     return (f"machine: memory read {start['read_gb_s']} -> {end['read_gb_s']} GB/s, "
-            f"load {start['load_avg'][0]} -> {end['load_avg'][0]} (start -> end of the run)")
+            f"load {start['load_avg'][0]} -> {end['load_avg'][0]} (start -> end of the run); "
+            f"bf16 Linears on {start.get('bf16_dot') or 'no native kernels'}")

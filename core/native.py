@@ -101,6 +101,10 @@ def _declare(lib) -> None:
     lib.vx_has_linear_i4.restype = I
     lib.vx_has_linear_bf16.argtypes = []
     lib.vx_has_linear_bf16.restype = I
+    lib.vx_bf16_dot.argtypes = [I]
+    lib.vx_bf16_dot.restype = I
+    lib.vx_bf16_fma_speedup.argtypes = []
+    lib.vx_bf16_fma_speedup.restype = ctypes.c_double
     lib.vx_decode.argtypes = [P, I, P, I, I, I, I, P, I, L, L, I, P, P, I]
     lib.vx_decode.restype = None
     lib.vx_decode_logits.argtypes = [P, I, P, P, P, P, I, I, I, I, P, I, L, L, I, P, P, I]
@@ -133,6 +137,7 @@ def load():
             torch.get_num_threads()  # make sure torch (and its libgomp) is loaded first
             lib = ctypes.CDLL(str(_build()))
             _declare(lib)
+            _choose_bf16_dot(lib)
             _lib = lib
         except Exception as e:  # any failure: stay on the PyTorch path
             _why = str(e)
@@ -140,6 +145,46 @@ def load():
             _lib = None
         _tried = True
     return _lib
+
+
+def _choose_bf16_dot(lib) -> None:
+    """Which inner loop the bf16 Linears run (core/kernels/linear_float.c, daz_on): vdpbf16ps, or
+    float32 FMAs where those are faster on this CPU (timed here, ~1 ms) or where it has no AVX-512
+    BF16. Both give the same floats, so this choice changes speed only, never a token.
+    VALLEX_BF16_DOT=vdpbf16ps / fma / auto (default) overrides it."""
+    want = os.environ.get("VALLEX_BF16_DOT", "auto").strip().lower()
+    if want in BF16_DOTS:
+        if lib.vx_bf16_dot(int(want == "vdpbf16ps")) != (want == "vdpbf16ps"):
+            log.warning("VALLEX_BF16_DOT=%s: this CPU has no AVX-512 BF16; using the FMAs", want)
+        return
+    if want not in ("", "auto"):
+        log.warning("VALLEX_BF16_DOT=%r: use vdpbf16ps, fma or auto; timing both instead", want)
+    speedup = lib.vx_bf16_fma_speedup()  # 0 without AVX-512 BF16: the FMA loops are all there is
+    if speedup > 0:
+        # the FMA loops also widen the weights and read float32 activations: x2.05 here gave x1.7
+        # in the GEMM, so below ~x1.25 vdpbf16ps stays
+        lib.vx_bf16_dot(int(speedup <= 1.25))
+        log.info("bf16 Linears: float32 FMAs x%.2f vdpbf16ps here; using %s", speedup,
+                 "vdpbf16ps" if speedup <= 1.25 else "the FMAs")
+
+
+BF16_DOTS = ("vdpbf16ps", "fma")
+
+
+def bf16_dot() -> str:
+    """The bf16 Linears' inner loop in use: "vdpbf16ps" or "fma" ("" without the kernels)."""
+    lib = load()
+    return "" if lib is None else BF16_DOTS[0 if lib.vx_bf16_dot(-1) else 1]
+
+
+def use_bf16_dot(name: str) -> bool:
+    """From now on in this process, the bf16 Linears' inner loop `name` (one of BF16_DOTS); False
+    where it cannot run here (vdpbf16ps without AVX-512 BF16, or no kernels)."""
+    lib = load()
+    if lib is None or name not in BF16_DOTS:
+        return False
+    lib.vx_bf16_dot(int(name == "vdpbf16ps"))
+    return bf16_dot() == name
 
 
 def available() -> bool:

@@ -124,7 +124,7 @@ def int4_available() -> bool:
 
 
 def bf16_available() -> bool:
-    """Whether vx_linear_bf16 runs here (AVX-512 BF16)."""
+    """Whether vx_linear_bf16 runs here (AVX-512: vdpbf16ps or float32 FMAs, the same floats)."""
     lib = _lib()
     return lib is not None and bool(lib.vx_has_linear_bf16())
 

@@ -482,6 +482,120 @@ def test_bf16_linear_is_a_bf16_linear_and_row_invariant(K, N):
         m(x, out_dtype=torch.float16)
 
 
+def _cpu_has_dpbf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "avx512_bf16" in f.read()
+    except OSError:
+        return False
+
+
+needs_dpbf16 = pytest.mark.skipif(not (native_linear.bf16_available() and _cpu_has_dpbf16()),
+                                  reason="no AVX-512 BF16 here: only the FMA loops can run")
+
+
+@pytest.fixture
+def bf16_dot_restored():
+    before = native.bf16_dot()
+    yield
+    native.use_bf16_dot(before)
+
+
+@needs_dpbf16
+@pytest.mark.parametrize("M, K, N", [(1, 1024, 96), (10, 71, 40), (16, 2100, 48), (17, 1024, 96), (40, 24, 72),
+                                     (300, 1030, 64)])
+def test_bf16_fma_loop_gives_the_floats_of_vdpbf16ps(M, K, N, bf16_dot_restored):
+    """The bf16 Linears' two inner loops (vdpbf16ps; float32 FMAs under DAZ / FTZ, faster on some
+    CPUs) give bit-identical results: the GEMV and the tiled GEMM, odd K, K in several passes,
+    bias, ReLU, both output types, with denormal weights and inputs, tiny and huge magnitudes,
+    and pairs that cancel."""
+    g = torch.Generator().manual_seed(M * K + N)
+    w = torch.randn(N, K, generator=g) * torch.logspace(-3, 1, K)[torch.randperm(K, generator=g)]
+    w.view(-1)[::37] = 2e-39  # denormal as bf16 too
+    b = torch.randn(N, generator=g)
+    b[::5] = 5e-39
+    x = torch.randn(M, K, generator=g) * torch.logspace(-30, 4, K)[torch.randperm(K, generator=g)]
+    x.view(-1)[::41] = -3e-39
+    if K % 2 == 0:  # pairs whose two products cancel
+        x[:, 1::2][:, :4] = x[:, 0::2][:, :4]
+        w[:, 1::2][:, :4] = -w[:, 0::2][:, :4]
+    for bias in (None, b):
+        m = native_linear.Bf16Linear(w, bias)
+        for xin in (x, x.to(torch.bfloat16)):
+            for relu in (False, True):
+                for out in (torch.bfloat16, torch.float32):
+                    got = {}
+                    for name in native.BF16_DOTS:
+                        assert native.use_bf16_dot(name)
+                        got[name] = m(xin, relu=relu, out_dtype=out)
+                    bits = torch.int16 if out == torch.bfloat16 else torch.int32
+                    assert torch.equal(got["vdpbf16ps"].view(bits), got["fma"].view(bits)), (bias is None, relu, out)
+
+
+@needs_dpbf16
+def test_bf16_mode_tokens_do_not_depend_on_the_inner_loop(golden, bf16_dot_restored):
+    """Whichever loop the machine picks at load, the bf16 mode samples the same tokens, one by
+    one and in a batch."""
+    model = _tiny(golden, "bf16")
+    prompt = torch.randint(0, 1024, (30, 8), generator=torch.Generator().manual_seed(3))
+    reqs = [LMRequest([5, 6, 7, 8, 9, 10], [0] * 6, 2, prompt), LMRequest([11, 12, 13, 14], [0] * 4, 2, prompt[:20])]
+    s = Sampling(top_k=5, temperature=0.8, seed=4, max_frames=24)
+    runs = {}
+    for name in native.BF16_DOTS:
+        assert native.use_bf16_dot(name)
+        one = [model.generate(r.text_ids, r.text_langs, r.prompt_text_len, r.prompt_codes, s).codes for r in reqs]
+        runs[name] = one + [g.codes for g in model.generate_batch(reqs, s)]
+    assert all(torch.equal(a, b) for a, b in zip(runs["vdpbf16ps"], runs["fma"]))
+
+
+_FMA_ONLY_CHECK = """
+import json, os, sys, torch
+from core import native, native_linear
+from core.lm import VallEX
+from core.sampling import Sampling
+assert native.bf16_dot() == "fma" and native_linear.bf16_available(), native.bf16_dot()
+assert not native.use_bf16_dot("vdpbf16ps") and native.bf16_dot() == "fma"
+model = VallEX.from_checkpoint(os.environ["VALLEX_TINY"], n_heads=6, dtype=torch.bfloat16)
+assert isinstance(model.core.ar.layers[0].qkv, native_linear.Bf16Linear) and model.core.ar.decode_step is not None
+prompt = torch.randint(0, 1024, (30, 8), generator=torch.Generator().manual_seed(3))
+g = model.generate([5, 6, 7, 8, 9, 10], [0] * 6, 2, prompt, Sampling(top_k=5, temperature=0.8, seed=4, max_frames=24))
+print(json.dumps(g.codes.tolist()))
+"""
+
+
+@needs_native
+def test_bf16_mode_without_avx512_bf16_runs_the_fma_loop_with_the_same_tokens(golden, tmp_path):
+    # A CPU with AVX-512 but not its BF16 extension (Skylake-X, Ice Lake): the bf16 mode still runs
+    # on the native Linears and the fused step, through the FMA loops, with this machine's tokens.
+    env = dict(os.environ, VALLEX_KERNEL_CACHE=str(tmp_path / "k"), VALLEX_KERNEL_MARCH="skylake-avx512",
+               VALLEX_TINY=str(golden / "model" / "tiny-b" / "checkpoint.pt"))
+    env.pop("VALLEX_BF16_DOT", None)
+    p = subprocess.run([sys.executable, "-c", _FMA_ONLY_CHECK], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    there = torch.tensor(__import__("json").loads(p.stdout.strip().splitlines()[-1]))
+    if native_linear.bf16_available():
+        model = _tiny(golden, "bf16")
+        prompt = torch.randint(0, 1024, (30, 8), generator=torch.Generator().manual_seed(3))
+        here = model.generate([5, 6, 7, 8, 9, 10], [0] * 6, 2, prompt,
+                              Sampling(top_k=5, temperature=0.8, seed=4, max_frames=24)).codes
+        assert torch.equal(here, there)
+
+
+@needs_native
+@pytest.mark.parametrize("choice, want", [("fma", "fma"), ("vdpbf16ps", "vdpbf16ps"), ("nonsense", None)])
+def test_bf16_inner_loop_can_be_chosen(choice, want, tmp_path):
+    if want == "vdpbf16ps" and not _cpu_has_dpbf16():
+        want = "fma"  # asked for, but not on this CPU
+    p = subprocess.run([sys.executable, "-c", "from core import native; print(native.bf16_dot())"], cwd=ROOT,
+                       env=dict(os.environ, VALLEX_BF16_DOT=choice), capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    got = p.stdout.strip().splitlines()[-1]
+    assert got in native.BF16_DOTS and (want is None or got == want)
+    if want is None:
+        assert "VALLEX_BF16_DOT='nonsense'" in p.stderr
+
+
 @needs_bf16
 def test_bf16_mode_runs_on_the_native_linear_and_fused_step(golden):
     model = _tiny(golden, "bf16")

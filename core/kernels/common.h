@@ -112,10 +112,19 @@ for int8: with __m512i ones gcc 12 spilled the bf16 GEMM tile's 24 sums to the s
 #define DOT_I8 0   /* vpdpbusd: u8 activations x s8 weights, int32 sums (AVX-512 VNNI) */
 #define DOT_BF16 1 /* vdpbf16ps: bf16 pairs, float32 sums (AVX-512 BF16) */
 #define DOT_F32 2  /* vfmadd: one float32 a step (AVX-512F) */
+#define DOT_BF16_FMA 3 /* vdpbf16ps's exact floats from two float32 FMAs a step (linear_float.c says
+                          why); the activation rows are then float32, 8 bytes a step */
 #define VX_ROWS_MAX 16 /* rows per pass over a weight block: 16 sums + 1 weight register */
 #define VX_TILE_MR 12  /* rows per GEMM tile: 24 sums + 2 weight registers + 1 broadcast */
 
 #ifdef VX_AVX512
+
+/* The two float32 halves of 16 bf16 pairs (the weights' 2 k of 16 rows): the odd k's (the high
+   16 bits of each lane, as they lie) and the even k's (the low 16, shifted up): exact. */
+static inline __m512 bf16_hi(__m512i w) {
+    return _mm512_castsi512_ps(_mm512_and_si512(w, _mm512_set1_epi32((int)0xffff0000u)));
+}
+static inline __m512 bf16_lo(__m512i w) { return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)); }
 
 static inline __attribute__((always_inline)) __m512 dot_step(__m512 acc, __m512i x, __m512i w, int kind) {
 #if defined(__AVX512BF16__)
@@ -145,6 +154,15 @@ static inline __attribute__((always_inline)) void rows_block16(const uint8_t *wb
         _mm_prefetch((const char *)(wb + (int64_t)(g + 64) * 64), _MM_HINT_T0);
         _mm_prefetch((const char *)(wb + (int64_t)(g + 512) * 64), _MM_HINT_T1);
         __m512i w = _mm512_loadu_si512(wb + (int64_t)g * 64);
+        if (kind == DOT_BF16_FMA) {
+            __m512 wo = bf16_hi(w), we = bf16_lo(w);
+            for (int j = 0; j < MB; j++) {
+                const float *xf = (const float *)xr[j] + 2 * g;
+                a[j] = _mm512_fmadd_ps(_mm512_set1_ps(xf[1]), wo, a[j]);
+                a[j] = _mm512_fmadd_ps(_mm512_set1_ps(xf[0]), we, a[j]);
+            }
+            continue;
+        }
         for (int j = 0; j < MB; j++) a[j] = dot_step(a[j], _mm512_set1_epi32(xr[j][g]), w, kind);
     }
     for (int j = 0; j < MB; j++) out[j] = a[j];
@@ -166,6 +184,16 @@ static inline __attribute__((always_inline)) void tile_block(const uint8_t *a, i
     }
     for (int g = 0; g < steps; g++) {
         __m512i w0 = _mm512_loadu_si512(b0 + (int64_t)g * 64), w1 = _mm512_loadu_si512(b1 + (int64_t)g * 64);
+        if (kind == DOT_BF16_FMA) {
+            __m512 w0o = bf16_hi(w0), w0e = bf16_lo(w0), w1o = bf16_hi(w1), w1e = bf16_lo(w1);
+            for (int i = 0; i < mr; i++) {
+                const float *xf = (const float *)(a + i * lda + 8 * g);
+                __m512 xo = _mm512_set1_ps(xf[1]), xe = _mm512_set1_ps(xf[0]);
+                c0[i] = _mm512_fmadd_ps(xe, w0e, _mm512_fmadd_ps(xo, w0o, c0[i]));
+                c1[i] = _mm512_fmadd_ps(xe, w1e, _mm512_fmadd_ps(xo, w1o, c1[i]));
+            }
+            continue;
+        }
         for (int i = 0; i < mr; i++) {
             __m512i xv = _mm512_set1_epi32(*(const int32_t *)(a + i * lda + 4 * g));
             c0[i] = dot_step(c0[i], xv, w0, kind);
