@@ -533,6 +533,24 @@ def test_bf16_fma_loop_gives_the_floats_of_vdpbf16ps(M, K, N, bf16_dot_restored)
 
 
 @needs_dpbf16
+@pytest.mark.parametrize("B, H, S, hd, q_from, prefix", [(1, 16, 150, 64, 0, None), (2, 3, 37, 32, 0, None),
+                                                         (1, 4, 100, 64, 90, None), (1, 2, 53, 16, 0, 7)])
+def test_full_attention_fma_loop_gives_the_floats_of_vdpbf16ps(B, H, S, hd, q_from, prefix, bf16_dot_restored):
+    """The fused NAR / prefill attention takes the same inner-loop choice, with the same floats."""
+    if not native.load().vx_has_attn_full():
+        pytest.skip("no fused attention kernel here")
+    g = torch.Generator().manual_seed(S + hd)
+    qkv = (torch.randn(B, S, 3, H, hd, generator=g) * 2).to(torch.bfloat16)
+    qkv.view(-1)[::29] = 3e-39
+    q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
+    got = {}
+    for name in native.BF16_DOTS:
+        assert native.use_bf16_dot(name)
+        got[name] = native.attn_full(q[:, :, q_from:], k, v, hd ** -0.5, torch.float32, prefix)
+    assert got["fma"] is not None and torch.equal(got["vdpbf16ps"].view(torch.int32), got["fma"].view(torch.int32))
+
+
+@needs_dpbf16
 def test_bf16_mode_tokens_do_not_depend_on_the_inner_loop(golden, bf16_dot_restored):
     """Whichever loop the machine picks at load, the bf16 mode samples the same tokens, one by
     one and in a batch."""

@@ -69,7 +69,8 @@ void vx_softmax_bf16(uint16_t *s, int64_t rows, int n, int n_threads) {
 
 Why hand-written: with PyTorch ops the NAR's attention is a batched bf16 matmul to a [H, S, S]
 score tensor, a softmax over it, a second matmul and two layout copies, each a pass over memory.
-Here each (row, head) pair keeps its keys and values packed for vdpbf16ps in L2, and a block of
+Here each (row, head) pair keeps its keys and values packed for vdpbf16ps in L2 (or its float32-FMA
+form, dp_block_fma, where the CPU runs that faster: core/native.py picks), and a block of
 QB queries goes scores -> softmax -> weighted values through an L1-sized buffer. Same arithmetic as
 that path: bf16 products summed in float32, probabilities rounded to bf16 (here before the 1/sum,
 which is applied in float32 at the end). The row maxima are taken as the scores are made and the
@@ -96,16 +97,51 @@ static inline __attribute__((always_inline)) void dp_block(const uint32_t *a, in
     }
 }
 
+static inline __mmask16 first_n_(int n) { return n >= 16 ? 0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1); }
+
+/* The same sums through float32 FMAs (linear_float.c's DOT_BF16_FMA: odd element then even, each
+   a fused multiply-add under DAZ / FTZ, the floats vdpbf16ps gives), for CPUs where vdpbf16ps is
+   the slower: af holds the a rows as the float32 values of their bf16 (row r at af + r * 2 * as,
+   2 floats a step); the weight vectors are widened one at a time (26 live registers). */
+static inline __attribute__((always_inline)) void dp_block_fma(const float *af, int64_t as, int n, const uint32_t *b,
+                                                               int64_t bi, int64_t bc, int nc, __m512 acc[QB][4]) {
+    for (int r = 0; r < QB; r++)
+        for (int c = 0; c < 4; c++) acc[r][c] = _mm512_setzero_ps();
+    unsigned csr = _mm_getcsr();
+    _mm_setcsr(csr | 0x8040u); /* FTZ | DAZ, as vdpbf16ps */
+    for (int i = 0; i < n; i++)
+        for (int c = 0; c < nc; c++) {
+            __m512i w = _mm512_loadu_si512(b + ((int64_t)i * bi + c * bc) * 16);
+            __m512 wo = bf16_hi(w), we = bf16_lo(w);
+            for (int r = 0; r < QB; r++) {
+                const float *x = af + r * 2 * as + 2 * i;
+                acc[r][c] = _mm512_fmadd_ps(_mm512_set1_ps(x[0]), we, _mm512_fmadd_ps(_mm512_set1_ps(x[1]), wo, acc[r][c]));
+            }
+        }
+    _mm_setcsr(csr);
+}
+
+/* n bf16 (as dwords of pairs: 2n values) -> their float32 values */
+static inline void widen_bf16(const uint32_t *src, int n, float *dst) {
+    for (int i = 0; i < 2 * n; i += 16) {
+        __mmask16 m = first_n_(2 * n - i);
+        _mm512_mask_storeu_ps(dst + i, m, load_bf16((const uint16_t *)src + i, m));
+    }
+}
+
 static inline __mmask16 first_n(int n) { return n >= 16 ? 0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1); }
 
 /* scaled scores of QB queries (hp pairs each) against nkb <= 4 packed key blocks ([hp][16] each)
    starting at key k0, with each row's running maximum over its keys below lim[r] (the rest is
    padding or masked) */
-static inline __attribute__((always_inline)) void qk_blocks(const uint32_t *q, int hp, const uint32_t *kp, int nkb,
-                                                            int k0, const int *lim, float *s, int64_t ss,
-                                                            float scale, __m512 vmax[QB]) {
+static inline __attribute__((always_inline)) void qk_blocks(const uint32_t *q, const float *qf, int hp,
+                                                            const uint32_t *kp, int nkb, int k0, const int *lim,
+                                                            float *s, int64_t ss, float scale, __m512 vmax[QB]) {
     __m512 acc[QB][4];
-    dp_block(q, hp, hp, kp, 1, hp, nkb, acc);
+    if (qf)
+        dp_block_fma(qf, hp, hp, kp, 1, hp, nkb, acc);
+    else
+        dp_block(q, hp, hp, kp, 1, hp, nkb, acc);
     __m512 vs = _mm512_set1_ps(scale);
     for (int r = 0; r < QB; r++)
         for (int c = 0; c < nkb; c++) {
@@ -116,9 +152,12 @@ static inline __attribute__((always_inline)) void qk_blocks(const uint32_t *q, i
 }
 
 /* QB rows of bf16 probabilities (np key pairs, rows ps apart) times the packed value pairs ([np][nv]) */
-static inline __attribute__((always_inline)) void pv_block(const uint32_t *p, int64_t ps, int np, const uint32_t *vp,
-                                                           int nv, __m512 acc[QB][4]) {
-    dp_block(p, ps, np, vp, nv, 1, nv, acc);
+static inline __attribute__((always_inline)) void pv_block(const uint32_t *p, const float *pf, int64_t ps, int np,
+                                                           const uint32_t *vp, int nv, __m512 acc[QB][4]) {
+    if (pf)
+        dp_block_fma(pf, ps, np, vp, nv, 1, nv, acc);
+    else
+        dp_block(p, ps, np, vp, nv, 1, nv, acc);
 }
 
 /* 16 keys (rows krs bf16 apart, the first n of them valid; hp <= 32 dwords each) -> [hp][16]
@@ -192,6 +231,10 @@ void vx_attn_full(const uint16_t *q, const int64_t *qst, const uint16_t *k, cons
         float *s = aligned_alloc(64, sizeof(float) * (size_t)QB * ss);
         uint32_t *p = aligned_alloc(64, sizeof(uint32_t) * (size_t)QB * pst);
         uint32_t *qpad = aligned_alloc(64, sizeof(uint32_t) * (size_t)QB * hp);
+        /* the FMA loops (vx_bf16_dot: 0) read the query and probability rows widened to float32 */
+        int fma = !vx_bf16_dot(-1);
+        float *qf = fma ? aligned_alloc(64, sizeof(float) * (size_t)QB * 2 * hp) : NULL;
+        float *pf = fma ? aligned_alloc(64, sizeof(float) * (size_t)QB * 2 * pst) : NULL;
         /* word d of a packed value pair = (row 0, d) | (row 1, d) << 16; rows sit at 0..15, 16..31 */
         const __m512i ileave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
                                                 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
@@ -223,6 +266,7 @@ void vx_attn_full(const uint16_t *q, const int64_t *qst, const uint16_t *k, cons
                 for (int r = 0; r < QB; r++)
                     memcpy(qpad + r * hp, qh + (int64_t)(q0 + (r < nq ? r : 0)) * qst[2], sizeof(uint32_t) * hp);
                 const uint32_t *qb = qpad;
+                if (qf) widen_bf16(qpad, QB * hp, qf);
                 /* keys visible to each row (padding rows: those of the block's first), and to the block */
                 int lim[QB], blim = 0;
                 for (int r = 0; r < QB; r++) {
@@ -237,10 +281,10 @@ void vx_attn_full(const uint16_t *q, const int64_t *qst, const uint16_t *k, cons
                     int c = bkb - kb < 4 ? bkb - kb : 4;
                     const uint32_t *kpb = kp + (int64_t)kb * hp * 16;
                     switch (c) {  /* constant block count: the accumulators stay in registers */
-                        case 1: qk_blocks(qb, hp, kpb, 1, kb * 16, lim, s + kb * 16, ss, scale, vmax); break;
-                        case 2: qk_blocks(qb, hp, kpb, 2, kb * 16, lim, s + kb * 16, ss, scale, vmax); break;
-                        case 3: qk_blocks(qb, hp, kpb, 3, kb * 16, lim, s + kb * 16, ss, scale, vmax); break;
-                        default: qk_blocks(qb, hp, kpb, 4, kb * 16, lim, s + kb * 16, ss, scale, vmax); break;
+                        case 1: qk_blocks(qb, qf, hp, kpb, 1, kb * 16, lim, s + kb * 16, ss, scale, vmax); break;
+                        case 2: qk_blocks(qb, qf, hp, kpb, 2, kb * 16, lim, s + kb * 16, ss, scale, vmax); break;
+                        case 3: qk_blocks(qb, qf, hp, kpb, 3, kb * 16, lim, s + kb * 16, ss, scale, vmax); break;
+                        default: qk_blocks(qb, qf, hp, kpb, 4, kb * 16, lim, s + kb * 16, ss, scale, vmax); break;
                     }
                 }
                 /* softmax: exp(s - max) rounded to bf16 straight into the probability rows (a bf16
@@ -259,12 +303,14 @@ void vx_attn_full(const uint16_t *q, const int64_t *qst, const uint16_t *k, cons
                     }
                     inv[r] = 1.f / _mm512_reduce_add_ps(vsum);
                 }
+                if (pf)
+                    for (int r = 0; r < QB; r++) widen_bf16(p + r * pst, bnp, pf + r * 2 * pst);
                 __m512 acc[QB][4];
                 switch (nv) {
-                    case 1: pv_block(p, pst, bnp, vp, 1, acc); break;
-                    case 2: pv_block(p, pst, bnp, vp, 2, acc); break;
-                    case 3: pv_block(p, pst, bnp, vp, 3, acc); break;
-                    default: pv_block(p, pst, bnp, vp, 4, acc); break;
+                    case 1: pv_block(p, pf, pst, bnp, vp, 1, acc); break;
+                    case 2: pv_block(p, pf, pst, bnp, vp, 2, acc); break;
+                    case 3: pv_block(p, pf, pst, bnp, vp, 3, acc); break;
+                    default: pv_block(p, pf, pst, bnp, vp, 4, acc); break;
                 }
                 for (int r = 0; r < nq; r++) {
                     int64_t o = (((int64_t)b * Sq + q0 + r) * H + h) * hd;
@@ -282,6 +328,8 @@ void vx_attn_full(const uint16_t *q, const int64_t *qst, const uint16_t *k, cons
         free(s);
         free(p);
         free(qpad);
+        free(qf);
+        free(pf);
     }
 #else
     (void)q; (void)qst; (void)k; (void)v; (void)kvst; (void)out; (void)B; (void)H; (void)Sq; (void)Sk; (void)hd; (void)scale;

@@ -252,6 +252,7 @@ void vx_linear_i4(const float *x, int64_t xs, int M, int K, const uint8_t *wp, c
                   const float *bias, void *y, int N, int relu, int out_bf16, int n_threads);
 void vx_linear_bf16(const void *x, int64_t xs, int x_bf16, int M, int K, const uint16_t *wp, const float *bias,
                     void *y, int N, int relu, int out_bf16, int n_threads);
+int vx_bf16_dot(int use_dpbf16);
 void vx_linear_f32(const float *x, int64_t xs, int M, int K, const float *wp, const float *bias, float *y, int N,
                    int relu, int n_threads);
 
