@@ -97,7 +97,7 @@ static inline __attribute__((always_inline)) void dp_block(const uint32_t *a, in
     }
 }
 
-static inline __mmask16 first_n_(int n) { return n >= 16 ? 0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1); }
+static inline __mmask16 first_n(int n) { return n >= 16 ? 0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1); }
 
 /* The same sums through float32 FMAs (linear_float.c's DOT_BF16_FMA: odd element then even, each
    a fused multiply-add under DAZ / FTZ, the floats vdpbf16ps gives), for CPUs where vdpbf16ps is
@@ -124,12 +124,10 @@ static inline __attribute__((always_inline)) void dp_block_fma(const float *af, 
 /* n bf16 (as dwords of pairs: 2n values) -> their float32 values */
 static inline void widen_bf16(const uint32_t *src, int n, float *dst) {
     for (int i = 0; i < 2 * n; i += 16) {
-        __mmask16 m = first_n_(2 * n - i);
+        __mmask16 m = first_n(2 * n - i);
         _mm512_mask_storeu_ps(dst + i, m, load_bf16((const uint16_t *)src + i, m));
     }
 }
-
-static inline __mmask16 first_n(int n) { return n >= 16 ? 0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1); }
 
 /* scaled scores of QB queries (hp pairs each) against nkb <= 4 packed key blocks ([hp][16] each)
    starting at key k0, with each row's running maximum over its keys below lim[r] (the rest is

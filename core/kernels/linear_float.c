@@ -29,9 +29,9 @@ of one row at a time (what makes the AR's batches token-equal to one-by-one deco
    the same with two vfmadd231ps under MXCSR's DAZ and FTZ, for exactly the same floats (checked
    against vdpbf16ps on millions of random pairs, denormals and cancellations included: the even-
    first order or one rounding for both products differ in ~6% / ~16% of sums). Why: on some CPUs
-   with AVX-512 BF16 vdpbf16ps issues at a quarter of the FMA rate (this project's CI machines,
-   Xeon model 207: 43 G MAC/s a core against 88 through float32 FMAs, 16 MAC each), on others at
-   the FMA rate. core/native.py times both at load and picks the faster; the tokens cannot change
+   with AVX-512 BF16 vdpbf16ps issues at a quarter of the FMA rate (Intel Xeon model 207,
+   measured: 43 G MAC/s a core against 88 through float32 FMAs, 16 MAC each), on others (Zen 4) at
+   about the FMA rate. core/native.py times both at load and picks the faster; the tokens cannot change
    with the choice. Without AVX-512 BF16 the FMA loops are the only bf16 path. The finishing steps
    (bias, ReLU, rounding) run outside, under the caller's MXCSR, as they do after vdpbf16ps. */
 static inline unsigned daz_on(int kind) {
