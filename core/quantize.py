@@ -230,6 +230,7 @@ def _int8_dynamic(stack, device, mmapped: bool, is_ar: bool) -> None:
         for layer, name in _linears(stack):
             setattr(layer, name, native_linear.Int8Linear(getattr(layer, name)))
         trim_heap()
+        stack.attn_int16 = native.attn_i16_available()
         if is_ar:
             stack.decode_step = native_linear.DecodeStep(stack)
             stack.kv_dtype = torch.int8  # int8 rows: half the bytes a decode step streams

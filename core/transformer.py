@@ -189,6 +189,9 @@ class Stack(nn.Module):
         # dtype: the fast_cpu modes, and fp32 where vx_linear_f32 runs (set by core.quantize)
         self.native_decode_attn = False
         self.decode_step = None  # int8 / bf16 modes: core.native_linear.DecodeStep, the whole step in one call
+        # int8 mode on the CPU (set by core.quantize): the fused full attention in int16 (twice the
+        # float32 rate; q, k, v keep more bits than bf16's), see core/kernels/attn_full.c
+        self.attn_int16 = False
 
     # -- helpers ----------------------------------------------------------------------------------
     def _norm(self, norm, x, stage):
@@ -271,7 +274,7 @@ class Stack(nn.Module):
             elif start:
                 k = torch.cat([native.kv_dequantize(cache_k[:, :, :start], k.dtype), k], dim=2)
                 v = torch.cat([native.kv_dequantize(cache_v[:, :, :start], v.dtype), v], dim=2)
-        return native.attn_full(q[:, :, q_from:], k, v, self.hd ** -0.5, self.act_dtype, prefix)
+        return native.attn_full(q[:, :, q_from:], k, v, self.hd ** -0.5, self.act_dtype, prefix, self.attn_int16)
 
     def _ffn(self, layer: Layer, h):
         if isinstance(layer.ff1, NativeLinear):  # ReLU in the kernel

@@ -256,6 +256,91 @@ def test_full_attention_kernel_all_scores_far_below_zero(S):
     assert (got - want).abs().max() < 2e-2
 
 
+needs_attn_i16 = pytest.mark.skipif(not native.attn_i16_available(), reason="no int16 attention (AVX-512 BF16 + VNNI)")
+
+
+def _attn_i16_case(B, H, S, hd, seed, peaked=False):
+    g = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(B, S, 3, H, hd, generator=g) * torch.tensor([1.0, 2.0, 1.0])[:, None, None]
+    if peaked:  # one key far above the rest, which are hundreds of small probabilities
+        qkv[:, :, 0] = qkv[:, :, 0].abs() + 1.0
+        qkv[:, 3, 1] = qkv[:, 3, 1].abs() * 2.0 + 2.0
+    qkv = qkv.bfloat16()
+    return tuple(qkv[:, :, i].transpose(1, 2) for i in range(3))
+
+
+@needs_attn_i16
+@pytest.mark.parametrize("B, H, S, hd, q_from, prefix, peaked", [
+    (1, 16, 633, 64, 0, None, False), (1, 16, 633, 64, 249, None, True), (2, 3, 37, 16, 0, None, False),
+    (1, 4, 130, 48, 7, None, False), (2, 2, 1, 32, 0, None, False), (1, 16, 250, 64, 0, 24, False),
+    (1, 4, 50, 64, 49, 13, True), (1, 2, 33, 32, 0, 33, False)])
+def test_full_attention_int16_mode_matches_sdpa(B, H, S, hd, q_from, prefix, peaked):
+    """The int8 mode's attention (int16 q, k, v and probabilities, integer sums, views of the
+    projection): as close to float32 attention as the bf16 path, over several 64-key chunks of the
+    weighted values, with the prefix mask, the last layer's q_from and a peaked distribution."""
+    from core.ar import prefix_mask
+
+    q, k, v = _attn_i16_case(B, H, S, hd, S + hd + q_from, peaked)
+    got = native.attn_full(q[:, :, q_from:], k, v, hd ** -0.5, torch.float32, prefix, int16=True)
+    bf16 = native.attn_full(q[:, :, q_from:], k, v, hd ** -0.5, torch.float32, prefix)
+    mask = None if prefix is None else prefix_mask([prefix], [S], S, "cpu")[..., q_from:, :]
+    want = F.scaled_dot_product_attention(q[:, :, q_from:].float(), k.float(), v.float(), attn_mask=mask)
+    want = want.transpose(1, 2).reshape(B, S - q_from, H * hd)
+    assert got.shape == want.shape and torch.isfinite(got).all()
+    err, err_bf16 = (got - want).abs().max().item(), (bf16 - want).abs().max().item()
+    assert err < 5e-3 and err < 2 * err_bf16 + 1e-3, (err, err_bf16)
+    if S > 1:
+        assert not torch.equal(got, bf16)  # the int16 arithmetic ran, not the bf16 one
+    # row independence, and the same result from contiguous copies
+    last = native.attn_full(q[:, :, S - 1:], k, v, hd ** -0.5, torch.float32, prefix, int16=True)
+    assert torch.equal(last, got[:, -1:])
+    copies = native.attn_full(q[:, :, q_from:].contiguous(), k.contiguous(), v.contiguous(), hd ** -0.5,
+                              torch.float32, prefix, int16=True)
+    assert torch.equal(copies, got)
+
+
+@needs_attn_i16
+def test_full_attention_int16_mode_degenerate_inputs():
+    # scores far below zero (the row maximum must be subtracted), all-zero keys and values (scale
+    # 1, uniform weights), a bf16 output
+    torch.manual_seed(5)
+    S, hd = 70, 64
+    q = (torch.randn(1, 2, S, hd).abs() + 1.0).bfloat16()
+    k = (-(torch.rand(1, 2, S, hd) + 1.0) * 6.0).bfloat16()
+    v = torch.randn(1, 2, S, hd).bfloat16()
+    got = native.attn_full(q, k, v, hd ** -0.5, torch.float32, int16=True)
+    want = F.scaled_dot_product_attention(q.float(), k.float(), v.float()).transpose(1, 2).reshape(1, S, 2 * hd)
+    assert torch.isfinite(got).all() and (got - want).abs().max() < 2e-2
+    z = torch.zeros_like(k)
+    assert torch.equal(native.attn_full(q, z, z, hd ** -0.5, torch.float32, int16=True), torch.zeros(1, S, 2 * hd))
+    got = native.attn_full(q, z, v, hd ** -0.5, torch.bfloat16, int16=True)
+    mean = v.float().mean(2, keepdim=True).expand(-1, -1, S, -1).transpose(1, 2).reshape(1, S, 2 * hd)
+    assert got.dtype == torch.bfloat16 and (got.float() - mean).abs().max() < 1e-2
+
+
+@needs_attn_i16
+def test_int8_mode_runs_its_attention_in_int16(golden):
+    ckpt = golden / "model" / "tiny-a" / "checkpoint.pt"
+    m = VallEX.from_checkpoint(ckpt, n_heads=4, quantize="int8")
+    assert m.core.nar.attn_int16 and m.core.ar.attn_int16
+    assert not VallEX.from_checkpoint(ckpt, n_heads=4, dtype=torch.bfloat16).core.nar.attn_int16
+
+
+def test_int8_linear_made_before_the_kernels_load_takes_the_native_gemm():
+    # gemm_available() loads the kernels itself: an Int8Linear built first thing in a process
+    # (nothing had loaded them) kept fbgemm for its many-row calls before
+    code = (
+        "import torch, warnings; warnings.simplefilter('ignore')\n"
+        "from torch.ao.quantization import quantize_dynamic\n"
+        "from core import native_linear, native\n"
+        "dyn = quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(64, 32)), {torch.nn.Linear}, dtype=torch.qint8)[0]\n"
+        "lin = native_linear.Int8Linear(dyn)\n"
+        "print((lin.dyn is None) == native.gemm_available())\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "True"
+
+
 def test_adaln_fold_matches_the_reference_order():
     # The reduced-precision modes fold AdaLN's per-stage (w, b) into the LayerNorm's affine; the
     # fp32 mode keeps the reference's `w * LN(x) + b` (exact order).

@@ -78,21 +78,25 @@ probabilities are written as bf16 in one pass: the softmax was ~20% of the kerne
 #if defined(__AVX512BF16__) && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #define VX_ATTN_FULL 1
 #define QB 6 /* queries per block: QB x 4 float32 accumulators + 4 operand registers */
+#if defined(__AVX512VNNI__)
+#define VX_ATTN_I16 1
+#endif
 
 /* acc[r][c] = sum_i a[r][i] . b(i, c) over n steps: QB rows of bf16 pairs (row r at a + r*as, one
    dword per step) against nc <= 4 packed bf16 vectors per step, vector (i, c) at b + (i*bi + c*bc)*16.
    Both halves of the attention are this: scores (a = queries, b = key blocks) and weighted values
    (a = probabilities of key pairs, b = value pairs). */
 static inline __attribute__((always_inline)) void dp_block(const uint32_t *a, int64_t as, int n, const uint32_t *b,
-                                                           int64_t bi, int64_t bc, int nc, __m512 acc[QB][4]) {
+                                                           int64_t bi, int64_t bc, int nc, __m512 acc[QB][4],
+                                                           int kind) {
     for (int r = 0; r < QB; r++)
         for (int c = 0; c < 4; c++) acc[r][c] = _mm512_setzero_ps();
     for (int i = 0; i < n; i++) {
-        __m512bh w[4];
-        for (int c = 0; c < nc; c++) w[c] = (__m512bh)_mm512_loadu_si512(b + ((int64_t)i * bi + c * bc) * 16);
+        __m512i w[4];
+        for (int c = 0; c < nc; c++) w[c] = _mm512_loadu_si512(b + ((int64_t)i * bi + c * bc) * 16);
         for (int r = 0; r < QB; r++) {
-            __m512bh x = (__m512bh)_mm512_set1_epi32((int)a[r * as + i]);
-            for (int c = 0; c < nc; c++) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], x, w[c]);
+            __m512i x = _mm512_set1_epi32((int)a[r * as + i]);
+            for (int c = 0; c < nc; c++) acc[r][c] = dot_step(acc[r][c], x, w[c], kind);
         }
     }
 }
@@ -129,21 +133,71 @@ static inline void widen_bf16(const uint32_t *src, int n, float *dst) {
     }
 }
 
+/* ---- the int16 mode (the int8 mode's NAR and prefill) -------------------------------------------
+The same blocks through vpdpwssd (int16 pairs, int32 sums): twice the float32 FMAs' rate on the
+CPUs measured. q and k rows get one scale each (max |x| / I16_QK, per position and head), v one per
+column over the keys; the probabilities exp(s - max) <= 1 become round(p * I16_P / m), m the
+largest of their chunk of 2 * I16_CHUNK keys (13 bits relative to it: against one scale for the
+row, the hundreds of small probabilities of a peaked row lost most of theirs), and the rounded
+values, times m / I16_P, are the normaliser too. The sizes keep every int32 sum exact: q.k is
+64 terms of at most I16_QK^2 (< 2^30), and the weighted values are summed I16_CHUNK key pairs at
+a time (2 * 32 * I16_P * I16_QK < 2^31), then scaled and summed in float32. Against the bf16 path:
+q, k, v keep ~12 bits of their row's (column's) largest instead of 8 of their own. */
+#define I16_QK 4095
+#define I16_P 8192.f
+#define I16_CHUNK 32
+
+/* n (a multiple of 16, <= 64) bf16 -> int16 round(x / s), s = max |x| / I16_QK (returned; 1 for zeros) */
+static inline float quant_i16_row(const uint16_t *x, int n, int16_t *dst) {
+    __m512 vmax = _mm512_setzero_ps();
+    for (int i = 0; i < n; i += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(load_bf16(x + i, 0xffff)));
+    float amax = _mm512_reduce_max_ps(vmax), sc = amax > 0.f ? amax / I16_QK : 1.f;
+    __m512 inv = _mm512_set1_ps(1.f / sc);
+    for (int i = 0; i < n; i += 16)
+        _mm256_storeu_si256((__m256i *)(dst + i), _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(load_bf16(x + i, 0xffff), inv))));
+    return sc;
+}
+
+/* n rows of hd bf16 (rows rs apart) -> int16 rows [n][hd] with one scale per column (sc[hd]) */
+static void quant_i16_cols(const uint16_t *x, int64_t rs, int n, int hd, int16_t *dst, float *sc) {
+    __m512 vmax[4], inv[4];
+    for (int c = 0; c < hd / 16; c++) vmax[c] = _mm512_setzero_ps();
+    for (int j = 0; j < n; j++)
+        for (int c = 0; c < hd / 16; c++)
+            vmax[c] = _mm512_max_ps(vmax[c], _mm512_abs_ps(load_bf16(x + (int64_t)j * rs + c * 16, 0xffff)));
+    for (int c = 0; c < hd / 16; c++) {
+        __mmask16 z = _mm512_cmp_ps_mask(vmax[c], _mm512_setzero_ps(), _CMP_EQ_OQ);
+        __m512 s = _mm512_mask_mov_ps(_mm512_div_ps(vmax[c], _mm512_set1_ps(I16_QK)), z, _mm512_set1_ps(1.f));
+        _mm512_storeu_ps(sc + c * 16, s);
+        inv[c] = _mm512_div_ps(_mm512_set1_ps(1.f), s);
+    }
+    for (int j = 0; j < n; j++)
+        for (int c = 0; c < hd / 16; c++)
+            _mm256_storeu_si256((__m256i *)(dst + (int64_t)j * hd + c * 16),
+                                _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(
+                                    _mm512_mul_ps(load_bf16(x + (int64_t)j * rs + c * 16, 0xffff), inv[c]))));
+}
+
 /* scaled scores of QB queries (hp pairs each) against nkb <= 4 packed key blocks ([hp][16] each)
    starting at key k0, with each row's running maximum over its keys below lim[r] (the rest is
    padding or masked) */
 static inline __attribute__((always_inline)) void qk_blocks(const uint32_t *q, const float *qf, int hp,
                                                             const uint32_t *kp, int nkb, int k0, const int *lim,
-                                                            float *s, int64_t ss, float scale, __m512 vmax[QB]) {
+                                                            float *s, int64_t ss, float scale, __m512 vmax[QB],
+                                                            const float *sq, const float *ks) {
     __m512 acc[QB][4];
     if (qf)
         dp_block_fma(qf, hp, hp, kp, 1, hp, nkb, acc);
     else
-        dp_block(q, hp, hp, kp, 1, hp, nkb, acc);
-    __m512 vs = _mm512_set1_ps(scale);
+        dp_block(q, hp, hp, kp, 1, hp, nkb, acc, ks ? DOT_I16 : DOT_BF16);
     for (int r = 0; r < QB; r++)
         for (int c = 0; c < nkb; c++) {
-            __m512 x = _mm512_mul_ps(acc[r][c], vs);
+            __m512 x;
+            if (ks)  /* int16 mode: int32 sums times the query's and each key's scale */
+                x = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_castps_si512(acc[r][c])),
+                                                _mm512_set1_ps(scale * sq[r])), _mm512_loadu_ps(ks + k0 + c * 16));
+            else
+                x = _mm512_mul_ps(acc[r][c], _mm512_set1_ps(scale));
             _mm512_storeu_ps(s + r * ss + c * 16, x);
             vmax[r] = _mm512_mask_max_ps(vmax[r], first_n(lim[r] - k0 - c * 16), vmax[r], x);
         }
@@ -151,11 +205,29 @@ static inline __attribute__((always_inline)) void qk_blocks(const uint32_t *q, c
 
 /* QB rows of bf16 probabilities (np key pairs, rows ps apart) times the packed value pairs ([np][nv]) */
 static inline __attribute__((always_inline)) void pv_block(const uint32_t *p, const float *pf, int64_t ps, int np,
-                                                           const uint32_t *vp, int nv, __m512 acc[QB][4]) {
-    if (pf)
+                                                           const uint32_t *vp, int nv, __m512 acc[QB][4],
+                                                           const float *cm, int ncs) {
+    if (pf) {
         dp_block_fma(pf, ps, np, vp, nv, 1, nv, acc);
-    else
-        dp_block(p, ps, np, vp, nv, 1, nv, acc);
+    } else if (!cm) {
+        dp_block(p, ps, np, vp, nv, 1, nv, acc, DOT_BF16);
+    } else {  /* I16_CHUNK pairs per exact int32 sum, times its chunk's scale (cm: row r's at
+                 cm + r * ncs), then float32 sums in memory (L1): the int32 and the float32 sums
+                 together would not fit in the registers */
+        float f[QB][4][16] __attribute__((aligned(64)));
+        memset(f, 0, sizeof f);
+        for (int j = 0; j < np; j += I16_CHUNK) {
+            dp_block(p + j, ps, np - j < I16_CHUNK ? np - j : I16_CHUNK, vp + (int64_t)j * nv * 16, nv, 1, nv, acc, DOT_I16);
+            for (int r = 0; r < QB; r++) {
+                __m512 m = _mm512_set1_ps(cm[r * ncs + j / I16_CHUNK]);
+                for (int c = 0; c < nv; c++)
+                    _mm512_store_ps(f[r][c], _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_castps_si512(acc[r][c])), m,
+                                                             _mm512_load_ps(f[r][c])));
+            }
+        }
+        for (int r = 0; r < QB; r++)
+            for (int c = 0; c < nv; c++) acc[r][c] = _mm512_load_ps(f[r][c]);
+    }
 }
 
 /* 16 keys (rows krs bf16 apart, the first n of them valid; hp <= 32 dwords each) -> [hp][16]
@@ -206,6 +278,15 @@ int vx_has_attn_full(void) {
 #endif
 }
 
+/* 1 when vx_attn_full also has its int16 mode (AVX-512 VNNI) */
+int vx_has_attn_i16(void) {
+#if defined(VX_ATTN_FULL) && defined(VX_ATTN_I16)
+    return 1;
+#else
+    return 0;
+#endif
+}
+
 /* q: bf16 [B, H, Sq, hd], element (b, h, s, d) at q[b*qst[0] + h*qst[1] + s*qst[2] + d]; k, v: bf16
    [B, H, Sk, hd] with the strides kvst (the same for both). So q, k, v may be views into the
    packed projection [B, S, 3, H, hd] as it comes out of the GEMM: no layout copies. The queries
@@ -214,11 +295,14 @@ int vx_has_attn_full(void) {
    length prefix, sees itself; the audio sees the text and itself causally), and the key blocks
    past a query block's last visible key are skipped (half the causal work).
    out: [B, Sq, H, hd] (the layout the output projection reads), float32 or bf16 (out_bf16).
-   hd must be a multiple of 16 and at most 64. */
+   hd must be a multiple of 16 and at most 64. i16: the int16 mode above (where vx_has_attn_i16). */
 void vx_attn_full(const uint16_t *q, const int64_t *qst, const uint16_t *k, const uint16_t *v, const int64_t *kvst,
                   void *out, int B, int H,
-                  int Sq, int Sk, int hd, float scale, int prefix, int out_bf16, int n_threads) {
+                  int Sq, int Sk, int hd, float scale, int prefix, int out_bf16, int i16, int n_threads) {
 #ifdef VX_ATTN_FULL
+#ifndef VX_ATTN_I16
+    i16 = 0;
+#endif
     int hp = hd / 2, nv = hd / 16, nkb = (Sk + 15) / 16, np = (Sk + 1) / 2;
     int64_t ss = (int64_t)nkb * 16 + 16;  /* score row stride (floats), >= Sk rounded up to 32 */
     int64_t pst = (np + 31) / 16 * 16;  /* pair row stride: >= that / 2, a multiple of 64 B (aligned_alloc) */
@@ -230,7 +314,14 @@ void vx_attn_full(const uint16_t *q, const int64_t *qst, const uint16_t *k, cons
         uint32_t *p = aligned_alloc(64, sizeof(uint32_t) * (size_t)QB * pst);
         uint32_t *qpad = aligned_alloc(64, sizeof(uint32_t) * (size_t)QB * hp);
         /* the FMA loops (vx_bf16_dot: 0) read the query and probability rows widened to float32 */
-        int fma = !vx_bf16_dot(-1);
+        int fma = !i16 && !vx_bf16_dot(-1);
+        /* int16 mode: the quantized k, then v, rows [Sk][hd]; the keys' scales (zero past Sk), the
+           value columns', the block's queries' */
+        int16_t *tq = i16 ? aligned_alloc(64, sizeof(int16_t) * ((size_t)Sk * hd + 32)) : NULL;
+        float *ks = i16 ? aligned_alloc(64, sizeof(float) * (size_t)nkb * 16) : NULL;
+        float vsc[64], sq[QB];
+        int ncs = (np + I16_CHUNK - 1) / I16_CHUNK + 1;  /* chunks of the weighted values per row */
+        float *cmul = i16 ? malloc(sizeof(float) * (size_t)QB * ncs) : NULL;
         float *qf = fma ? aligned_alloc(64, sizeof(float) * (size_t)QB * 2 * hp) : NULL;
         float *pf = fma ? aligned_alloc(64, sizeof(float) * (size_t)QB * 2 * pst) : NULL;
         /* word d of a packed value pair = (row 0, d) | (row 1, d) << 16; rows sit at 0..15, 16..31 */
@@ -241,12 +332,23 @@ void vx_attn_full(const uint16_t *q, const int64_t *qst, const uint16_t *k, cons
             int b = bh / H, h = bh % H;
             int64_t kvo = b * kvst[0] + h * kvst[1], krs = kvst[2];
             const uint16_t *qh = q + b * qst[0] + h * qst[1], *kh = k + kvo, *vh = v + kvo;
+            int64_t xrs = krs;  /* the row stride of what is packed: the input, or tq's */
+            if (tq) {
+                for (int j = 0; j < Sk; j++) ks[j] = quant_i16_row(kh + (int64_t)j * krs, hd, tq + (int64_t)j * hd);
+                for (int j = Sk; j < nkb * 16; j++) ks[j] = 0.f;
+                kh = (const uint16_t *)tq;
+                xrs = hd;
+            }
             /* keys: [key block][d pair][16 keys] (a dword = 2 consecutive d of one key), zero-padded */
             for (int kb = 0; kb < nkb; kb++)
-                pack_keys16(kh + (int64_t)kb * 16 * krs, krs, Sk - kb * 16, hp, kp + (int64_t)kb * hp * 16);
+                pack_keys16(kh + (int64_t)kb * 16 * xrs, xrs, Sk - kb * 16, hp, kp + (int64_t)kb * hp * 16);
+            if (tq) {  /* the keys are packed: tq takes the values */
+                quant_i16_cols(vh, krs, Sk, hd, tq, vsc);
+                vh = (const uint16_t *)tq;
+            }
             /* values: [key pair][d][2 keys], zero-padded */
             for (int jp = 0; jp < np; jp++) {
-                const uint16_t *v0 = vh + (int64_t)(2 * jp) * krs, *v1 = 2 * jp + 1 < Sk ? v0 + krs : NULL;
+                const uint16_t *v0 = vh + (int64_t)(2 * jp) * xrs, *v1 = 2 * jp + 1 < Sk ? v0 + xrs : NULL;
                 uint32_t *dst = vp + (int64_t)jp * hd;
                 if (v1) {  /* interleave 16 d of both rows per store */
                     for (int d = 0; d < hd; d += 16) {
@@ -261,8 +363,13 @@ void vx_attn_full(const uint16_t *q, const int64_t *qst, const uint16_t *k, cons
             for (int q0 = 0; q0 < Sq; q0 += QB) {
                 int nq = Sq - q0 < QB ? Sq - q0 : QB;
                 /* the block's rows side by side (the last block padded with copies of its first) */
-                for (int r = 0; r < QB; r++)
-                    memcpy(qpad + r * hp, qh + (int64_t)(q0 + (r < nq ? r : 0)) * qst[2], sizeof(uint32_t) * hp);
+                for (int r = 0; r < QB; r++) {
+                    const uint16_t *qr = qh + (int64_t)(q0 + (r < nq ? r : 0)) * qst[2];
+                    if (tq)
+                        sq[r] = quant_i16_row(qr, hd, (int16_t *)(qpad + r * hp));
+                    else
+                        memcpy(qpad + r * hp, qr, sizeof(uint32_t) * hp);
+                }
                 const uint32_t *qb = qpad;
                 if (qf) widen_bf16(qpad, QB * hp, qf);
                 /* keys visible to each row (padding rows: those of the block's first), and to the block */
@@ -279,10 +386,10 @@ void vx_attn_full(const uint16_t *q, const int64_t *qst, const uint16_t *k, cons
                     int c = bkb - kb < 4 ? bkb - kb : 4;
                     const uint32_t *kpb = kp + (int64_t)kb * hp * 16;
                     switch (c) {  /* constant block count: the accumulators stay in registers */
-                        case 1: qk_blocks(qb, qf, hp, kpb, 1, kb * 16, lim, s + kb * 16, ss, scale, vmax); break;
-                        case 2: qk_blocks(qb, qf, hp, kpb, 2, kb * 16, lim, s + kb * 16, ss, scale, vmax); break;
-                        case 3: qk_blocks(qb, qf, hp, kpb, 3, kb * 16, lim, s + kb * 16, ss, scale, vmax); break;
-                        default: qk_blocks(qb, qf, hp, kpb, 4, kb * 16, lim, s + kb * 16, ss, scale, vmax); break;
+                        case 1: qk_blocks(qb, qf, hp, kpb, 1, kb * 16, lim, s + kb * 16, ss, scale, vmax, sq, ks); break;
+                        case 2: qk_blocks(qb, qf, hp, kpb, 2, kb * 16, lim, s + kb * 16, ss, scale, vmax, sq, ks); break;
+                        case 3: qk_blocks(qb, qf, hp, kpb, 3, kb * 16, lim, s + kb * 16, ss, scale, vmax, sq, ks); break;
+                        default: qk_blocks(qb, qf, hp, kpb, 4, kb * 16, lim, s + kb * 16, ss, scale, vmax, sq, ks); break;
                     }
                 }
                 /* softmax: exp(s - max) rounded to bf16 straight into the probability rows (a bf16
@@ -293,6 +400,30 @@ void vx_attn_full(const uint16_t *q, const int64_t *qst, const uint16_t *k, cons
                     const float *sr = s + r * ss;
                     uint16_t *pr = (uint16_t *)(p + r * pst);
                     __m512 vm = _mm512_set1_ps(_mm512_reduce_max_ps(vmax[r])), vsum = _mm512_setzero_ps();
+                    if (cmul) {  /* int16 mode: per chunk of 2 * I16_CHUNK keys, round(e * I16_P / the
+                                    chunk's max), and the chunk's scale; the sum as rounded */
+                        float total = 0.f;
+                        for (int i0 = 0; i0 < bk32; i0 += 2 * I16_CHUNK) {
+                            __m512 e[4], cmx = _mm512_setzero_ps(), isum = _mm512_setzero_ps();
+                            for (int u = 0; u < 4; u++) {
+                                int i = i0 + 16 * u;
+                                __mmask16 m = i < bk32 ? first_n(lim[r] - i) : 0;
+                                e[u] = _mm512_maskz_mov_ps(m, exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, sr + i), vm)));
+                                cmx = _mm512_max_ps(cmx, e[u]);
+                            }
+                            float c = _mm512_reduce_max_ps(cmx);
+                            __m512 up = _mm512_set1_ps(c > 0.f ? I16_P / c : 0.f);
+                            for (int u = 0; u < 4 && i0 + 16 * u < bk32; u++) {
+                                __m512i pi = _mm512_cvtps_epi32(_mm512_mul_ps(e[u], up));
+                                _mm256_storeu_si256((__m256i *)(pr + i0 + 16 * u), _mm512_cvtepi32_epi16(pi));
+                                isum = _mm512_add_ps(isum, _mm512_cvtepi32_ps(pi));
+                            }
+                            cmul[r * ncs + i0 / (2 * I16_CHUNK)] = c / I16_P;
+                            total += _mm512_reduce_add_ps(isum) * (c / I16_P);
+                        }
+                        inv[r] = 1.f / total;
+                        continue;
+                    }
                     for (int i = 0; i < bk32; i += 16) {
                         __mmask16 m = first_n(lim[r] - i);
                         __m512 e = _mm512_maskz_mov_ps(m, exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, sr + i), vm)));
@@ -305,16 +436,17 @@ void vx_attn_full(const uint16_t *q, const int64_t *qst, const uint16_t *k, cons
                     for (int r = 0; r < QB; r++) widen_bf16(p + r * pst, bnp, pf + r * 2 * pst);
                 __m512 acc[QB][4];
                 switch (nv) {
-                    case 1: pv_block(p, pf, pst, bnp, vp, 1, acc); break;
-                    case 2: pv_block(p, pf, pst, bnp, vp, 2, acc); break;
-                    case 3: pv_block(p, pf, pst, bnp, vp, 3, acc); break;
-                    default: pv_block(p, pf, pst, bnp, vp, 4, acc); break;
+                    case 1: pv_block(p, pf, pst, bnp, vp, 1, acc, cmul, ncs); break;
+                    case 2: pv_block(p, pf, pst, bnp, vp, 2, acc, cmul, ncs); break;
+                    case 3: pv_block(p, pf, pst, bnp, vp, 3, acc, cmul, ncs); break;
+                    default: pv_block(p, pf, pst, bnp, vp, 4, acc, cmul, ncs); break;
                 }
                 for (int r = 0; r < nq; r++) {
                     int64_t o = (((int64_t)b * Sq + q0 + r) * H + h) * hd;
                     __m512 vi = _mm512_set1_ps(inv[r]);
                     for (int c = 0; c < nv; c++) {
                         __m512 y = _mm512_mul_ps(acc[r][c], vi);
+                        if (tq) y = _mm512_mul_ps(y, _mm512_loadu_ps(vsc + c * 16));
                         if (out_bf16) _mm256_storeu_si256((__m256i *)((uint16_t *)out + o + c * 16), (__m256i)_mm512_cvtneps_pbh(y));
                         else _mm512_storeu_ps((float *)out + o + c * 16, y);
                     }
@@ -328,9 +460,12 @@ void vx_attn_full(const uint16_t *q, const int64_t *qst, const uint16_t *k, cons
         free(qpad);
         free(qf);
         free(pf);
+        free(tq);
+        free(ks);
+        free(cmul);
     }
 #else
     (void)q; (void)qst; (void)k; (void)v; (void)kvst; (void)out; (void)B; (void)H; (void)Sq; (void)Sk; (void)hd; (void)scale;
-    (void)prefix; (void)out_bf16; (void)n_threads;
+    (void)prefix; (void)out_bf16; (void)i16; (void)n_threads;
 #endif
 }

@@ -112,6 +112,7 @@ for int8: with __m512i ones gcc 12 spilled the bf16 GEMM tile's 24 sums to the s
 #define DOT_I8 0   /* vpdpbusd: u8 activations x s8 weights, int32 sums (AVX-512 VNNI) */
 #define DOT_BF16 1 /* vdpbf16ps: bf16 pairs, float32 sums (AVX-512 BF16) */
 #define DOT_F32 2  /* vfmadd: one float32 a step (AVX-512F) */
+#define DOT_I16 4 /* vpdpwssd: int16 pairs, int32 sums (AVX-512 VNNI): attn_full.c's int16 mode */
 #define DOT_BF16_FMA 3 /* vdpbf16ps's exact floats from two float32 FMAs a step (linear_float.c says
                           why); the activation rows are then float32, 8 bytes a step */
 #define VX_ROWS_MAX 16 /* rows per pass over a weight block: 16 sums + 1 weight register */
@@ -132,6 +133,7 @@ static inline __attribute__((always_inline)) __m512 dot_step(__m512 acc, __m512i
 #endif
 #if defined(__AVX512VNNI__)
     if (kind == DOT_I8) return _mm512_castsi512_ps(_mm512_dpbusd_epi32(_mm512_castps_si512(acc), x, w));
+    if (kind == DOT_I16) return _mm512_castsi512_ps(_mm512_dpwssd_epi32(_mm512_castps_si512(acc), x, w));
 #endif
     if (kind == DOT_F32) return _mm512_fmadd_ps(_mm512_castsi512_ps(x), _mm512_castsi512_ps(w), acc);
     (void)x, (void)w, (void)kind;
