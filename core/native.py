@@ -118,9 +118,9 @@ def _declare(lib) -> None:
     lib.vx_has_attn_full.argtypes = []
     lib.vx_has_attn_full.restype = I
     lib.vx_attn_full.argtypes = [P, P, P, P, P, P, I, I, I, I, I, F, I, I, I, I]
+    lib.vx_attn_full.restype = None
     lib.vx_has_attn_i16.argtypes = []
     lib.vx_has_attn_i16.restype = I
-    lib.vx_attn_full.restype = None
 
 
 def load():

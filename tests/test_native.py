@@ -316,6 +316,12 @@ def test_full_attention_int16_mode_degenerate_inputs():
     got = native.attn_full(q, z, v, hd ** -0.5, torch.bfloat16, int16=True)
     mean = v.float().mean(2, keepdim=True).expand(-1, -1, S, -1).transpose(1, 2).reshape(1, S, 2 * hd)
     assert got.dtype == torch.bfloat16 and (got.float() - mean).abs().max() < 1e-2
+    # a non-finite key (a corrupt checkpoint upstream) stays within its own head
+    bad = k.clone()
+    bad[0, 1, 5, 3] = float("nan")
+    got = native.attn_full(q, bad, v, hd ** -0.5, torch.float32, int16=True).view(1, S, 2, hd)
+    clean = native.attn_full(q, k, v, hd ** -0.5, torch.float32, int16=True).view(1, S, 2, hd)
+    assert torch.equal(got[:, :, 0], clean[:, :, 0])
 
 
 @needs_attn_i16

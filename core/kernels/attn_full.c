@@ -317,7 +317,7 @@ void vx_attn_full(const uint16_t *q, const int64_t *qst, const uint16_t *k, cons
         int fma = !i16 && !vx_bf16_dot(-1);
         /* int16 mode: the quantized k, then v, rows [Sk][hd]; the keys' scales (zero past Sk), the
            value columns', the block's queries' */
-        int16_t *tq = i16 ? aligned_alloc(64, sizeof(int16_t) * ((size_t)Sk * hd + 32)) : NULL;
+        int16_t *tq = i16 ? aligned_alloc(64, sizeof(int16_t) * (((size_t)Sk * hd + 31) / 32 * 32)) : NULL;
         float *ks = i16 ? aligned_alloc(64, sizeof(float) * (size_t)nkb * 16) : NULL;
         float vsc[64], sq[QB];
         int ncs = (np + I16_CHUNK - 1) / I16_CHUNK + 1;  /* chunks of the weighted values per row */

@@ -70,18 +70,6 @@ static void dequant_row(const int32_t *acc, int n0, int cols, float xsc, const f
 #define VX_GEMM_I8 1
 #define GEMM_KC 2048 /* k per pass: 12 rows x 2 KB of activations stay in L1 between the panels' reloads */
 
-/* The output lines of the tile at rows m.. (up to VX_TILE_MR), columns n0..n0+31, into L1 for
-   writing, a tile ahead: the tiles' rows are N values apart, a pattern the hardware prefetchers
-   do not follow, and cold output lines (a fresh [M, N] a call) stalled the stores on DRAM. */
-static inline void prefetch_out(const void *y, int es, int N, int M, int m, int n0) {
-    if (n0 >= N) return;
-    int bytes = (N - n0 < 32 ? N - n0 : 32) * es;
-    for (int i = m; i < M && i < m + VX_TILE_MR; i++) {
-        const char *p = (const char *)y + ((int64_t)i * N + n0) * es;
-        for (int l = 0; l < bytes; l += 64) _mm_prefetch(p + l, _MM_HINT_ET0);
-    }
-}
-
 /* Many rows (the NAR, the AR prefill): the weights go 32 output channels (a panel, 32-128 KB,
    kept in L2) at a time, split between the threads; each panel meets all rows in tiles of 12,
    k in passes of GEMM_KC, into an int32 buffer, then dequant_row. On this CPU ~830 GOP/s on 2
@@ -102,8 +90,6 @@ static void gemm_i8(const uint8_t *xq, int64_t lda, float *xscale, int M, int k4
             for (int m = 0; m < M; m += VX_TILE_MR) {
                 int mr = M - m < VX_TILE_MR ? M - m : VX_TILE_MR;
                 const uint8_t *a = xq + (int64_t)m * lda + k0;
-                if (last) prefetch_out(y, bf16 ? 2 : 4, N, M, m + VX_TILE_MR < M ? m + VX_TILE_MR : 0,
-                                       m + VX_TILE_MR < M ? n0 : n0 + 32);
                 int32_t *c = cb ? cb + (int64_t)m * 32 : NULL, t[VX_TILE_MR][32];
                 int32_t *dst = last ? &t[0][0] : c;
 #define VX_TILE(r) tile_block(a, lda, (const uint8_t *)w0, (const uint8_t *)w1, groups, r, in ? c : NULL, dst, DOT_I8)
