@@ -237,9 +237,9 @@ class VallEX:
 
     def token_io(self, n_pos: int) -> native_linear.TokenIO | None:
         """The AR decode step's input (audio embedding + alpha * positions, as core.ar adds them)
-        and output (final norm, head) for DecodeStep.logits; None without a native bf16 head."""
+        and output (final norm, head) for DecodeStep.logits; None without a native bf16 / fp32 head."""
         c = self.core
-        if not isinstance(c.ar_head, native_linear.Bf16Linear):
+        if not isinstance(c.ar_head, (native_linear.Bf16Linear, native_linear.F32Linear)):
             return None
         return native_linear.TokenIO(c.ar_audio_emb.weight, c.ar_audio_alpha * self.positions(n_pos), c.ar.norm, c.ar_head)
 

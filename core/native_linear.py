@@ -11,7 +11,7 @@ the AR's fused decode step that chains them.
   oneDNN's, and its GEMM runs at oneDNN's speed (~200 G MAC/s on 2 cores).
 - F32Linear (fp32 mode, the AR): float32 weights and sums (vx_linear_f32, AVX-512): a 10-row
   decode step's Linears in ~19 ms against ~43 for oneDNN's, one row in ~14 against ~19.
-- DecodeStep: one decode position of a whole int8, int4 or bf16 AR stack in one C call.
+- DecodeStep: one decode position of a whole int8, int4, bf16 or fp32 AR stack in one C call.
 
 Every Linear kind holds one packed copy of the weights that serves one row and hundreds, and each
 gives each output row the same floats whatever rows come with it (a batch decodes exactly like
@@ -139,7 +139,7 @@ class NativeLinear(torch.nn.Module):
     """What the native Linears share: sizes, the packed weights `w`, a float32 bias `b` padded
     to 32, the kernel's call. The stacks (core/transformer.py) pass relu / out_dtype."""
 
-    kind = -1  # LIN_I8 / LIN_BF16 of core/kernels/decode_step.c
+    kind = -1  # LIN_I8 / LIN_BF16 / LIN_I4 / LIN_F32 of core/kernels/decode_step.c
     out_default = torch.float32
 
     def _rows(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple]:
@@ -276,6 +276,8 @@ class F32Linear(NativeLinear):
     copy serves the decode step's rows (read once for all of them) and the prefill's GEMM. Needs
     `f32_available()`."""
 
+    kind = 3
+
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
         super().__init__()
         n, k = weight.shape
@@ -318,10 +320,10 @@ class TokenIO:
     def __init__(self, emb: torch.Tensor, ape: torch.Tensor, norm, head: "Bf16Linear"):
         if (emb.dim() != 2 or emb.dtype not in (torch.bfloat16, torch.float32) or ape.dtype != torch.float32
                 or emb.shape[1:] != ape.shape[1:] or tuple(norm.weight.shape) != (emb.shape[1],)
-                or tuple(norm.bias.shape) != (emb.shape[1],) or not isinstance(head, Bf16Linear)
+                or tuple(norm.bias.shape) != (emb.shape[1],) or not isinstance(head, (Bf16Linear, F32Linear))
                 or head.in_features != emb.shape[1] or emb.device.type != "cpu" or ape.device.type != "cpu"):
             raise ValueError("TokenIO: CPU bf16 / float32 embedding rows [V, D], float32 positions [N, D], a "
-                             "LayerNorm of width D and a Bf16Linear head from D")
+                             "LayerNorm of width D and a Bf16Linear or F32Linear head from D")
         self.emb, self.ape = emb.detach().contiguous(), ape.detach().contiguous()
         self.norm_w, self.norm_b = norm.weight.detach().float().contiguous(), norm.bias.detach().float().contiguous()
         self.head = head
@@ -333,14 +335,15 @@ class TokenIO:
 class DecodeStep:
     """An AR stack's whole decode step (all layers, one new position per row) as one call of
     vx_decode: the per-op path spends ~3 ms a step in Python and op dispatch, as long as the
-    attention itself. int8 and int4 Linear layers run over an int8 KV cache, bf16 ones over a bf16 cache
-    (`kv_dtype`). Holds pointers into the stack's tensors, so it lives as long as they do."""
+    attention itself. int8 and int4 Linear layers run over an int8 KV cache, bf16 ones over a bf16 cache,
+    float32 ones over a float32 cache (`kv_dtype`). Holds pointers into the stack's tensors, so it
+    lives as long as they do."""
 
     def __init__(self, stack):
         kinds = {type(getattr(layer, n)) for layer in stack.layers for n in ("qkv", "out", "ff1", "ff2")}
-        if kinds not in ({Int8Linear}, {Int4Linear}, {Bf16Linear}):
+        if kinds not in ({Int8Linear}, {Int4Linear}, {Bf16Linear}, {F32Linear}):
             raise ValueError(f"a fused decode step needs one native Linear kind, not {kinds}")
-        self.kv_dtype = torch.bfloat16 if kinds == {Bf16Linear} else torch.int8
+        self.kv_dtype = {Bf16Linear: torch.bfloat16, F32Linear: torch.float32}.get(kinds.pop(), torch.int8)
         layers = []
         for layer in stack.layers:
             n1, n2 = layer.norm1, layer.norm2

@@ -260,6 +260,12 @@ def apply_precision(core, dtype: torch.dtype, quantize: str | None, device, mmap
         # the AR head's one row a step: our GEMV reads its 2 MB at ~1.7x oneDNN's speed
         core.ar_head = native_linear.Bf16Linear(core.ar_head.weight, None)
         core.nar_heads = nn.ModuleList(native_linear.Bf16Linear(h.weight, None) for h in core.nar_heads)
+    elif (emb_dtype == torch.float32 and quantize is None and device.type == "cpu" and native.available()
+          and native_linear.f32_available()):
+        # fp32: the AR head in the fused decode step (codes to logits in one call, as in bf16)
+        core.ar_head = native_linear.F32Linear(core.ar_head.weight, None)
+        if pack:
+            core.nar_heads = nn.ModuleList(PackedLinear(h.weight, None, emb_dtype) for h in core.nar_heads)
     elif pack:
         core.ar_head = PackedLinear(core.ar_head.weight, None, emb_dtype)
         core.nar_heads = nn.ModuleList(PackedLinear(h.weight, None, emb_dtype) for h in core.nar_heads)
@@ -314,6 +320,7 @@ def apply_precision(core, dtype: torch.dtype, quantize: str | None, device, mmap
                 _use_native(stack, device)
             elif own_f32 and stack is core.ar:
                 stack.native_decode_attn = True  # vx_attn_decode over the float32 cache
+                stack.decode_step = native_linear.DecodeStep(stack)  # over the float32 cache
             if own and stack is core.ar:
                 stack.decode_step = native_linear.DecodeStep(stack)  # over the bf16 cache
         return

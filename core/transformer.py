@@ -285,7 +285,9 @@ class Stack(nn.Module):
     def fused_decode(self, cache: torch.Tensor, rows: int) -> bool:
         """Whether a one-position step of `rows` rows over `cache` runs as one native call (which
         can also take a row map into the cache: see forward_cached)."""
-        return (self.decode_step is not None and rows <= FUSED_ROWS
+        # fp32 takes any number of rows: the per-op path's LayerNorm (torch's) rounds differently
+        # from the step's, and a batch must decode exactly as its requests one by one
+        return (self.decode_step is not None and (rows <= FUSED_ROWS or self.kv_dtype == torch.float32)
                 and cache.dtype == self.decode_step.kv_dtype and cache.is_contiguous())
 
     def forward_cached(self, x: torch.Tensor, cache: torch.Tensor, start: int, mask,

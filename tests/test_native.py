@@ -19,8 +19,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_native = pytest.mark.skipif(not native.available(), reason=f"no native kernels: {native.why_unavailable()}")
 needs_bf16 = pytest.mark.skipif(not native_linear.bf16_available(), reason="no AVX-512 BF16 kernels")
 needs_int4 = pytest.mark.skipif(not native_linear.int4_available(), reason="no AVX-512 VNNI int4 kernel")
-# the modes with a fused decode step: int8 and int4 (int8 cache), bf16 (bf16 cache, where AVX-512 BF16 runs)
-FUSED_MODES = ["int8", pytest.param("int4", marks=needs_int4), pytest.param("bf16", marks=needs_bf16)]
+needs_f32 = pytest.mark.skipif(not native_linear.f32_available(), reason="no AVX-512 float32 kernel")
+# the modes with a fused decode step: int8 and int4 (int8 cache), bf16 (bf16 cache, where AVX-512 BF16 runs),
+# fp32 (float32 cache, where AVX-512 runs)
+FUSED_MODES = ["int8", pytest.param("int4", marks=needs_int4), pytest.param("bf16", marks=needs_bf16),
+               pytest.param("fp32", marks=needs_f32)]
 
 
 def _sdpa_reference(q, k, v, n, starts):
@@ -518,6 +521,8 @@ def _tiny(golden, mode, name="tiny-b", heads=6):
         return _tiny_int8(golden, name, heads)
     if mode == "int4":
         return VallEX.from_checkpoint(golden / "model" / name / "checkpoint.pt", n_heads=heads, quantize="int4")
+    if mode == "fp32":
+        return VallEX.from_checkpoint(golden / "model" / name / "checkpoint.pt", n_heads=heads)
     return VallEX.from_checkpoint(golden / "model" / name / "checkpoint.pt", n_heads=heads, dtype=torch.bfloat16)
 
 
@@ -848,6 +853,20 @@ def test_fused_bf16_decode_step_matches_per_op_path(golden, name, heads, B):
 
 
 @needs_native
+@needs_f32
+@pytest.mark.parametrize("name, heads, B", [("tiny-a", 4, 3), ("tiny-b", 6, 5)])
+def test_fused_fp32_decode_step_matches_per_op_path(golden, name, heads, B):
+    # The fp32 step: float32 Linear layers and cache, the same sums as the per-op path's
+    # vx_linear_f32 calls; only the layer norms' last float bits differ (C against torch).
+    stack = _tiny(golden, "fp32", name, heads).core.ar
+    assert not stack.fast_cpu and stack.kv_dtype == torch.float32 and stack.decode_step.kv_dtype == torch.float32
+    fused, per_op, _, c1, c2 = _fused_and_per_op(stack, B)
+    assert fused.dtype == torch.float32
+    torch.testing.assert_close(fused, per_op, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(c1, c2, rtol=1e-5, atol=1e-5)
+
+
+@needs_native
 @pytest.mark.parametrize("name, heads, B", [("tiny-a", 4, 3), ("tiny-b", 6, 3), ("tiny-a", 1, 3)])
 def test_fused_int8_decode_step_matches_per_op_path(golden, name, heads, B):
     stack = _tiny_int8(golden, name, heads).core.ar
@@ -886,7 +905,8 @@ def test_decode_step_from_codes_to_logits(golden, mode):
         want = head_logits(c.ar_head, stack.forward_cached(x[:, None], c2, slot, None, starts)[:, -1])
         alone = stack.decode_step.logits(io, codes[1:2], positions[1:2], cache[:, :, 1:2].clone(), slot, starts[1:2])
     assert got.shape == (B, c.ar_head.out_features) and got.dtype == torch.float32
-    torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
+    tol = 1e-5 if mode == "fp32" else 2e-2  # the two layer norms' last float bits, rounded to bf16 or not
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol)
     assert torch.equal(c1, c2)  # the same k / v written (the inputs are the same floats)
     assert torch.equal(alone, got[1:2])
     for bad_codes, bad_pos, what in (([io.n_codes], [0], "codes"), ([-1], [0], "codes"), ([5], [40], "positions"),
@@ -931,15 +951,21 @@ def test_engine_without_native_kernels(golden, monkeypatch):
 
 @needs_native
 def test_float32_mode_runs_the_ar_on_the_float32_kernels(golden):
-    """fp32 stays float32 everywhere (cache, sums, no fused reduced-precision step); where AVX-512
-    runs, the AR's Linears are vx_linear_f32 and its decode attention vx_attn_decode, the NAR stays
-    on oneDNN; the golden tokens stay exact (tests/test_lm.py checks every case)."""
+    """fp32 stays float32 everywhere (cache, sums, no reduced-precision kernel); where AVX-512
+    runs, the AR's Linears are vx_linear_f32, its decode step (head included) one fused float32
+    call, the NAR stays on oneDNN; the golden tokens stay exact (tests/test_lm.py checks every case)."""
     from core.quantize import PackedLinear
 
     model = VallEX.from_checkpoint(golden / "model" / "tiny-b" / "checkpoint.pt", n_heads=6)
+    own = native_linear.f32_available()
     for stack in (model.core.ar, model.core.nar):
-        assert not stack.fast_cpu and stack.decode_step is None and stack.kv_dtype == torch.float32
-    ar_kind = native_linear.F32Linear if native_linear.f32_available() else PackedLinear
+        assert not stack.fast_cpu and stack.kv_dtype == torch.float32
+    assert model.core.nar.decode_step is None
+    assert (model.core.ar.decode_step is not None) == own
+    if own:
+        assert model.core.ar.decode_step.kv_dtype == torch.float32
+        assert isinstance(model.core.ar_head, native_linear.F32Linear) and model.token_io(10) is not None
+    ar_kind = native_linear.F32Linear if own else PackedLinear
     for layer in model.core.ar.layers:
         assert all(isinstance(getattr(layer, n), ar_kind) for n in ("qkv", "out", "ff1", "ff2"))
     assert model.core.ar.native_decode_attn == native_linear.f32_available()
@@ -1114,11 +1140,12 @@ def test_int8_kv_cache_in_every_ar_path(golden):
     assert 0 < beams.numel() <= 10
 
 
-@needs_bf16
-def test_bf16_batch_beyond_the_fused_rows_matches_one_by_one(golden):
-    # More rows than the fused step takes: the per-op step with the same row-invariant Linear
-    # layers, one by one fused: the same tokens.
-    model = _tiny(golden, "bf16")
+@pytest.mark.parametrize("mode", [pytest.param("bf16", marks=needs_bf16), pytest.param("fp32", marks=needs_f32)])
+def test_batch_beyond_the_fused_rows_matches_one_by_one(golden, mode):
+    # More rows than FUSED_ROWS. bf16: the per-op step with the same row-invariant Linear layers,
+    # one by one fused; fp32: the fused step takes every row (its layer norm is not torch's).
+    # Either way the same tokens.
+    model = _tiny(golden, mode)
     g = torch.Generator().manual_seed(6)
     prompt = torch.randint(0, 1024, (5, 8), generator=g)
     reqs = [LMRequest(torch.randint(5, 60, (4,), generator=g), torch.zeros(4, dtype=torch.long), 1, prompt)

@@ -1,11 +1,13 @@
 /* The AR's whole decode step in one call, for the int8 and int4 modes (int8 / int4 Linear layers,
-int8 KV cache) and the bf16 mode (bf16 Linear layers, bf16 KV cache): the per-op path spends ~3 ms a step in
-Python and op dispatch, as long as the attention itself. */
+int8 KV cache), the bf16 mode (bf16 Linear layers, bf16 KV cache) and the fp32 mode (float32 Linear
+layers and cache): the per-op path spends ~3 ms a step in Python and op dispatch, as long as the
+attention itself (in fp32, ~10% of a step whose weights take ~21 ms to stream). */
 #include "common.h"
 
 #define LIN_I8 0   /* vx_linear_i8: packed int8 weights, per-channel scales, row sums */
 #define LIN_BF16 1 /* vx_linear_bf16: packed bf16 weights; outputs rounded to bf16 */
 #define LIN_I4 2   /* vx_linear_i4: packed int4 weights, bf16 group scales (in `scale`) */
+#define LIN_F32 3  /* vx_linear_f32: packed float32 weights */
 
 typedef struct {
     const void *w;
@@ -32,6 +34,8 @@ static void layer_norm(const float *x, const float *w, const float *b, float *y,
 static void qlin(const vx_qlinear *l, const float *x, int M, float *y, int relu, int nt) {
     if (l->kind == LIN_BF16)
         vx_linear_bf16(x, l->k, 0, M, l->k, l->w, l->bias, y, l->n, relu, 0, nt);
+    else if (l->kind == LIN_F32)
+        vx_linear_f32(x, l->k, M, l->k, l->w, l->bias, y, l->n, relu, nt);
     else if (l->kind == LIN_I4)
         vx_linear_i4(x, l->k, M, l->k, l->w, (const uint16_t *)l->scale, l->bias, y, l->n, relu, 0, nt);
     else
@@ -40,13 +44,13 @@ static void qlin(const vx_qlinear *l, const float *x, int M, float *y, int relu,
 
 /* x: the residual stream [B, D] of the new position, updated in place through all layers (the
    final norm is left to the caller). cache: [L, 2, cache_rows, H, smax, row] of int8 rows (kv
-   KV_I8, row D/H + 4 bytes) or bf16 (KV_BF16, row D/H); row b's new k, v go to cache row rows[b]
+   KV_I8, row D/H + 4 bytes), bf16 (KV_BF16, row D/H) or float32 (KV_F32, row D/H); row b's new k, v go to cache row rows[b]
    (rows NULL: b), at `slot`, and its query attends to keys [starts[b], slot]. Same arithmetic as
    the per-op path (pre-LN, eps 1e-5, the mode's Linear layers and cache, float32 softmax). */
 void vx_decode(const vx_qlayer *layers, int n_layers, float *x, int B, int D, int H, int d_ff, void *cache,
                int kv, int64_t cache_rows, int64_t smax, int slot, const int32_t *starts, const int32_t *rows,
                int n_threads) {
-    int hd = D / H, es = kv == KV_I8 ? 1 : 2;  /* bytes per cache element */
+    int hd = D / H, es = kv == KV_I8 ? 1 : kv == KV_BF16 ? 2 : 4;  /* bytes per cache element */
     float *h = malloc(sizeof(float) * (size_t)B * D);
     float *qkv = malloc(sizeof(float) * (size_t)B * 3 * D);
     float *att = malloc(sizeof(float) * (size_t)B * D);
@@ -65,6 +69,9 @@ void vx_decode(const vx_qlayer *layers, int n_layers, float *x, int B, int D, in
                 if (kv == KV_I8) {
                     vx_kv_put_i8(kr, hd, (int8_t *)(kc + at));
                     vx_kv_put_i8(vr, hd, (int8_t *)(vc + at));
+                } else if (kv == KV_F32) {
+                    memcpy(kc + at, kr, sizeof(float) * (size_t)hd);
+                    memcpy(vc + at, vr, sizeof(float) * (size_t)hd);
                 } else {  /* bf16 values already (the Linear rounds): exact */
                     for (int d = 0; d < hd; d++) {
                         ((uint16_t *)(kc + at))[d] = f32_bf16(kr[d]);
@@ -97,11 +104,11 @@ typedef struct {
     int emb_bf16;
     const float *ape;          /* [n_pos, D] alpha * sinusoid table */
     const float *norm_w, *norm_b;
-    vx_qlinear head;           /* LIN_BF16, head.n logits */
+    vx_qlinear head;           /* LIN_BF16 or LIN_F32, head.n logits */
 } vx_token_io;
 
 /* One decode step from codes to logits: x[b] = emb[tok[b]] + ape[pos[b]], vx_decode, the final
-   norm, the head (float32 logits of the bf16 values, [B, head.n]). Why in C: after a step has
+   norm, the head (float32 logits, of the bf16 values for a bf16 head, [B, head.n]). Why in C: after a step has
    streamed the weights through the caches, the ~12 small PyTorch ops around it ran cold and took
    ~0.5 ms, 10% of an int8 step. The caller checks indices and sizes. */
 void vx_decode_logits(const vx_qlayer *layers, int n_layers, const vx_token_io *io, const int64_t *tok,
@@ -123,7 +130,7 @@ void vx_decode_logits(const vx_qlayer *layers, int n_layers, const vx_token_io *
     vx_decode(layers, n_layers, x, B, D, H, d_ff, cache, kv, cache_rows, smax, slot, starts, rows, n_threads);
     float *h = malloc(sizeof(float) * (size_t)B * D);
     for (int b = 0; b < B; b++) layer_norm(x + (int64_t)b * D, io->norm_w, io->norm_b, h + (int64_t)b * D, D);
-    vx_linear_bf16(h, D, 0, B, D, io->head.w, io->head.bias, logits, io->head.n, 0, 0, n_threads);
+    qlin(&io->head, h, B, logits, 0, n_threads);
     free(h);
     free(x);
 }
