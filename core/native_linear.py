@@ -343,7 +343,12 @@ class DecodeStep:
         kinds = {type(getattr(layer, n)) for layer in stack.layers for n in ("qkv", "out", "ff1", "ff2")}
         if kinds not in ({Int8Linear}, {Int4Linear}, {Bf16Linear}, {F32Linear}):
             raise ValueError(f"a fused decode step needs one native Linear kind, not {kinds}")
-        self.kv_dtype = {Bf16Linear: torch.bfloat16, F32Linear: torch.float32}.get(kinds.pop(), torch.int8)
+        kind = kinds.pop()
+        self.kv_dtype = {Bf16Linear: torch.bfloat16, F32Linear: torch.float32}.get(kind, torch.int8)
+        # Rows it takes: up to FUSED_ROWS where it is the faster; fp32 any number, since its C
+        # LayerNorm rounds differently from the per-op path's (torch's), and a batch must decode
+        # exactly as its requests one by one
+        self.max_rows = None if kind is F32Linear else FUSED_ROWS
         layers = []
         for layer in stack.layers:
             n1, n2 = layer.norm1, layer.norm2

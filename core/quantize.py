@@ -251,6 +251,12 @@ def apply_precision(core, dtype: torch.dtype, quantize: str | None, device, mmap
         setattr(module, name, nn.Parameter(new, requires_grad=False))
 
     pack = device.type == "cpu" and packing_available(emb_dtype)
+    # fp32 on a CPU with AVX-512: the AR's Linears and head in vx_linear_f32, whose GEMV reads the
+    # weights once for all the rows of a batched step (a 10-row step's Linears: ~19 ms against ~43
+    # for oneDNN's) and whose sums are batch-invariant, chained in the fused decode step; the NAR
+    # (hundreds of rows, oneDNN's GEMM as fast) stays on oneDNN
+    own_f32 = (quantize is None and dtype == torch.float32 and device.type == "cpu" and native.available()
+               and native_linear.f32_available())
     # Embeddings and heads (heads of the NAR are tied to its audio tables: converted once).
     for emb in core.embeddings():
         conv(emb, "weight", emb_dtype)
@@ -260,15 +266,12 @@ def apply_precision(core, dtype: torch.dtype, quantize: str | None, device, mmap
         # the AR head's one row a step: our GEMV reads its 2 MB at ~1.7x oneDNN's speed
         core.ar_head = native_linear.Bf16Linear(core.ar_head.weight, None)
         core.nar_heads = nn.ModuleList(native_linear.Bf16Linear(h.weight, None) for h in core.nar_heads)
-    elif (emb_dtype == torch.float32 and quantize is None and device.type == "cpu" and native.available()
-          and native_linear.f32_available()):
+    elif pack or own_f32:
         # fp32: the AR head in the fused decode step (codes to logits in one call, as in bf16)
-        core.ar_head = native_linear.F32Linear(core.ar_head.weight, None)
+        core.ar_head = (native_linear.F32Linear(core.ar_head.weight, None) if own_f32
+                        else PackedLinear(core.ar_head.weight, None, emb_dtype))
         if pack:
             core.nar_heads = nn.ModuleList(PackedLinear(h.weight, None, emb_dtype) for h in core.nar_heads)
-    elif pack:
-        core.ar_head = PackedLinear(core.ar_head.weight, None, emb_dtype)
-        core.nar_heads = nn.ModuleList(PackedLinear(h.weight, None, emb_dtype) for h in core.nar_heads)
     core.head_dtype = emb_dtype
     # Everything small stays float32 (norms, alphas, AdaLN stage tables).
     for stack in (core.ar, core.nar):
@@ -286,12 +289,6 @@ def apply_precision(core, dtype: torch.dtype, quantize: str | None, device, mmap
         # GEMV and the prefill's / NAR's GEMM, batch-invariant) and the AR's fused decode step
         own = (dtype == torch.bfloat16 and device.type == "cpu" and native.available()
                and native_linear.bf16_available())
-        # fp32 on a CPU with AVX-512: the AR's Linears in vx_linear_f32, whose GEMV reads the
-        # weights once for all the rows of a batched step (a 10-row step's Linears: ~19 ms against
-        # ~43 for oneDNN's) and whose sums are batch-invariant; the NAR (hundreds of rows, oneDNN's
-        # GEMM as fast) stays on oneDNN
-        own_f32 = (dtype == torch.float32 and device.type == "cpu" and native.available()
-                   and native_linear.f32_available())
         for stack in (core.ar, core.nar):
             for layer, name in _linears(stack):
                 lin = getattr(layer, name)

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from core import native
-from core.native_linear import FUSED_ROWS, NativeLinear
+from core.native_linear import NativeLinear
 
 LN_EPS = 1e-5
 
@@ -285,10 +285,9 @@ class Stack(nn.Module):
     def fused_decode(self, cache: torch.Tensor, rows: int) -> bool:
         """Whether a one-position step of `rows` rows over `cache` runs as one native call (which
         can also take a row map into the cache: see forward_cached)."""
-        # fp32 takes any number of rows: the per-op path's LayerNorm (torch's) rounds differently
-        # from the step's, and a batch must decode exactly as its requests one by one
-        return (self.decode_step is not None and (rows <= FUSED_ROWS or self.kv_dtype == torch.float32)
-                and cache.dtype == self.decode_step.kv_dtype and cache.is_contiguous())
+        step = self.decode_step
+        return (step is not None and (step.max_rows is None or rows <= step.max_rows)
+                and cache.dtype == step.kv_dtype and cache.is_contiguous())
 
     def forward_cached(self, x: torch.Tensor, cache: torch.Tensor, start: int, mask,
                        key_start: torch.Tensor | None = None, rows: torch.Tensor | None = None,

@@ -1146,10 +1146,12 @@ def test_batch_beyond_the_fused_rows_matches_one_by_one(golden, mode):
     # one by one fused; fp32: the fused step takes every row (its layer norm is not torch's).
     # Either way the same tokens.
     model = _tiny(golden, mode)
+    stack, n = model.core.ar, native_linear.FUSED_ROWS + 2
+    assert stack.fused_decode(torch.zeros(1, dtype=stack.kv_dtype), n) == (mode == "fp32")
     g = torch.Generator().manual_seed(6)
     prompt = torch.randint(0, 1024, (5, 8), generator=g)
     reqs = [LMRequest(torch.randint(5, 60, (4,), generator=g), torch.zeros(4, dtype=torch.long), 1, prompt)
-            for _ in range(native_linear.FUSED_ROWS + 2)]
+            for _ in range(n)]
     s = Sampling(top_k=1, guards=False, max_frames=12)
     batch = model.generate_batch(reqs, s)
     for r, b in zip(reqs, batch):

@@ -262,11 +262,13 @@ static inline __attribute__((always_inline)) void pv_block(const uint32_t *p, co
                  together would not fit in the registers */
         float f[QB][4][16] __attribute__((aligned(64)));
         memset(f, 0, sizeof f);
-        for (int j = 0; j < np && nv == 4; j += I16_CHUNK)
-            pv4_chunk_i16(p + j, ps, np - j < I16_CHUNK ? np - j : I16_CHUNK, vp + (int64_t)j * 64, f,
-                          cm + j / I16_CHUNK, ncs);
-        for (int j = 0; j < np && nv != 4; j += I16_CHUNK) {
-            dp_block(p + j, ps, np - j < I16_CHUNK ? np - j : I16_CHUNK, vp + (int64_t)j * nv * 16, nv, 1, nv, acc, DOT_I16);
+        for (int j = 0; j < np; j += I16_CHUNK) {
+            int n = np - j < I16_CHUNK ? np - j : I16_CHUNK;
+            if (nv == 4) {  /* the model's 64-wide heads */
+                pv4_chunk_i16(p + j, ps, n, vp + (int64_t)j * 64, f, cm + j / I16_CHUNK, ncs);
+                continue;
+            }
+            dp_block(p + j, ps, n, vp + (int64_t)j * nv * 16, nv, 1, nv, acc, DOT_I16);
             for (int r = 0; r < QB; r++) {
                 __m512 m = _mm512_set1_ps(cm[r * ncs + j / I16_CHUNK]);
                 for (int c = 0; c < nv; c++)

@@ -44,8 +44,9 @@ static void qlin(const vx_qlinear *l, const float *x, int M, float *y, int relu,
 
 /* x: the residual stream [B, D] of the new position, updated in place through all layers (the
    final norm is left to the caller). cache: [L, 2, cache_rows, H, smax, row] of int8 rows (kv
-   KV_I8, row D/H + 4 bytes), bf16 (KV_BF16, row D/H) or float32 (KV_F32, row D/H); row b's new k, v go to cache row rows[b]
-   (rows NULL: b), at `slot`, and its query attends to keys [starts[b], slot]. Same arithmetic as
+   KV_I8, row D/H + 4 bytes), bf16 (KV_BF16, row D/H) or float32 (KV_F32, row D/H); row b's new
+   k, v go to cache row rows[b] (rows NULL: b), at `slot`, and its query attends to keys
+   [starts[b], slot]. Same arithmetic as
    the per-op path (pre-LN, eps 1e-5, the mode's Linear layers and cache, float32 softmax). */
 void vx_decode(const vx_qlayer *layers, int n_layers, float *x, int B, int D, int H, int d_ff, void *cache,
                int kv, int64_t cache_rows, int64_t smax, int slot, const int32_t *starts, const int32_t *rows,
@@ -108,9 +109,9 @@ typedef struct {
 } vx_token_io;
 
 /* One decode step from codes to logits: x[b] = emb[tok[b]] + ape[pos[b]], vx_decode, the final
-   norm, the head (float32 logits, of the bf16 values for a bf16 head, [B, head.n]). Why in C: after a step has
-   streamed the weights through the caches, the ~12 small PyTorch ops around it ran cold and took
-   ~0.5 ms, 10% of an int8 step. The caller checks indices and sizes. */
+   norm, the head (float32 logits, of the bf16 values for a bf16 head, [B, head.n]). Why in C:
+   after a step has streamed the weights through the caches, the ~12 small PyTorch ops around it
+   ran cold and took ~0.5 ms, 10% of an int8 step. The caller checks indices and sizes. */
 void vx_decode_logits(const vx_qlayer *layers, int n_layers, const vx_token_io *io, const int64_t *tok,
                       const int64_t *pos, float *logits, int B, int D, int H, int d_ff, void *cache, int kv,
                       int64_t cache_rows, int64_t smax, int slot, const int32_t *starts, const int32_t *rows,
