@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
@@ -70,9 +71,10 @@ def _read_text(path: Path) -> str:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp file beside `path`, then rename: a killed batch never leaves half a file."""
+    """Write to a temp file beside `path` (named with this process's id), then rename: a killed
+    batch never leaves half a file, and the next run removes the temp file it left."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".part", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -80,6 +82,32 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+_PART = re.compile(r"\..+\.(\d+)\.[A-Za-z0-9_]+\.part")
+
+
+def remove_stale_parts(folder: Path) -> int:
+    """Remove write_atomic's temp files in `folder` whose process is gone (a batch killed between
+    writing and renaming); another live run's are left alone. Returns how many went."""
+    gone = 0
+    for p in folder.glob(".*.part"):
+        m = _PART.fullmatch(p.name)
+        if not m:
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+            continue  # still running (ours, or another batch writing here)
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError, ValueError):
+            continue  # another user's process, or not a pid: not ours to judge
+        try:
+            p.unlink()
+            gone += 1
+        except OSError:
+            pass
+    return gone
 
 
 def options_from(args: argparse.Namespace):
@@ -122,6 +150,8 @@ def synth(args: argparse.Namespace) -> int:
         why = "it is a file" if out_dir.is_file() else (e.strerror or str(e))
         raise StudioError(f"Cannot write into --out-dir {out_dir}: {why}.",
                           "Give a folder you can write to (it is made if missing).") from None
+    if remove_stale_parts(out_dir):
+        log.info("removed the temp files an interrupted run left in %s", out_dir)
     todo = [j for j in jobs if args.overwrite or not j.out.exists()]
     summary = Summary(skipped=len(jobs) - len(todo))
     if summary.skipped:

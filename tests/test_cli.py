@@ -147,6 +147,20 @@ def test_write_atomic_leaves_no_partial_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sub"]
 
 
+def test_stale_temp_files_of_a_killed_run_are_removed_and_live_ones_kept(tmp_path):
+    """What write_atomic leaves when its process is killed between writing and renaming goes at the
+    next run; a live process's temp file, a finished output and other dot files stay."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".0003.wav.{dead.pid}.k2j_x9ab.part"
+    live = tmp_path / f".0004.wav.{os.getpid()}.abcd1234.part"
+    keep = [tmp_path / "0001.wav", tmp_path / ".hidden", tmp_path / ".0005.wav.notapid.x.part", live]
+    for p in [stale, *keep]:
+        p.write_bytes(b"x")
+    assert commands.remove_stale_parts(tmp_path) == 1
+    assert not stale.exists() and all(p.exists() for p in keep)
+
+
 def test_record_without_sound_card_says_so(monkeypatch, capsys):
     import sounddevice as sd
 
