@@ -99,6 +99,10 @@ def _declare(lib) -> None:
     lib.vx_linear_i4.restype = None
     lib.vx_has_linear_i4.argtypes = []
     lib.vx_has_linear_i4.restype = I
+    lib.vx_linear_f16.argtypes = [P, L, I, I, I, P, P, P, P, I, I, I, I]
+    lib.vx_linear_f16.restype = None
+    lib.vx_has_linear_f16.argtypes = []
+    lib.vx_has_linear_f16.restype = I
     lib.vx_has_linear_bf16.argtypes = []
     lib.vx_has_linear_bf16.restype = I
     lib.vx_bf16_dot.argtypes = [I]

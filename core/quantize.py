@@ -26,6 +26,7 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 import warnings
 
@@ -289,12 +290,18 @@ def apply_precision(core, dtype: torch.dtype, quantize: str | None, device, mmap
         # GEMV and the prefill's / NAR's GEMM, batch-invariant) and the AR's fused decode step
         own = (dtype == torch.bfloat16 and device.type == "cpu" and native.available()
                and native_linear.bf16_available())
+        # and with AVX-512 FP16 the NAR's GEMMs in half precision (twice the rate of the float32
+        # FMAs, as close to fp32: core/kernels/linear_f16.c); the AR keeps vx_linear_bf16, whose
+        # few-row and many-row paths give the same floats (batches decode like one request)
+        own_f16 = own and native_linear.f16_available() and os.environ.get("VALLEX_NAR_F16", "1") != "0"
         for stack in (core.ar, core.nar):
             for layer, name in _linears(stack):
                 lin = getattr(layer, name)
                 if own or pack:
                     src = lin.weight
-                    if own:
+                    if own_f16 and stack is core.nar:
+                        new = native_linear.F16Linear(src, lin.bias)
+                    elif own:
                         new = native_linear.Bf16Linear(src, lin.bias)
                     elif own_f32 and stack is core.ar:
                         new = native_linear.F32Linear(src, lin.bias)
@@ -320,6 +327,10 @@ def apply_precision(core, dtype: torch.dtype, quantize: str | None, device, mmap
                 stack.decode_step = native_linear.DecodeStep(stack)  # over the float32 cache
             if own and stack is core.ar:
                 stack.decode_step = native_linear.DecodeStep(stack)  # over the bf16 cache
+            if own_f16 and stack is core.nar:
+                # the int8 mode's int16 attention: as close to float32 attention as the bf16 one
+                # (q, k one scale per row and head, exact integer sums), twice its rate
+                stack.attn_int16 = native.attn_i16_available()
         return
 
     if quantize not in QUANTIZE_MODES:

@@ -189,8 +189,9 @@ class Stack(nn.Module):
         # dtype: the fast_cpu modes, and fp32 where vx_linear_f32 runs (set by core.quantize)
         self.native_decode_attn = False
         self.decode_step = None  # int8 / bf16 modes: core.native_linear.DecodeStep, the whole step in one call
-        # int8 mode on the CPU (set by core.quantize): the fused full attention in int16 (twice the
-        # float32 rate; q, k, v keep more bits than bf16's), see core/kernels/attn_full.c
+        # int8 mode on the CPU, and the bf16 mode's NAR with AVX-512 FP16 (set by core.quantize): the
+        # fused full attention in int16 (twice the float32 rate; q, k, v keep more bits than bf16's),
+        # see core/kernels/attn_full.c
         self.attn_int16 = False
 
     # -- helpers ----------------------------------------------------------------------------------

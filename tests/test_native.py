@@ -332,7 +332,9 @@ def test_int8_mode_runs_its_attention_in_int16(golden):
     ckpt = golden / "model" / "tiny-a" / "checkpoint.pt"
     m = VallEX.from_checkpoint(ckpt, n_heads=4, quantize="int8")
     assert m.core.nar.attn_int16 and m.core.ar.attn_int16
-    assert not VallEX.from_checkpoint(ckpt, n_heads=4, dtype=torch.bfloat16).core.nar.attn_int16
+    bf16 = VallEX.from_checkpoint(ckpt, n_heads=4, dtype=torch.bfloat16).core
+    assert not bf16.ar.attn_int16  # the bf16 mode's AR keeps the bf16 attention; its NAR takes the
+    assert bf16.nar.attn_int16 == native_linear.f16_available()  # int16 one with the float16 GEMM
 
 
 def test_int8_linear_made_before_the_kernels_load_takes_the_native_gemm():
@@ -578,6 +580,101 @@ def test_bf16_linear_is_a_bf16_linear_and_row_invariant(K, N):
         m(x, out_dtype=torch.float16)
 
 
+needs_f16 = pytest.mark.skipif(not native_linear.f16_available(), reason="no AVX-512 FP16 kernel")
+
+
+@needs_f16
+@pytest.mark.parametrize("K, N", [(1024, 96), (4096, 40), (100, 37), (71, 40), (24, 72), (1, 5)])
+def test_f16_linear_is_as_close_to_exact_as_the_bf16_linear_and_row_invariant(K, N):
+    """The bf16 mode's NAR Linear (half-precision products, float32 sums every 64 pair steps):
+    against the exact sums of the bf16 weights, its error is no larger than the bf16 Linear's
+    (both end in one bf16 rounding), with a bound per output; each row's result is bit-identical
+    whatever rows come with it (tiles of 12 and their remainders, a partial last panel, odd K)."""
+    g = torch.Generator().manual_seed(K + N)
+    w, b = torch.randn(N, K, generator=g) * K ** -0.5, torch.randn(N, generator=g)
+    w[0] *= 1e-6  # a channel of tiny weights: its own scale
+    if N > 3:
+        w[3] = 0.0  # and one of zeros
+    x = torch.randn(40, K, generator=g)
+    x[:, ::17] *= 30  # outlier inputs: the row's scale follows its largest value
+    m = native_linear.F16Linear(w, b)
+    got = m(x)
+    assert got.dtype == torch.bfloat16 and got.shape == (40, N)
+    wb = w.to(torch.bfloat16).double()
+    exact = x.double() @ wb.T + b.to(torch.bfloat16).double()
+    err16 = (got.double() - exact).norm() / exact.norm()
+    err_bf = (native_linear.Bf16Linear(w, b)(x).double() - exact).norm() / exact.norm()
+    # (measured: 0.88x the bf16 Linear's at K = 1024 and 4096; summing 128 pair steps in float16
+    # instead of 64 makes it ~1.0x, and fails here)
+    assert err16 <= 0.95 * err_bf, (err16, err_bf)
+    # per output: one bf16 rounding of the result + the half-precision sums' rounding, bounded by
+    # 2^-9 of sum |x w| (far looser than what it does: a scaling or overflow bug breaks it at once)
+    bound = exact.abs() * 2 ** -8 + (x.double().abs() @ wb.abs().T) * 2 ** -9 + 1e-30
+    assert bool(((got.double() - exact).abs() <= bound).all())
+    assert float(((got.double() - exact)[:, 0] / exact[:, 0].abs().clamp(min=1e-30)).abs().max()) < 0.05
+    _assert_rows_alone(m, x, got)
+    assert torch.equal(m(x, out_dtype=torch.float32), got.float())
+    xb = x.to(torch.bfloat16)
+    assert torch.equal(m(xb), m(xb.float()))  # bf16 rows: their float32 values
+
+
+@needs_f16
+def test_f16_linear_scale_free_zero_rows_and_no_overflow():
+    """Rows are scaled by powers of two before the half-precision products, so scaling a row by
+    2^k scales its result exactly (from 2^-100 to 2^100: far outside float16's range) and a zero
+    row gives the bias; sums of 4096 products at the largest scaled values do not overflow."""
+    g = torch.Generator().manual_seed(7)
+    K, N = 1030, 48
+    w = torch.randn(N, K, generator=g) * 0.03
+    m = native_linear.F16Linear(w, None)
+    x = torch.randn(20, K, generator=g)
+    base = m(x, out_dtype=torch.float32)
+    for k in (-100, -30, 0, 17, 100):
+        assert torch.equal(m(x * 2.0 ** k, out_dtype=torch.float32), base * 2.0 ** k), k
+    b = torch.randn(N, generator=g)
+    mb = native_linear.F16Linear(w, b)
+    assert torch.equal(mb(torch.zeros(3, K), out_dtype=torch.float32), b.to(torch.bfloat16).float().expand(3, N))
+    # every product at its largest and of one sign: sum_k 64 * 1 per lane, 4096 inputs
+    big = native_linear.F16Linear(torch.ones(32, 4096), None)
+    y = big(torch.ones(13, 4096), out_dtype=torch.float32)
+    assert torch.equal(y, torch.full((13, 32), 4096.0))
+    y = big(-torch.full((13, 4096), 3e38), out_dtype=torch.float32)
+    assert bool(torch.isinf(y).all()) and bool((y < 0).all())  # past float32: -inf, as torch's Linear
+
+
+@needs_f16
+def test_bf16_mode_nar_takes_the_f16_linears_and_stays_close(golden, monkeypatch):
+    """The bf16 mode's NAR on the half-precision GEMM and the int16 attention (the AR stays on
+    vx_linear_bf16 and the bf16 attention); its codes
+    agree with fp32's as well as those of the bf16 GEMM do (random tiny models have small logit
+    gaps, so over 6 inputs and both models: a single case swings by +-0.15 either way); and
+    VALLEX_NAR_F16=0 turns it off."""
+    agree = {"f16": [], "bf16": []}
+    for name, heads in (("tiny-b", 6), ("tiny-a", 1)):
+        monkeypatch.delenv("VALLEX_NAR_F16", raising=False)
+        model = _tiny(golden, "bf16", name, heads)
+        assert isinstance(model.core.nar.layers[0].qkv, native_linear.F16Linear)
+        assert isinstance(model.core.ar.layers[0].qkv, native_linear.Bf16Linear)
+        # and the int8 mode's int16 attention (the AR's prefill keeps the bf16 one)
+        assert model.core.nar.attn_int16 == native.attn_i16_available() and not model.core.ar.attn_int16
+        monkeypatch.setenv("VALLEX_NAR_F16", "0")
+        off = _tiny(golden, "bf16", name, heads)
+        assert isinstance(off.core.nar.layers[0].qkv, native_linear.Bf16Linear) and not off.core.nar.attn_int16
+        fp32 = _tiny(golden, "fp32", name, heads)
+        for seed in range(6):
+            g = torch.Generator().manual_seed(seed)
+            prompt = torch.randint(0, 1024, (40, 8), generator=g)
+            ids = torch.randint(5, 70, (12,), generator=g)
+            langs = torch.zeros(12, dtype=torch.long)
+            ar = torch.randint(0, 1024, (60,), generator=g)
+            codes = [m.generate_nar(ids, langs, 4, prompt, ar) for m in (model, off, fp32)]
+            assert torch.equal(codes[0][:, 0], ar)
+            agree["f16"].append(float((codes[0][:, 1:] == codes[2][:, 1:]).float().mean()))
+            agree["bf16"].append(float((codes[1][:, 1:] == codes[2][:, 1:]).float().mean()))
+    f16, bf16 = (sum(v) / len(v) for v in (agree["f16"], agree["bf16"]))
+    assert f16 >= bf16 - 0.05 and f16 > 0.7, (f16, bf16)
+
+
 def _cpu_has_dpbf16() -> bool:
     try:
         with open("/proc/cpuinfo") as f:
@@ -678,9 +775,10 @@ print(json.dumps(g.codes.tolist()))
 
 
 @needs_native
-def test_bf16_mode_without_avx512_bf16_runs_the_fma_loop_with_the_same_tokens(golden, tmp_path):
+def test_bf16_mode_without_avx512_bf16_runs_the_fma_loop_with_the_same_tokens(golden, tmp_path, monkeypatch):
     # A CPU with AVX-512 but not its BF16 extension (Skylake-X, Ice Lake): the bf16 mode still runs
-    # on the native Linears and the fused step, through the FMA loops, with this machine's tokens.
+    # on the native Linears and the fused step, through the FMA loops, with this machine's tokens
+    # (here without the NAR's half-precision GEMM, which such a CPU lacks too).
     env = dict(os.environ, VALLEX_KERNEL_CACHE=str(tmp_path / "k"), VALLEX_KERNEL_MARCH="skylake-avx512",
                VALLEX_TINY=str(golden / "model" / "tiny-b" / "checkpoint.pt"))
     env.pop("VALLEX_BF16_DOT", None)
@@ -689,7 +787,9 @@ def test_bf16_mode_without_avx512_bf16_runs_the_fma_loop_with_the_same_tokens(go
     assert p.returncode == 0, p.stderr[-2000:]
     there = torch.tensor(__import__("json").loads(p.stdout.strip().splitlines()[-1]))
     if native_linear.bf16_available():
+        monkeypatch.setenv("VALLEX_NAR_F16", "0")
         model = _tiny(golden, "bf16")
+        assert isinstance(model.core.nar.layers[0].ff1, native_linear.Bf16Linear)
         prompt = torch.randint(0, 1024, (30, 8), generator=torch.Generator().manual_seed(3))
         here = model.generate([5, 6, 7, 8, 9, 10], [0] * 6, 2, prompt,
                               Sampling(top_k=5, temperature=0.8, seed=4, max_frames=24)).codes
@@ -713,9 +813,10 @@ def test_bf16_inner_loop_can_be_chosen(choice, want, tmp_path):
 @needs_bf16
 def test_bf16_mode_runs_on_the_native_linear_and_fused_step(golden):
     model = _tiny(golden, "bf16")
-    for stack in (model.core.ar, model.core.nar):
-        assert all(isinstance(getattr(layer, n), native_linear.Bf16Linear)
-                   for layer in stack.layers for n in ("qkv", "out", "ff1", "ff2"))
+    # the NAR's GEMMs in half precision where the CPU has AVX-512 FP16
+    nar_kind = native_linear.F16Linear if native_linear.f16_available() else native_linear.Bf16Linear
+    for stack, kind in ((model.core.ar, native_linear.Bf16Linear), (model.core.nar, nar_kind)):
+        assert all(type(getattr(layer, n)) is kind for layer in stack.layers for n in ("qkv", "out", "ff1", "ff2"))
     ar = model.core.ar
     assert ar.decode_step is not None and ar.decode_step.kv_dtype == torch.bfloat16 == ar.kv_dtype
     assert model.core.nar.decode_step is None
@@ -739,9 +840,11 @@ def test_bf16_mode_runs_on_the_native_linear_and_fused_step(golden):
 
 
 @needs_bf16
-def test_bf16_norms_hand_float32_rows_to_the_native_linears(golden):
+def test_bf16_norms_hand_float32_rows_to_the_native_linears(golden, monkeypatch):
     """The bf16 mode's norms skip their .to(bfloat16) pass (vx_linear_bf16 rounds float32 rows the
-    same way): the NAR codes and the prefill + non-fused decode path are unchanged by it."""
+    same way): the NAR codes and the prefill + non-fused decode path are unchanged by it. (The
+    NAR's half-precision Linears, off here, round float32 rows to float16 instead: finer.)"""
+    monkeypatch.setenv("VALLEX_NAR_F16", "0")
     model = _tiny(golden, "bf16")
     stacks = (model.core.ar, model.core.nar)
     assert all(s.linears_round_input for s in stacks)
