@@ -61,8 +61,8 @@ def pack_int8(w: torch.Tensor) -> torch.Tensor:
 
 def pack_float(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """[N, K] -> the layout of vx_linear_bf16 / vx_linear_f16 (bfloat16 / float16: [ceil(N/32) * 2,
-    ceil(K/2), 16, 2], 2 consecutive k of 16 output rows per 64 bytes) or of vx_linear_f32 (float32: [ceil(N/32) * 2,
-    K, 16, 1], one k of 16 output rows), zero-padded."""
+    ceil(K/2), 16, 2], 2 consecutive k of 16 output rows per 64 bytes) or of vx_linear_f32
+    (float32: [ceil(N/32) * 2, K, 16, 1], one k of 16 output rows), zero-padded."""
     per = 2 if dtype in (torch.bfloat16, torch.float16) else 1  # k per 32-bit lane
     n, k = w.shape
     n32, kp = -(-n // 32) * 32, -(-k // per) * per
@@ -283,9 +283,10 @@ class Bf16Linear(NativeLinear):
 class F16Linear(NativeLinear):
     """The bf16 mode's NAR Linear on CPUs with AVX-512 FP16 (vx_linear_f16): the bf16 weights,
     each output channel scaled by a power of two to max |w| in [0.5, 1) and stored as float16
-    (exact); activation rows scaled likewise and rounded to float16; products summed in float16
-    64 at a time, then in float32; rounded to bf16 as Bf16Linear's. Twice Bf16Linear's GEMM rate
-    here, as close to fp32 (core/kernels/linear_f16.c). Needs `f16_available()`."""
+    (exact); activation rows scaled likewise and rounded to float16; each lane sums 64 products in
+    float16, then in float32; rounded to bf16 as Bf16Linear's. Twice Bf16Linear's GEMM rate here,
+    and a little closer to the exact sums (core/kernels/linear_f16.c). Many rows (the NAR): it has
+    no few-row GEMV. Needs `f16_available()`."""
 
     out_default = torch.bfloat16
 
@@ -294,9 +295,9 @@ class F16Linear(NativeLinear):
         n, k = weight.shape
         self.in_features, self.out_features = int(k), int(n)
         w = weight.detach().to(torch.bfloat16).float()
-        # 2^-e with max |w| < 2^e: the channel's largest weight lands in [0.5, 1)
-        _, e = torch.frexp(w.abs().amax(1))
-        e = torch.where(w.abs().amax(1) > 0, e, torch.zeros_like(e))
+        # times 2^-e with max |w| < 2^e: the channel's largest weight lands in [0.5, 1)
+        amax = w.abs().amax(1)
+        e = torch.where(amax > 0, torch.frexp(amax)[1], 0)
         self.register_buffer("w", pack_float(torch.ldexp(w, -e[:, None]).to(torch.float16), torch.float16))
         self.register_buffer("scale", _pad32(torch.ldexp(torch.ones(n), e)))
         self.register_buffer("b", None if bias is None else _pad32(bias.detach().to(torch.bfloat16).float()))
