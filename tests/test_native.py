@@ -613,6 +613,12 @@ def test_f16_linear_is_as_close_to_exact_as_the_bf16_linear_and_row_invariant(K,
     assert bool(((got.double() - exact).abs() <= bound).all())
     assert float(((got.double() - exact)[:, 0] / exact[:, 0].abs().clamp(min=1e-30)).abs().max()) < 0.05
     _assert_rows_alone(m, x, got)
+    threads = torch.get_num_threads()
+    try:  # one output, one thread, one order: the thread count changes nothing
+        torch.set_num_threads(1 if threads > 1 else 2)
+        assert torch.equal(m(x), got)
+    finally:
+        torch.set_num_threads(threads)
     assert torch.equal(m(x, out_dtype=torch.float32), got.float())
     xb = x.to(torch.bfloat16)
     assert torch.equal(m(xb), m(xb.float()))  # bf16 rows: their float32 values
