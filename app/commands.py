@@ -84,19 +84,20 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-_PART = re.compile(r"\..+\.(\d+)\.[A-Za-z0-9_]+\.part")
+_PART = re.compile(r"\.(.+)\.(\d+)\.[A-Za-z0-9_]+\.part")  # write_atomic's: .NAME.PID.RANDOM.part
 
 
-def remove_stale_parts(folder: Path) -> int:
-    """Remove write_atomic's temp files in `folder` whose process is gone (a batch killed between
-    writing and renaming); another live run's are left alone. Returns how many went."""
+def remove_stale_parts(folder: Path, names: set[str]) -> int:
+    """Remove write_atomic's temp files in `folder` for the outputs `names` whose process is gone
+    (a batch killed between writing and renaming). A live run's, and anything not named after one
+    of `names`, are left alone. Returns how many went."""
     gone = 0
     for p in folder.glob(".*.part"):
         m = _PART.fullmatch(p.name)
-        if not m:
+        if not m or m.group(1) not in names:
             continue
         try:
-            os.kill(int(m.group(1)), 0)
+            os.kill(int(m.group(2)), 0)
             continue  # still running (ours, or another batch writing here)
         except ProcessLookupError:
             pass
@@ -150,7 +151,7 @@ def synth(args: argparse.Namespace) -> int:
         why = "it is a file" if out_dir.is_file() else (e.strerror or str(e))
         raise StudioError(f"Cannot write into --out-dir {out_dir}: {why}.",
                           "Give a folder you can write to (it is made if missing).") from None
-    if remove_stale_parts(out_dir):
+    if remove_stale_parts(out_dir, {j.out.name for j in jobs}):
         log.info("removed the temp files an interrupted run left in %s", out_dir)
     todo = [j for j in jobs if args.overwrite or not j.out.exists()]
     summary = Summary(skipped=len(jobs) - len(todo))

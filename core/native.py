@@ -127,6 +127,11 @@ def _declare(lib) -> None:
     lib.vx_has_attn_i16.restype = I
 
 
+def env_off(name: str) -> bool:
+    """Whether the switch `name` (VALLEX_NATIVE, VALLEX_NAR_F16) is set to 0, false, no or off."""
+    return os.environ.get(name, "").strip().lower() in ("0", "false", "no", "off")
+
+
 def load():
     """The loaded library, or None (the reason is in `why_unavailable()`)."""
     global _lib, _tried, _why
@@ -136,7 +141,7 @@ def load():
         if _tried:
             return _lib
         try:
-            if os.environ.get("VALLEX_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
+            if env_off("VALLEX_NATIVE"):
                 raise RuntimeError("disabled by VALLEX_NATIVE=0")
             if not sys.platform.startswith("linux") or platform.machine().lower() not in ("x86_64", "amd64"):
                 raise RuntimeError(f"built for Linux x86-64 only (this is {sys.platform}/{platform.machine()})")

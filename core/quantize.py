@@ -26,7 +26,6 @@
 from __future__ import annotations
 
 import ctypes
-import os
 import sys
 import warnings
 
@@ -293,7 +292,7 @@ def apply_precision(core, dtype: torch.dtype, quantize: str | None, device, mmap
         # and with AVX-512 FP16 the NAR's GEMMs in half precision (twice the rate of the float32
         # FMAs, as close to fp32: core/kernels/linear_f16.c); the AR keeps vx_linear_bf16, whose
         # few-row and many-row paths give the same floats (batches decode like one request)
-        own_f16 = own and native_linear.f16_available() and os.environ.get("VALLEX_NAR_F16", "1") != "0"
+        own_f16 = own and native_linear.f16_available() and not native.env_off("VALLEX_NAR_F16")
         for stack in (core.ar, core.nar):
             for layer, name in _linears(stack):
                 lin = getattr(layer, name)

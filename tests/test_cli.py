@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -147,18 +148,33 @@ def test_write_atomic_leaves_no_partial_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sub"]
 
 
-def test_stale_temp_files_of_a_killed_run_are_removed_and_live_ones_kept(tmp_path):
+def test_stale_temp_files_of_a_killed_run_are_removed_and_live_ones_kept(tmp_path, monkeypatch):
     """What write_atomic leaves when its process is killed between writing and renaming goes at the
-    next run; a live process's temp file, a finished output and other dot files stay."""
+    next run; a live process's temp file, one for an output this batch does not make, a finished
+    output and other dot files stay."""
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     stale = tmp_path / f".0003.wav.{dead.pid}.k2j_x9ab.part"
     live = tmp_path / f".0004.wav.{os.getpid()}.abcd1234.part"
-    keep = [tmp_path / "0001.wav", tmp_path / ".hidden", tmp_path / ".0005.wav.notapid.x.part", live]
+    other = tmp_path / f".notes.txt.{dead.pid}.abcd1234.part"
+    keep = [tmp_path / "0001.wav", tmp_path / ".hidden", tmp_path / ".0005.wav.notapid.x.part", live, other]
     for p in [stale, *keep]:
         p.write_bytes(b"x")
-    assert commands.remove_stale_parts(tmp_path) == 1
+    names = {"0001.wav", "0003.wav", "0004.wav", "0005.wav"}
+    assert commands.remove_stale_parts(tmp_path, names) == 1
     assert not stale.exists() and all(p.exists() for p in keep)
+    # what write_atomic itself names its temp file matches what is removed
+    real = tempfile.mkstemp
+    seen = []
+
+    def spy(**kw):
+        fd, path = real(**kw)
+        seen.append(Path(path).name)
+        return fd, path
+    monkeypatch.setattr(commands.tempfile, "mkstemp", spy)
+    commands.write_atomic(tmp_path / "0006.wav", b"abc")
+    m = commands._PART.fullmatch(seen[0])
+    assert m and m.group(1) == "0006.wav" and int(m.group(2)) == os.getpid()
 
 
 def test_record_without_sound_card_says_so(monkeypatch, capsys):

@@ -101,8 +101,6 @@ static inline __attribute__((always_inline)) void dp_block(const uint32_t *a, in
     }
 }
 
-static inline __mmask16 first_n(int n) { return n >= 16 ? 0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1); }
-
 /* The same sums through float32 FMAs (linear_float.c's DOT_BF16_FMA: odd element then even, each
    a fused multiply-add under DAZ / FTZ, the floats vdpbf16ps gives), for CPUs where vdpbf16ps is
    the slower: af holds the a rows as the float32 values of their bf16 (row r at af + r * 2 * as,

@@ -208,6 +208,27 @@ static inline __attribute__((always_inline)) void tile_block(const uint8_t *a, i
     }
 }
 
+/* the first n (clamped to 0..16) of 16 lanes */
+static inline __mmask16 first_n(int n) { return n >= 16 ? 0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1); }
+
+/* acc + bias, ReLU, then: bf16 kinds round to bf16 (what torch's bf16 Linear returns), stored as
+   bf16 (bf16 = 1) or as the float32 of that bf16; the float32 kind stores the sum as it is */
+static inline void finish16(__m512 v, int n, int cols, const float *bias, int relu, void *y, int64_t at,
+                            int kind, int bf16) {
+    __mmask16 k = first_n(cols);
+    if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, bias + n));
+    if (relu) v = _mm512_max_ps(v, _mm512_setzero_ps());
+    if (bf16) {
+        store_bf16((uint16_t *)y + at, k, v);
+    } else if (kind != DOT_F32) {
+        uint16_t t[16];
+        store_bf16(t, 0xffff, v);
+        _mm512_mask_storeu_ps((float *)y + at, k, load_bf16(t, 0xffff));
+    } else {
+        _mm512_mask_storeu_ps((float *)y + at, k, v);
+    }
+}
+
 /* CALL(r) with r the constant min(n, 16) (or 12): constant row counts keep the sums in registers */
 #define VX_CONST_ROWS12(n, CALL)                                                                       \
     switch (n) {                                                                                       \
@@ -225,6 +246,13 @@ static inline __attribute__((always_inline)) void tile_block(const uint8_t *a, i
         case 15: CALL(15); break; default: CALL(16); break;                                            \
     }
 #endif
+
+/* rows padded to whole cache lines and one more (the int8 GEMM's lesson: rows 4 KB apart share
+   one L1 set): the stride in elements of `elem` bytes for n of them */
+static inline int64_t padded_row(int n, int elem) {
+    int line = 64 / elem;
+    return ((n + line - 1) / line) * line + line;
+}
 
 /* ---- the int8 KV cache (the int8 mode's AR) -------------------------------------------------
 A cache row of one head is D int8 values and then their float32 scale (value = scale * int8), D + 4

@@ -28,8 +28,6 @@ Every output is summed in the same order whatever rows come with it. */
 #define VX_F16 1
 #define F16_FLUSH 64 /* pair steps summed in fp16 before the float32 sums */
 
-static inline __mmask16 first16(int n) { return n >= 16 ? 0xffff : (__mmask16)((1u << n) - 1); }
-
 /* one fp16 sum vector (16 channels, each lane pair = k even / odd) added into 32 float32 sums
    (each channel's pair side by side: summed at the end) */
 static inline __attribute__((always_inline)) void flush16(__m512h acc, float *c) {
@@ -64,24 +62,16 @@ static inline __attribute__((always_inline)) void tile_f16(const uint16_t *a, in
     }
 }
 
-/* 16 channels' pair sums (32 floats) -> y: summed, scaled back, + bias, ReLU, rounded to bf16 */
+/* 16 channels' pair sums (32 floats) -> y: summed, scaled back, then finish16 (common.h): + bias,
+   ReLU, rounded to bf16 as the bf16 Linear's */
 static inline void finish_f16(const float *c, int n, int cols, float xsc, const float *wsc, const float *bias,
                               int relu, void *y, int64_t at, int bf16) {
-    __mmask16 k = first16(cols);
     __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
     __m512 lo = _mm512_loadu_ps(c), hi = _mm512_loadu_ps(c + 16);
     __m512 v = _mm512_add_ps(_mm512_permutex2var_ps(lo, even, hi),
                              _mm512_permutex2var_ps(lo, _mm512_add_epi32(even, _mm512_set1_epi32(1)), hi));
-    v = _mm512_mul_ps(_mm512_mul_ps(v, _mm512_set1_ps(xsc)), _mm512_maskz_loadu_ps(k, wsc + n));
-    if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, bias + n));
-    if (relu) v = _mm512_max_ps(v, _mm512_setzero_ps());
-    if (bf16) {
-        store_bf16((uint16_t *)y + at, k, v);
-    } else {
-        uint16_t t[16];
-        store_bf16(t, 0xffff, v);
-        _mm512_mask_storeu_ps((float *)y + at, k, load_bf16(t, 0xffff));
-    }
+    v = _mm512_mul_ps(_mm512_mul_ps(v, _mm512_set1_ps(xsc)), _mm512_maskz_loadu_ps(first_n(cols), wsc + n));
+    finish16(v, n, cols, bias, relu, y, at, DOT_BF16, bf16);
 }
 
 /* One row (float32 or bf16) -> K2 fp16 values scaled by a power of two so that max |x| lies in
@@ -91,7 +81,7 @@ static float row_as_f16(const void *x, int64_t xs, int x_bf16, int m, int K, int
     const uint16_t *xh = (const uint16_t *)x + (int64_t)m * xs;
 #define ROW16(i, k) (x_bf16 ? load_bf16(xh + (i), k) : _mm512_maskz_loadu_ps(k, xf + (i)))
     __m512 vmax = _mm512_setzero_ps();
-    for (int i = 0; i < K; i += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(ROW16(i, first16(K - i))));
+    for (int i = 0; i < K; i += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(ROW16(i, first_n(K - i))));
     float amax = _mm512_reduce_max_ps(vmax), s = 1.f;
     if (amax > 0.f && isfinite(amax)) {
         int e;
@@ -100,7 +90,7 @@ static float row_as_f16(const void *x, int64_t xs, int x_bf16, int m, int K, int
     }
     __m512 vs = _mm512_set1_ps(s);
     for (int i = 0; i < K; i += 16) {
-        __mmask16 k = first16(K - i);
+        __mmask16 k = first_n(K - i);
         __m512 v = _mm512_mul_ps(ROW16(i, k), vs);
         _mm256_mask_storeu_epi16(d + i, k, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
     }
@@ -157,7 +147,7 @@ void vx_linear_f16(const void *x, int64_t xs, int x_bf16, int M, int K, const ui
                    const float *bias, void *y, int N, int relu, int out_bf16, int n_threads) {
 #ifdef VX_F16
     int K2 = (K + 1) & ~1;
-    int64_t lda = ((K2 + 31) & ~31) + 32; /* whole cache lines and one more (linear_i8.c says why) */
+    int64_t lda = padded_row(K2, 2);
     uint16_t *xh = malloc(sizeof(uint16_t) * ((size_t)M * lda + 32));
     float *xsc = malloc(sizeof(float) * (size_t)(M > 0 ? M : 1));
 #pragma omp parallel num_threads(n_threads)

@@ -43,24 +43,6 @@ static inline void daz_off(int kind, unsigned csr) {
     if (kind == DOT_BF16_FMA) _mm_setcsr(csr);
 }
 
-/* acc + bias, ReLU, then: bf16 kinds round to bf16 (what torch's bf16 Linear returns), stored as
-   bf16 (bf16 = 1) or as the float32 of that bf16; the float32 kind stores the sum as it is */
-static inline void finish16(__m512 v, int n, int cols, const float *bias, int relu, void *y, int64_t at,
-                            int kind, int bf16) {
-    __mmask16 k = cols >= 16 ? 0xffff : (__mmask16)((1u << cols) - 1);
-    if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, bias + n));
-    if (relu) v = _mm512_max_ps(v, _mm512_setzero_ps());
-    if (bf16) {
-        store_bf16((uint16_t *)y + at, k, v);
-    } else if (kind != DOT_F32) {
-        uint16_t t[16];
-        store_bf16(t, 0xffff, v);
-        _mm512_mask_storeu_ps((float *)y + at, k, load_bf16(t, 0xffff));
-    } else {
-        _mm512_mask_storeu_ps((float *)y + at, k, v);
-    }
-}
-
 /* Up to a few rows (the decode step): each 16-row weight block (64 bytes a step) is read once for
    all of them (rows_block16, common.h). xb: rows lda bytes apart, 4 bytes a step. An orphaned
    work-share, as the GEMM below. */
@@ -170,13 +152,6 @@ static void row_as_bf16_floats(const void *x, int64_t xs, int x_bf16, int m, int
     }
 }
 #endif
-
-/* rows padded to whole cache lines and one more (the int8 GEMM's lesson: rows 4 KB apart share
-   one L1 set): the stride in elements of `elem` bytes for n of them */
-static inline int64_t padded_row(int n, int elem) {
-    int line = 64 / elem;
-    return ((n + line - 1) / line) * line + line;
-}
 
 int vx_has_linear_bf16(void) {
 #ifdef VX_AVX512

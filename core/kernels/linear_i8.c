@@ -172,7 +172,7 @@ void vx_linear_i8(const float *x, int64_t xs, int M, int K, const int8_t *wp, co
     int k4 = (K + 3) & ~3;
     /* one more cache line per row: with k4 a multiple of 4 KB (ff2's 4096), the 12 rows of a GEMM
        tile fell into one L1 set (8 ways) and evicted each other (~55% of peak -> ~75%) */
-    int64_t lda = ((k4 + 63) & ~63) + 64;
+    int64_t lda = padded_row(k4, 1);
     uint8_t *xq = malloc((size_t)M * lda + 64);
     float *xscale = malloc(sizeof(float) * (size_t)(M > 0 ? M : 1));
 #pragma omp parallel num_threads(n_threads)
