@@ -212,9 +212,10 @@ static inline __attribute__((always_inline)) void tile_block(const uint8_t *a, i
 static inline __mmask16 first_n(int n) { return n >= 16 ? 0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1); }
 
 /* acc + bias, ReLU, then: bf16 kinds round to bf16 (what torch's bf16 Linear returns), stored as
-   bf16 (bf16 = 1) or as the float32 of that bf16; the float32 kind stores the sum as it is */
-static inline void finish16(__m512 v, int n, int cols, const float *bias, int relu, void *y, int64_t at,
-                            int kind, int bf16) {
+   bf16 (bf16 = 1) or as the float32 of that bf16; the float32 kind stores the sum as it is. Forced
+   inline: called from linear_f16.c's GEMM as a plain inline, it ran that GEMM ~8% slower. */
+static inline __attribute__((always_inline)) void finish16(__m512 v, int n, int cols, const float *bias, int relu,
+                                                          void *y, int64_t at, int kind, int bf16) {
     __mmask16 k = first_n(cols);
     if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, bias + n));
     if (relu) v = _mm512_max_ps(v, _mm512_setzero_ps());
