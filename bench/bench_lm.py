@@ -8,8 +8,11 @@ ref_bench.py does) so the AR runs to the 16 x 24 = 384-frame cap (5.12 s of audi
 
 Every measurement runs in its own subprocess, so peak RSS is per mode:
   - reference: ../shared/tools/ref_bench.py with VALLEX_REF (a work tree of github Plachtaa/VALL-E-X)
-  - ours, per mode: fp32 (reference-exact), bf16, int8 (each int8 backend asked for)
-  - batch: 10 sentences (20..28 text ids, same prompt) one by one vs generate_batch
+  - ours, per mode: fp32 (reference-exact; greedy single requests drafted by an int8 copy of the
+    AR and verified, core/speculate.py), fp32-plain (the same without drafts), bf16, int8 (each
+    int8 backend asked for)
+  - batch: 10 sentences (20..28 text ids, same prompt) one by one (plain, and drafted where the
+    mode drafts) vs generate_batch
 Reported: AR tokens/s, NAR s, LM total s, RTF (LM only, before the vocoder), peak RSS, load time,
 ratios against the reference measured in the same run, and the token agreement of bf16 / int8
 with fp32 (golden cases + the bench workload). A table goes to stdout, JSON to --json (default
@@ -39,6 +42,7 @@ REF_BENCH = SHARED / "tools" / "ref_bench.py"
 PROMPT_FRAMES, TEXT_IDS, PROMPT_TEXT = 225, 24, 8
 MODES = {
     "fp32": {},
+    "fp32-plain": {},  # fp32 without the int8 draft (MODE_ENV): plain one-code-a-step greedy decoding
     "bf16": {"dtype": "bf16"},
     "int8": {"quantize": "int8"},
     "int8-dynamic": {"quantize": "int8-dynamic"},
@@ -46,6 +50,7 @@ MODES = {
     "int8-torchao": {"quantize": "int8-torchao"},
     "int4": {"quantize": "int4"},
 }
+MODE_ENV = {"fp32-plain": {"VALLEX_SPECULATE": "0"}}  # set in the mode's worker process
 
 
 def _rss_mb() -> int:
@@ -102,6 +107,7 @@ def worker_single(args) -> dict:
     if args.quick:
         s = Sampling(top_k=1, guards=False, max_frames=96)
     g = model.generate(ids, langs, PROMPT_TEXT, prompt, s)
+    draft = model.core.ar.draft.stats.copy() if getattr(model.core.ar, "draft", None) is not None else None
     n = g.codes.shape[0]
     res = {"program": "ours", "mode": args.mode, "threads": args.threads, "generated_frames": n,
            "audio_s": n / 75, "ar_s": round(g.timings["ar_s"], 3),
@@ -110,6 +116,8 @@ def worker_single(args) -> dict:
            "rtf_lm": round((g.timings["ar_s"] + g.timings["nar_s"]) / (n / 75), 3),
            "peak_rss_mb": _rss_mb(), "rss_after_load_mb": rss_load, "load_s": round(load_s, 2),
            "device": args.device, **_gpu_mb(args.device)}
+    if draft and draft["rounds"]:  # drafted greedy decoding (core/speculate.py): its counters
+        res["draft"] = {**draft, "codes_per_round": round(n / draft["rounds"], 2)}
     tokens = {"ar": g.codes[:, 0].tolist(), "nar": g.codes.tolist()}
     out_dir = Path(args.work)
     (out_dir / f"tokens-{args.mode}.json").write_text(json.dumps(tokens))
@@ -202,7 +210,19 @@ def worker_batch(args) -> dict:
         reqs.append(LMRequest(ids, langs, PROMPT_TEXT, prompt))
     cap = args.batch_frames or (96 if args.quick else None)
     s = Sampling(top_k=1, guards=False, max_frames=cap)
+    # One by one, plain decoding (one code a step): the baseline batching is measured against, as
+    # it is for sampled decoding. Where greedy single requests are drafted (fp32: core/speculate.py),
+    # one by one drafted is measured as well and reported beside it.
+    drafted = getattr(model.core.ar, "draft", None) is not None and os.environ.get("VALLEX_SPECULATE") != "0"
+    os.environ["VALLEX_SPECULATE"] = "0"
     one = [model.generate(r.text_ids, r.text_langs, r.prompt_text_len, r.prompt_codes, s) for r in reqs]
+    os.environ.pop("VALLEX_SPECULATE")
+    extra = {}
+    if drafted:
+        fast = [model.generate(r.text_ids, r.text_langs, r.prompt_text_len, r.prompt_codes, s) for r in reqs]
+        ard = sum(g.timings["ar_s"] for g in fast)
+        extra = {"one_by_one_drafted_ar_tok_per_s": round(sum(g.codes.shape[0] for g in fast) / ard, 2),
+                 "one_by_one_drafted_same_tokens": all(torch.equal(a.codes, b.codes) for a, b in zip(one, fast))}
     batch = model.generate_batch(reqs, s)
     frames = sum(g.codes.shape[0] for g in one)
     ar1 = sum(g.timings["ar_s"] for g in one)
@@ -210,10 +230,12 @@ def worker_batch(args) -> dict:
     arb, narb = batch[0].timings["ar_s"], batch[0].timings["nar_s"]
     same = all(torch.equal(a.codes, b.codes) for a, b in zip(one, batch))
     ar_same = all(torch.equal(a.codes[:, 0], b.codes[:, 0]) for a, b in zip(one, batch))
+    if drafted:
+        extra["batch_vs_drafted"] = round(frames / arb / extra["one_by_one_drafted_ar_tok_per_s"], 2)
     return {"program": "ours-batch", "mode": args.mode, "sentences": len(reqs), "frames": frames,
             "frames_cap": cap,
             "one_by_one_ar_tok_per_s": round(frames / ar1, 2), "batch_ar_tok_per_s": round(frames / arb, 2),
-            "ar_speedup": round(ar1 / arb, 2),
+            "ar_speedup": round(ar1 / arb, 2), **extra,
             "one_by_one_lm_s": round(ar1 + nar1, 2), "batch_lm_s": round(arb + narb, 2),
             "lm_speedup": round((ar1 + nar1) / (arb + narb), 2),
             "one_by_one_nar_s": round(nar1, 2), "batch_nar_s": round(narb, 2),
@@ -321,7 +343,7 @@ def main():
             print(f"ours {m}{tag} ...", flush=True)
             cmd = [py, __file__, "--worker", "single", "--mode", m, "--ckpt", str(ckpt), "--work", work,
                    "--threads", str(args.threads), "--device", args.device] + (["--quick"] if args.quick else [])
-            rounds[m].append(_run(cmd))
+            rounds[m].append(_run(cmd, env=dict(os.environ, **MODE_ENV.get(m, {}))))
             print(f"  {rounds[m][-1]}", flush=True)
     ref = _median(rounds["reference"]) if not args.no_ref else None
     if ref is not None:
@@ -335,7 +357,7 @@ def main():
         cmd = [py, __file__, "--worker", "batch", "--mode", m, "--ckpt", str(ckpt), "--work", work,
                "--threads", str(args.threads), "--device", args.device] + (["--quick"] if args.quick else []) + \
             (["--batch-frames", str(args.batch_frames)] if args.batch_frames else [])
-        r = _run(cmd)
+        r = _run(cmd, env=dict(os.environ, **MODE_ENV.get(m, {})))
         results["batch"][m] = r
         print(f"  {r}", flush=True)
     results["machine"]["end"] = _machine.snapshot(args.threads)
@@ -390,7 +412,16 @@ def _table(res):
         rows.append(f"batch of {b['sentences']} ({m}): AR {b['one_by_one_ar_tok_per_s']:.1f} -> "
                     f"{b['batch_ar_tok_per_s']:.1f} tok/s (x{b['ar_speedup']:.2f}); LM total "
                     f"{b['one_by_one_lm_s']:.1f} s -> {b['batch_lm_s']:.1f} s (x{b['lm_speedup']:.2f}); "
-                    f"same tokens: {b['all_tokens_equal']}")
+                    f"same tokens: {b['all_tokens_equal']}"
+                    + (f"; one by one drafted {b['one_by_one_drafted_ar_tok_per_s']:.1f} tok/s (batch "
+                       f"x{b['batch_vs_drafted']:.2f} of it, same tokens: {b['one_by_one_drafted_same_tokens']})"
+                       if "batch_vs_drafted" in b else ""))
+    for m, r in res["ours"].items():
+        if r.get("draft"):
+            d = r["draft"]
+            rows.append(f"ours {m}: drafted greedy decoding, {d['rounds']} verify steps for "
+                        f"{r['generated_frames']} codes ({d['codes_per_round']} a step), {d['accepted']} of "
+                        f"{d['drafted']} drafts kept")
     m = res.get("machine", {})
     if "start" in m and "end" in m:
         from bench import _machine

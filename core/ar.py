@@ -12,6 +12,7 @@ import logging
 
 import torch
 
+from core import speculate
 from core.lm_io import Req
 from core.sampling import EOS, Sampling, TokenPicker
 from core.transformer import embed, head_logits
@@ -51,6 +52,10 @@ def decode_ar(model, reqs: list[Req], s: Sampling, seeds: list[int] | None = Non
     fused = stack.fused_decode(cache, R)
     row_map = torch.arange(R, dtype=torch.int32) if fused and R > 1 else None
     tok_io = model.token_io(max(r.T for r in reqs) + max_cap + 1) if fused else None
+    if R == 1 and s.greedy and fused and speculate.available(stack):
+        # one sequence, greedy: drafted in int8, verified by the exact step (the same codes)
+        stop[0] = speculate.decode(model, reqs[0], pickers[0], caps[0], cache, logits, P, tok_io)
+        return [_result(reqs[0], pickers, stop, seeds[0], s)]
     live_rows = list(range(R))
     slot = P
     feed = [BOS] * R

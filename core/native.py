@@ -85,10 +85,12 @@ def _build() -> Path:
 
 def _declare(lib) -> None:
     P, I, L, F = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
-    lib.vx_attn_decode.argtypes = [P, L, P, P, L, L, P, I, I, I, I, P, P, F, I, I]
+    lib.vx_attn_decode.argtypes = [P, L, P, P, L, L, P, I, I, I, I, P, P, P, F, I, I]
     lib.vx_attn_decode.restype = None
     lib.vx_linear_i8.argtypes = [P, L, I, I, P, P, P, P, P, I, I, I, I]
     lib.vx_linear_i8.restype = None
+    lib.vx_pack_i8.argtypes = [P, L, I, I, P, P, P, I]
+    lib.vx_pack_i8.restype = None
     lib.vx_linear_bf16.argtypes = [P, L, I, I, I, P, P, P, I, I, I, I]
     lib.vx_linear_bf16.restype = None
     lib.vx_linear_f32.argtypes = [P, L, I, I, P, P, P, I, I, I]
@@ -109,9 +111,9 @@ def _declare(lib) -> None:
     lib.vx_bf16_dot.restype = I
     lib.vx_bf16_fma_speedup.argtypes = []
     lib.vx_bf16_fma_speedup.restype = ctypes.c_double
-    lib.vx_decode.argtypes = [P, I, P, I, I, I, I, P, I, L, L, I, P, P, I]
+    lib.vx_decode.argtypes = [P, I, P, I, I, I, I, P, I, L, L, I, P, P, P, I]
     lib.vx_decode.restype = None
-    lib.vx_decode_logits.argtypes = [P, I, P, P, P, P, I, I, I, I, P, I, L, L, I, P, P, I]
+    lib.vx_decode_logits.argtypes = [P, I, P, P, P, P, I, I, I, I, P, I, L, L, I, P, P, P, I]
     lib.vx_decode_logits.restype = None
     lib.vx_kv_quantize.argtypes = [P, I, P, P, I, P, P, I]
     lib.vx_kv_quantize.restype = None
@@ -288,7 +290,7 @@ def attn_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n: int,
             raise ValueError(f"attn_decode: starts {starts.tolist()} for {B} rows and {n} keys")
     out = torch.empty(B, H, D)
     _lib.vx_attn_decode(q.data_ptr(), q.stride(0), k.data_ptr(), v.data_ptr(), k.stride(0), k.stride(1),
-                        out.data_ptr(), B, H, D, int(n), _ptr(starts), None, float(scale),
+                        out.data_ptr(), B, H, D, int(n), _ptr(starts), None, None, float(scale),
                         KV_KINDS[k.dtype], torch.get_num_threads())
     return out
 

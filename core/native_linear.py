@@ -192,10 +192,34 @@ class Int8Linear(NativeLinear):
             zps = torch.full((qw.shape[0],), qw.q_zero_point())
         if bool((zps != 0).any()):
             raise ValueError("vx_linear_i8 needs symmetric int8 weights")
-        w = qw.int_repr()
+        self._set(qw.int_repr(), scales, bias)
+        self.dyn = None if native.gemm_available() else dyn
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None) -> "Int8Linear":
+        """Per-channel symmetric int8 weights quantized and packed in one native pass (scale
+        max|w| / 127.5, as torch.ao's per-channel observer gives; vx_pack_i8): for a Linear that
+        only runs in the native kernels (the fp32 AR's draft, core/speculate.py), with no fbgemm
+        module made first. Needs the native library."""
+        self = cls.__new__(cls)
+        torch.nn.Module.__init__(self)
+        w = weight.detach().to("cpu", torch.float32)
+        w = w if w.stride(1) == 1 else w.contiguous()
         n, k = w.shape
         self.in_features, self.out_features = int(k), int(n)
-        self.dyn = None if native.gemm_available() else dyn
+        n32, k4 = -(-n // 32) * 32, -(-k // 4) * 4
+        self.register_buffer("w", torch.zeros(n32 // 16, k4 // 4, 16, 4, dtype=torch.int8))
+        self.register_buffer("scale", torch.zeros(n32))
+        self.register_buffer("rowsum", torch.zeros(n32, dtype=torch.int32))
+        self.register_buffer("b", None if bias is None else _pad32(bias.detach().float()))
+        _lib().vx_pack_i8(w.data_ptr(), w.stride(0), n, k, self.w.data_ptr(), self.scale.data_ptr(),
+                          self.rowsum.data_ptr(), torch.get_num_threads())
+        self.dyn = None
+        return self
+
+    def _set(self, w: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None) -> None:
+        n, k = w.shape
+        self.in_features, self.out_features = int(k), int(n)
         self.register_buffer("w", pack_int8(w))
         self.register_buffer("scale", _pad32(scales.float()))
         self.register_buffer("rowsum", _pad32(w.sum(1, dtype=torch.int32)))
@@ -414,17 +438,20 @@ class DecodeStep:
         if x.dim() != 2 or x.shape[1] != self.d or x.device.type != "cpu":
             raise ValueError(f"x {tuple(x.shape)}: expected float32 [rows, {self.d}] on the CPU")
         x = x.float().contiguous().clone()
-        starts, rows = self._check(cache, x.shape[0], slot, starts, rows)
+        starts, rows, _ = self._check(cache, x.shape[0], slot, starts, rows, None)
         _lib().vx_decode(ctypes.byref(self.layers), self.n_layers, x.data_ptr(), x.shape[0], self.d, self.h, self.d_ff,
                          cache.data_ptr(), native.KV_KINDS[cache.dtype], cache.shape[2], cache.shape[4], int(slot),
-                         _ptr(starts), _ptr(rows), torch.get_num_threads())
+                         None, _ptr(starts), _ptr(rows), torch.get_num_threads())
         return x
 
     def logits(self, io: TokenIO, codes: list[int], positions: list[int], cache: torch.Tensor, slot: int,
-               starts: torch.Tensor | None, rows: torch.Tensor | None = None) -> torch.Tensor:
+               starts: torch.Tensor | None, rows: torch.Tensor | None = None,
+               slots: list[int] | None = None) -> torch.Tensor:
         """The step from the new positions' codes to the head's logits, in one call: the AR's
         decode loop has no other PyTorch op per step. codes, positions: one int per row (into
-        io's tables); the rest as in __call__. Returns float32 [B, V]."""
+        io's tables); slots: None (every row at `slot`) or one cache slot per row, for rows of one
+        sequence at consecutive positions (core/speculate.py: each row sees the keys up to its own
+        slot and gives the floats it gives alone); the rest as in __call__. Returns float32 [B, V]."""
         codes, positions = [int(c) for c in codes], [int(p) for p in positions]
         B = len(codes)
         if B == 0 or len(positions) != B:
@@ -436,13 +463,14 @@ class DecodeStep:
         if io.emb.shape[1] != self.d:
             raise ValueError(f"embedding width {io.emb.shape[1]} for a step of width {self.d}")
         self._check_cache(cache)
-        starts, rows = self._check(cache, B, slot, starts, rows)
+        starts, rows, slots = self._check(cache, B, slot, starts, rows, slots)
         out = torch.empty(B, io.head.out_features)
         _lib().vx_decode_logits(ctypes.byref(self.layers), self.n_layers, ctypes.byref(io.c),
                                 (ctypes.c_int64 * B)(*codes), (ctypes.c_int64 * B)(*positions), out.data_ptr(),
                                 B, self.d, self.h, self.d_ff,
                                 cache.data_ptr(), native.KV_KINDS[cache.dtype], cache.shape[2], cache.shape[4],
-                                int(slot), _ptr(starts), _ptr(rows), torch.get_num_threads())
+                                int(slot), None if slots is None else slots, _ptr(starts), _ptr(rows),
+                                torch.get_num_threads())
         return out
 
     def _check_cache(self, cache: torch.Tensor) -> None:
@@ -456,13 +484,20 @@ class DecodeStep:
             raise ValueError(f"cache {tuple(cache.shape)}: expected a contiguous CPU tensor "
                              f"[{self.n_layers}, 2, rows, {self.h}, positions, {row}]")
 
-    def _check(self, cache, B, slot, starts, rows):
-        """starts and rows as the kernel reads them (int32), after checking they fit the cache."""
-        if not 0 <= int(slot) < cache.shape[4]:
+    def _check(self, cache, B, slot, starts, rows, slots):
+        """starts, rows and slots as the kernel reads them (int32), after checking they fit the cache."""
+        low = int(slot)
+        if slots is not None:
+            slots = [int(v) for v in slots]
+            if len(slots) != B or low != min(slots) or max(slots) >= cache.shape[4]:
+                raise ValueError(f"slots {slots} for {B} rows (slot {slot}, their least) and a cache of "
+                                 f"{cache.shape[4]} positions")
+            slots = (ctypes.c_int32 * B)(*slots)
+        if not 0 <= low < cache.shape[4]:
             raise ValueError(f"slot {slot} is outside the cache's {cache.shape[4]} positions")
         if starts is not None:
             starts = starts.to(torch.int32).contiguous()
-            if starts.shape != (B,) or int(starts.min()) < 0 or int(starts.max()) > int(slot):
+            if starts.shape != (B,) or int(starts.min()) < 0 or int(starts.max()) > low:
                 raise ValueError(f"key starts {starts.tolist()} do not fit {B} rows at slot {slot}")
         if rows is None and cache.shape[2] != B:
             raise ValueError(f"{B} rows against a cache of {cache.shape[2]} and no row map")
@@ -470,4 +505,4 @@ class DecodeStep:
             rows = rows.to(torch.int32).contiguous()
             if rows.shape != (B,) or int(rows.min()) < 0 or int(rows.max()) >= cache.shape[2]:
                 raise ValueError(f"row map {rows.tolist()} does not fit {B} rows and a cache of {cache.shape[2]}")
-        return starts, rows
+        return starts, rows, slots

@@ -32,7 +32,7 @@ import warnings
 import torch
 from torch import nn
 
-from core import native, native_linear
+from core import native, native_linear, speculate
 
 INT8_BACKENDS = ("int8-dynamic", "int8-weight", "int8-torchao")
 QUANTIZE_MODES = INT8_BACKENDS + ("int4",)
@@ -293,11 +293,18 @@ def apply_precision(core, dtype: torch.dtype, quantize: str | None, device, mmap
         # FMAs, as close to fp32: core/kernels/linear_f16.c); the AR keeps vx_linear_bf16, whose
         # few-row and many-row paths give the same floats (batches decode like one request)
         own_f16 = own and native_linear.f16_available() and not native.env_off("VALLEX_NAR_F16")
+        # fp32: an int8 copy of the AR's layers drafts greedy decoding (core/speculate.py: the
+        # same tokens, ~2x the rate; +151 MB)
+        drafts = [] if own_f32 and native.gemm_available() and not native.env_off("VALLEX_SPECULATE") else None
         for stack in (core.ar, core.nar):
             for layer, name in _linears(stack):
                 lin = getattr(layer, name)
                 if own or pack:
                     src = lin.weight
+                    if drafts is not None and stack is core.ar:
+                        if name == "qkv":
+                            drafts.append({})
+                        drafts[-1][name] = speculate.Draft.linear(src, lin.bias)
                     if own_f16 and stack is core.nar:
                         new = native_linear.F16Linear(src, lin.bias)
                     elif own:
@@ -324,6 +331,8 @@ def apply_precision(core, dtype: torch.dtype, quantize: str | None, device, mmap
             elif own_f32 and stack is core.ar:
                 stack.native_decode_attn = True  # vx_attn_decode over the float32 cache
                 stack.decode_step = native_linear.DecodeStep(stack)  # over the float32 cache
+                if drafts:
+                    stack.draft = speculate.Draft(stack, drafts)
             if own and stack is core.ar:
                 stack.decode_step = native_linear.DecodeStep(stack)  # over the bf16 cache
             if own_f16 and stack is core.nar:

@@ -189,6 +189,7 @@ class Stack(nn.Module):
         # dtype: the fast_cpu modes, and fp32 where vx_linear_f32 runs (set by core.quantize)
         self.native_decode_attn = False
         self.decode_step = None  # int8 / bf16 modes: core.native_linear.DecodeStep, the whole step in one call
+        self.draft = None  # fp32 AR: core.speculate.Draft, an int8 copy that drafts greedy decoding
         # int8 mode on the CPU, and the bf16 mode's NAR with AVX-512 FP16 (set by core.quantize): the
         # fused full attention in int16 (twice the float32 rate; q, k, v keep more bits than bf16's),
         # see core/kernels/attn_full.c

@@ -427,15 +427,18 @@ static void decode_scalar(const float *qv, const void *k, const void *v, int kv,
     }
 }
 
-/* Attention of one query per (row b, head h) over keys [starts[b], n) of a static KV cache.
+/* Attention of one query per (row b, head h) over keys [starts[b], ends[b]) of a static KV cache.
    q: float32, element (b, h, d) at q[b*qsb + h*D + d].
    k, v: float32, bf16 or int8 rows (kv: KV_F32, KV_BF16, KV_I8), element (b, h, s, d) at
    [b*sb + h*sh + s*rs + d] with rs = D (D + 4 bytes for int8 rows, the scale after the values).
    out: float32 [B, H, D] contiguous. starts: NULL (all rows start at 0) or int32 [B]. rows: NULL,
-   or int32 [B]: query row b reads cache row rows[b] (the live rows of a batch, none copied). */
+   or int32 [B]: query row b reads cache row rows[b] (the live rows of a batch, none copied). ends:
+   NULL (every row's keys end at n), or int32 [B] <= n: row b's end (rows of one sequence at
+   consecutive positions, each seeing the keys up to its own). A row's result depends on its own
+   query and keys only, whatever rows come with it. */
 void vx_attn_decode(const float *q, int64_t qsb, const void *k, const void *v, int64_t sb, int64_t sh,
                     float *out, int B, int H, int D, int n, const int32_t *starts, const int32_t *rows,
-                    float scale, int kv, int n_threads) {
+                    const int32_t *ends, float scale, int kv, int n_threads) {
 #pragma omp parallel num_threads(n_threads)
     {
         float *p = malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
@@ -445,7 +448,7 @@ void vx_attn_decode(const float *q, int64_t qsb, const void *k, const void *v, i
             int b = bh / H, h = bh % H;
             const float *qv = q + b * qsb + (int64_t)h * D;
             int64_t base = (rows ? rows[b] : b) * sb + h * sh;
-            int s0 = starts ? starts[b] : 0;
+            int s0 = starts ? starts[b] : 0, nb = ends ? ends[b] : n;  /* keys [s0, nb) */
             float *o = out + (int64_t)bh * D;
             int es = kv == KV_F32 ? 4 : kv == KV_BF16 ? 2 : 1;  /* bytes per element */
             const char *kb = (const char *)k + base * es, *vb = (const char *)v + base * es;
@@ -459,23 +462,23 @@ void vx_attn_decode(const float *q, int64_t qsb, const void *k, const void *v, i
             }
 #ifdef VX_DECODE_I8
             if (kv == KV_I8 && D % 32 == 0 && D <= 128) {
-                decode_i8(qv, (const int8_t *)kb, (const int8_t *)vb, D, s0, n, scale, p, o,
+                decode_i8(qv, (const int8_t *)kb, (const int8_t *)vb, D, s0, nb, scale, p, o,
                           (const int8_t *)nk, (const int8_t *)nv, wq);
                 continue;
             }
 #endif
             if (kv == KV_F32 && D % 16 == 0 && D <= 128) {
-                decode_f32(qv, (const float *)kb, (const float *)vb, D, s0, n, scale, p, o, (const float *)nk,
+                decode_f32(qv, (const float *)kb, (const float *)vb, D, s0, nb, scale, p, o, (const float *)nk,
                            (const float *)nv);
                 continue;
             }
             if (kv == KV_BF16 && D % 32 == 0 && D <= 128) {
-                decode_bf16(qv, (const uint16_t *)kb, (const uint16_t *)vb, D, s0, n, scale, p, o,
+                decode_bf16(qv, (const uint16_t *)kb, (const uint16_t *)vb, D, s0, nb, scale, p, o,
                             (const uint16_t *)nk, (const uint16_t *)nv);
                 continue;
             }
 #endif
-            decode_scalar(qv, kb, vb, kv, D, s0, n, scale, p, o);
+            decode_scalar(qv, kb, vb, kv, D, s0, nb, scale, p, o);
         }
         free(p);
         free(wq);

@@ -275,7 +275,7 @@ static inline float kv_scale(const int8_t *row, int D) {
 void vx_kv_put_i8(const float *x, int D, int8_t *row);
 void vx_attn_decode(const float *q, int64_t qsb, const void *k, const void *v, int64_t sb, int64_t sh,
                     float *out, int B, int H, int D, int n, const int32_t *starts, const int32_t *rows,
-                    float scale, int kv, int n_threads);
+                    const int32_t *ends, float scale, int kv, int n_threads);
 void vx_linear_i8(const float *x, int64_t xs, int M, int K, const int8_t *wp, const float *scale,
                   const int32_t *rowsum, const float *bias, void *y, int N, int relu, int out_bf16,
                   int n_threads);

@@ -45,12 +45,14 @@ static void qlin(const vx_qlinear *l, const float *x, int M, float *y, int relu,
 /* x: the residual stream [B, D] of the new position, updated in place through all layers (the
    final norm is left to the caller). cache: [L, 2, cache_rows, H, smax, row] of int8 rows (kv
    KV_I8, row D/H + 4 bytes), bf16 (KV_BF16, row D/H) or float32 (KV_F32, row D/H); row b's new
-   k, v go to cache row rows[b] (rows NULL: b), at `slot`, and its query attends to keys
-   [starts[b], slot]. Same arithmetic as
+   k, v go to cache row rows[b] (rows NULL: b), at slots[b] (slots NULL: `slot`), and its query
+   attends to keys [starts[b], its slot]. Several rows may share a cache row at consecutive slots
+   (a drafted run of one sequence, verified at once): every row's k, v are written before any
+   query attends, and each row's floats are those it gives alone. Same arithmetic as
    the per-op path (pre-LN, eps 1e-5, the mode's Linear layers and cache, float32 softmax). */
 void vx_decode(const vx_qlayer *layers, int n_layers, float *x, int B, int D, int H, int d_ff, void *cache,
-               int kv, int64_t cache_rows, int64_t smax, int slot, const int32_t *starts, const int32_t *rows,
-               int n_threads) {
+               int kv, int64_t cache_rows, int64_t smax, int slot, const int32_t *slots, const int32_t *starts,
+               const int32_t *rows, int n_threads) {
     int hd = D / H, es = kv == KV_I8 ? 1 : kv == KV_BF16 ? 2 : 4;  /* bytes per cache element */
     float *h = malloc(sizeof(float) * (size_t)B * D);
     float *qkv = malloc(sizeof(float) * (size_t)B * 3 * D);
@@ -58,6 +60,15 @@ void vx_decode(const vx_qlayer *layers, int n_layers, float *x, int B, int D, in
     float *tmp = malloc(sizeof(float) * (size_t)B * (d_ff > D ? d_ff : D));
     float *o = malloc(sizeof(float) * (size_t)B * D);
     int64_t row = kv == KV_I8 ? hd + 4 : hd, sh = smax * row, sb = (int64_t)H * sh, skv = cache_rows * sb;
+    int32_t *ends = NULL;  /* per-row key ends, where rows have slots of their own */
+    int top = slot;
+    if (slots) {
+        ends = malloc(sizeof(int32_t) * (size_t)B);
+        for (int b = 0; b < B; b++) {
+            ends[b] = slots[b] + 1;
+            top = slots[b] > top ? slots[b] : top;
+        }
+    }
     for (int i = 0; i < n_layers; i++) {
         const vx_qlayer *L = layers + i;
         char *kc = (char *)cache + (int64_t)(2 * i) * skv * es, *vc = kc + skv * es;
@@ -66,7 +77,7 @@ void vx_decode(const vx_qlayer *layers, int n_layers, float *x, int B, int D, in
         for (int b = 0; b < B; b++)
             for (int hh = 0; hh < H; hh++) {
                 const float *kr = qkv + (int64_t)b * 3 * D + D + hh * hd, *vr = kr + D;
-                int64_t at = ((rows ? rows[b] : b) * sb + hh * sh + (int64_t)slot * row) * es;
+                int64_t at = ((rows ? rows[b] : b) * sb + hh * sh + (int64_t)(slots ? slots[b] : slot) * row) * es;
                 if (kv == KV_I8) {
                     vx_kv_put_i8(kr, hd, (int8_t *)(kc + at));
                     vx_kv_put_i8(vr, hd, (int8_t *)(vc + at));
@@ -80,8 +91,8 @@ void vx_decode(const vx_qlayer *layers, int n_layers, float *x, int B, int D, in
                     }
                 }
             }
-        vx_attn_decode(qkv, 3 * D, kc, vc, sb, sh, att, B, H, hd, slot + 1, starts, rows, 1.f / sqrtf((float)hd),
-                       kv, n_threads);
+        vx_attn_decode(qkv, 3 * D, kc, vc, sb, sh, att, B, H, hd, top + 1, starts, rows, ends,
+                       1.f / sqrtf((float)hd), kv, n_threads);
         qlin(&L->out, att, B, o, 0, n_threads);
         for (int64_t j = 0; j < (int64_t)B * D; j++) x[j] += o[j];
         for (int b = 0; b < B; b++) layer_norm(x + (int64_t)b * D, L->ln2_w, L->ln2_b, h + (int64_t)b * D, D);
@@ -94,6 +105,7 @@ void vx_decode(const vx_qlayer *layers, int n_layers, float *x, int B, int D, in
     free(att);
     free(tmp);
     free(o);
+    free(ends);
 }
 
 /* What the AR's decode loop does around the step, for vx_decode_logits: the input of a new
@@ -114,8 +126,8 @@ typedef struct {
    ran cold and took ~0.5 ms, 10% of an int8 step. The caller checks indices and sizes. */
 void vx_decode_logits(const vx_qlayer *layers, int n_layers, const vx_token_io *io, const int64_t *tok,
                       const int64_t *pos, float *logits, int B, int D, int H, int d_ff, void *cache, int kv,
-                      int64_t cache_rows, int64_t smax, int slot, const int32_t *starts, const int32_t *rows,
-                      int n_threads) {
+                      int64_t cache_rows, int64_t smax, int slot, const int32_t *slots, const int32_t *starts,
+                      const int32_t *rows, int n_threads) {
     float *x = malloc(sizeof(float) * (size_t)B * D);
     for (int b = 0; b < B; b++) {
         const float *p = io->ape + pos[b] * D;
@@ -128,7 +140,8 @@ void vx_decode_logits(const vx_qlayer *layers, int n_layers, const vx_token_io *
             for (int i = 0; i < D; i++) xr[i] = e[i] + p[i];
         }
     }
-    vx_decode(layers, n_layers, x, B, D, H, d_ff, cache, kv, cache_rows, smax, slot, starts, rows, n_threads);
+    vx_decode(layers, n_layers, x, B, D, H, d_ff, cache, kv, cache_rows, smax, slot, slots, starts, rows,
+              n_threads);
     float *h = malloc(sizeof(float) * (size_t)B * D);
     for (int b = 0; b < B; b++) layer_norm(x + (int64_t)b * D, io->norm_w, io->norm_b, h + (int64_t)b * D, D);
     qlin(&io->head, h, B, logits, 0, n_threads);
