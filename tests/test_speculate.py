@@ -53,8 +53,11 @@ def _both(model, monkeypatch, args, s: Sampling):
     return fast, plain, stats
 
 
-def test_only_the_fp32_ar_gets_a_draft(golden):
+def test_only_the_fp32_ar_gets_a_draft(golden, monkeypatch):
     assert _golden_model(golden, "tiny-a").core.ar.draft is not None
+    monkeypatch.setenv("VALLEX_SPECULATE", "off")  # off at load: no draft made (no memory spent)
+    assert _golden_model(golden, "tiny-a").core.ar.draft is None
+    monkeypatch.delenv("VALLEX_SPECULATE")
     path = golden / "model" / "tiny-b" / "checkpoint.pt"
     for kw in ({"quantize": "int8"}, {"dtype": torch.bfloat16}):
         assert VallEX.from_checkpoint(path, n_heads=6, **kw).core.ar.draft is None, kw
