@@ -45,6 +45,18 @@ def _seed():
     yield
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test: the tiny models are latency-bound, and a second thread
+    only adds synchronisation."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def golden() -> Path:
     path = Path(os.environ.get("VALLEX_GOLDEN", ROOT.parent / "shared" / "golden"))

@@ -12,13 +12,7 @@ from core.lm import Generation, LMRequest, VallEX, read_state_dict
 from core.sampling import EOS, Sampling, TokenPicker, filter_logits
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The tiny models are latency-bound: a second thread only adds synchronisation.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _configs(golden):

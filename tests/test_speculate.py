@@ -13,17 +13,9 @@ from core.lm import LMRequest, VallEX
 from core.sampling import Sampling
 from tests.tiny_models import make_vallex_checkpoint
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.skipif(
     not (native.available() and native_linear.f32_available() and native.gemm_available()),
-    reason="drafting needs the native fp32 step and the int8 GEMV (AVX-512 VNNI)")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    reason="drafting needs the native fp32 step and the int8 GEMV (AVX-512 VNNI)")]
 
 
 def _golden_model(golden, name):
