@@ -214,9 +214,13 @@ def worker_batch(args) -> dict:
     # it is for sampled decoding. Where greedy single requests are drafted (fp32: core/speculate.py),
     # one by one drafted is measured as well and reported beside it.
     drafted = getattr(model.core.ar, "draft", None) is not None and os.environ.get("VALLEX_SPECULATE") != "0"
+    was = os.environ.get("VALLEX_SPECULATE")
     os.environ["VALLEX_SPECULATE"] = "0"
     one = [model.generate(r.text_ids, r.text_langs, r.prompt_text_len, r.prompt_codes, s) for r in reqs]
-    os.environ.pop("VALLEX_SPECULATE")
+    if was is None:
+        os.environ.pop("VALLEX_SPECULATE")
+    else:
+        os.environ["VALLEX_SPECULATE"] = was
     extra = {}
     if drafted:
         fast = [model.generate(r.text_ids, r.text_langs, r.prompt_text_len, r.prompt_codes, s) for r in reqs]

@@ -304,7 +304,7 @@ def apply_precision(core, dtype: torch.dtype, quantize: str | None, device, mmap
                     if drafts is not None and stack is core.ar:
                         if name == "qkv":
                             drafts.append({})
-                        drafts[-1][name] = speculate.Draft.linear(src, lin.bias)
+                        drafts[-1][name] = native_linear.Int8Linear.from_float(src, lin.bias)
                     if own_f16 and stack is core.nar:
                         new = native_linear.F16Linear(src, lin.bias)
                     elif own:

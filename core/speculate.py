@@ -1,6 +1,6 @@
 """Greedy AR decoding, drafted in int8 and verified by the exact step: the same tokens, sooner.
 
-A decode step of the fp32 (or bf16) AR streams all its weights for one token, and a step of 2-9
+A decode step of the fp32 AR streams all its weights (604 MB) for one token, and a step of 2-9
 rows costs little more than one (the GEMVs read the weights once for all rows). So an int8 copy of
 the AR's layers (the draft: a quarter of the bytes a step) proposes the next few codes one by one,
 and one step of the exact model over [the last picked code, the drafts] gives the logits after
@@ -30,7 +30,8 @@ MAX_DRAFT = 8  # drafted codes a round, at most (a 9-row verify step: ~1.8x one 
 
 class Draft:
     """An int8 copy of an AR stack's decoder layers (its LayerNorms shared) and their fused decode
-    step over an int8 KV cache. Made while the float weights are at hand (core/quantize.py)."""
+    step over an int8 KV cache. Its Linears (Int8Linear.from_float) are made while the float
+    weights are at hand (core/quantize.py)."""
 
     def __init__(self, stack, linears: list[dict[str, Int8Linear]]):
         self.d, self.h = stack.d, stack.h
@@ -43,10 +44,6 @@ class Draft:
             self.layers.append(row)
         self.step = DecodeStep(self)
         self.stats = {"rounds": 0, "drafted": 0, "accepted": 0}  # of the last decode: the bench reports them
-
-    @staticmethod
-    def linear(weight: torch.Tensor, bias: torch.Tensor | None) -> Int8Linear:
-        return Int8Linear.from_float(weight, bias)
 
     def prefix_cache(self, cache: torch.Tensor, P: int) -> torch.Tensor:
         """The draft's int8 cache [L, 2, 1, H, Smax, hd + 4] with slots [0, P) holding the exact

@@ -57,14 +57,19 @@ def test_only_the_fp32_ar_gets_a_draft(golden, monkeypatch):
 
 def test_rows_at_their_own_slots_give_the_one_by_one_floats(golden):
     """Rows of one sequence at consecutive slots in one call = the same codes fed one call each:
-    the same logits and the same cache bytes, for the exact fp32 step and the int8 draft's."""
+    the same logits and the same cache bytes, for the exact fp32 step, the int8 draft's and the
+    bf16 mode's step (float32, int8 and bf16 caches)."""
     model = _golden_model(golden, "tiny-b")
     ar = model.core.ar
     io = model.token_io(64)
+    bf = VallEX.from_checkpoint(golden / "model" / "tiny-b" / "checkpoint.pt", n_heads=6, dtype=torch.bfloat16)
     g = torch.Generator().manual_seed(3)
-    for step, dtype, row in ((ar.decode_step, torch.float32, ar.hd), (ar.draft.step, torch.int8, ar.hd + 4)):
+    for step, dtype, row, io in ((ar.decode_step, torch.float32, ar.hd, io), (ar.draft.step, torch.int8, ar.hd + 4, io),
+                                 (bf.core.ar.decode_step, torch.bfloat16, ar.hd, bf.token_io(64))):
+        if step is None:  # bf16 without the native bf16 step
+            continue
         base = torch.randn(len(ar.layers), 2, 1, ar.h, 40, ar.hd, generator=g)
-        base = native.kv_quantize(base) if dtype == torch.int8 else base
+        base = native.kv_quantize(base) if dtype == torch.int8 else base.to(dtype)
         assert base.shape[-1] == row
         codes, start = [5, 900, 17, 17, 1023, 0], 20
         one = torch.zeros(1, dtype=torch.int32)
@@ -89,7 +94,8 @@ def test_bad_slots_are_refused(golden):
     io = model.token_io(64)
     cache = torch.zeros(len(ar.layers), 2, 1, ar.h, 16, ar.hd)
     one = torch.zeros(2, dtype=torch.int32)
-    for slot, slots, needle in ((3, [3], "slots"), (3, [3, 16], "positions"), (2, [3, 4], "least")):
+    for slot, slots, needle in ((3, [3], "slots"), (3, [3, 16], "positions"), (2, [3, 4], "least"),
+                                (-1, [-1, 0], "outside")):
         with pytest.raises(ValueError, match=needle):
             ar.decode_step.logits(io, [1, 2], [1, 2], cache, slot, None, one, slots)
 
