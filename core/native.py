@@ -306,7 +306,7 @@ def softmax_(s: torch.Tensor) -> torch.Tensor:
 
 
 def attn_full(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-              out_dtype: torch.dtype, prefix: int | None = None, int16: bool = False) -> torch.Tensor | None:
+              out_dtype: torch.dtype, prefix: int | None = None, ints: int = 0) -> torch.Tensor | None:
     """Attention of bf16 q [B, H, Sq, hd] over bf16 k, v [B, H, Sk, hd], any strides with the last
     dim contiguous (k and v: the same strides): e.g. views into the projection [B, S, 3, H, hd], or
     q the last Sq rows of a longer sequence. prefix None: unmasked (the NAR); an int: the AR's
@@ -314,8 +314,9 @@ def attn_full(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
     keys below max(prefix, i + 1). Returns [B, Sq, H * hd] in
     out_dtype (float32 or bfloat16), or None when the kernel does not cover the case (no AVX-512
     BF16, head size not a multiple of 16 up to 64): the caller then uses its matmul path.
-    int16: the int8 mode's arithmetic (core/kernels/attn_full.c): q, k, v and the probabilities as
-    int16 with integer sums, twice the float32 rate; where `attn_i16_available()`, else bf16."""
+    ints 16 or 8: integer arithmetic (core/kernels/attn_full.c): q, k, v and the probabilities as
+    int16 (twice the float32 rate) or int8 (four times) with exact integer sums; where
+    `attn_i16_available()`, else bf16."""
     B, H, Sq, hd = q.shape
     Sk = k.shape[2]
     if (_lib is None or not _lib.vx_has_attn_full() or hd % 16 or hd > 64 or Sk == 0
@@ -329,7 +330,7 @@ def attn_full(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
     out = torch.empty(B, Sq, H * hd, dtype=out_dtype)
     _lib.vx_attn_full(q.data_ptr(), qst, k.data_ptr(), v.data_ptr(), kvst, out.data_ptr(), B, H, Sq, Sk, hd,
                       float(scale), -1 if prefix is None else max(int(prefix), 0), int(out_dtype == torch.bfloat16),
-                      int(bool(int16) and _lib.vx_has_attn_i16()), torch.get_num_threads())
+                      {16: 1, 8: 2}.get(ints, 0) if _lib.vx_has_attn_i16() else 0, torch.get_num_threads())
     return out
 
 

@@ -190,10 +190,10 @@ class Stack(nn.Module):
         self.native_decode_attn = False
         self.decode_step = None  # int8 / bf16 modes: core.native_linear.DecodeStep, the whole step in one call
         self.draft = None  # fp32 AR: core.speculate.Draft, an int8 copy that drafts greedy decoding
-        # int8 mode on the CPU, and the bf16 mode's NAR with AVX-512 FP16 (set by core.quantize): the
-        # fused full attention in int16 (twice the float32 rate; q, k, v keep more bits than bf16's),
-        # see core/kernels/attn_full.c
-        self.attn_int16 = False
+        # the fused full attention in integers (set by core.quantize; core/kernels/attn_full.c):
+        # 16 = int16 (twice the float32 rate; q, k, v keep more bits than bf16's): the int8 mode's
+        # prefill and the bf16 mode's NAR with AVX-512 FP16; 8 = int8 (four times): the int8 NAR
+        self.attn_ints = 0
 
     # -- helpers ----------------------------------------------------------------------------------
     def _norm(self, norm, x, stage):
@@ -276,7 +276,7 @@ class Stack(nn.Module):
             elif start:
                 k = torch.cat([native.kv_dequantize(cache_k[:, :, :start], k.dtype), k], dim=2)
                 v = torch.cat([native.kv_dequantize(cache_v[:, :, :start], v.dtype), v], dim=2)
-        return native.attn_full(q[:, :, q_from:], k, v, self.hd ** -0.5, self.act_dtype, prefix, self.attn_int16)
+        return native.attn_full(q[:, :, q_from:], k, v, self.hd ** -0.5, self.act_dtype, prefix, self.attn_ints)
 
     def _ffn(self, layer: Layer, h):
         if isinstance(layer.ff1, NativeLinear):  # ReLU in the kernel

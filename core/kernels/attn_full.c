@@ -131,90 +131,52 @@ static inline void widen_bf16(const uint32_t *src, int n, float *dst) {
     }
 }
 
-/* ---- the int16 mode (the int8 mode's NAR and prefill) -------------------------------------------
-The same blocks through vpdpwssd (int16 pairs, int32 sums): twice the float32 FMAs' rate on the
-CPUs measured. q and k rows get one scale each (max |x| / I16_QK, per position and head), v one per
-column over the keys; the probabilities exp(s - max) <= 1 become round(p * I16_P / m), m the
-largest of their chunk of 2 * I16_CHUNK keys (13 bits relative to it: against one scale for the
-row, the hundreds of small probabilities of a peaked row lost most of theirs), and the rounded
-values, times m / I16_P, are the normaliser too. The sizes keep every int32 sum exact: q.k is
-64 terms of at most I16_QK^2 (< 2^30), and the weighted values are summed I16_CHUNK key pairs at
-a time (2 * 32 * I16_P * I16_QK < 2^31), then scaled and summed in float32. Against the bf16 path:
-q, k, v keep ~12 bits of their row's (column's) largest instead of 8 of their own. */
-#define I16_QK 4095
-#define I16_P 8192.f
-#define I16_CHUNK 32
+#include "attn_quant.h"
 
-/* n (a multiple of 16, <= 64) bf16 -> int16 round(x / s), s = max |x| / I16_QK (returned; 1 for zeros) */
-static inline float quant_i16_row(const uint16_t *x, int n, int16_t *dst) {
-    __m512 vmax = _mm512_setzero_ps();
-    for (int i = 0; i < n; i += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(load_bf16(x + i, 0xffff)));
-    float amax = _mm512_reduce_max_ps(vmax), sc = amax > 0.f ? amax / I16_QK : 1.f;
-    __m512 inv = _mm512_set1_ps(1.f / sc);
-    for (int i = 0; i < n; i += 16)
-        _mm256_storeu_si256((__m256i *)(dst + i), _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(load_bf16(x + i, 0xffff), inv))));
-    return sc;
-}
-
-/* n rows of hd bf16 (rows rs apart) -> int16 rows [n][hd] with one scale per column (sc[hd]) */
-static void quant_i16_cols(const uint16_t *x, int64_t rs, int n, int hd, int16_t *dst, float *sc) {
-    __m512 vmax[4], inv[4];
-    for (int c = 0; c < hd / 16; c++) vmax[c] = _mm512_setzero_ps();
-    for (int j = 0; j < n; j++)
-        for (int c = 0; c < hd / 16; c++)
-            vmax[c] = _mm512_max_ps(vmax[c], _mm512_abs_ps(load_bf16(x + (int64_t)j * rs + c * 16, 0xffff)));
-    for (int c = 0; c < hd / 16; c++) {
-        __mmask16 z = _mm512_cmp_ps_mask(vmax[c], _mm512_setzero_ps(), _CMP_EQ_OQ);
-        __m512 s = _mm512_mask_mov_ps(_mm512_div_ps(vmax[c], _mm512_set1_ps(I16_QK)), z, _mm512_set1_ps(1.f));
-        _mm512_storeu_ps(sc + c * 16, s);
-        inv[c] = _mm512_div_ps(_mm512_set1_ps(1.f), s);
-    }
-    for (int j = 0; j < n; j++)
-        for (int c = 0; c < hd / 16; c++)
-            _mm256_storeu_si256((__m256i *)(dst + (int64_t)j * hd + c * 16),
-                                _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(
-                                    _mm512_mul_ps(load_bf16(x + (int64_t)j * rs + c * 16, 0xffff), inv[c]))));
-}
-
-/* scaled scores of QB queries (hp pairs each) against nkb <= 4 packed key blocks ([hp][16] each)
-   starting at key k0, with each row's running maximum over its keys below lim[r] (the rest is
-   padding or masked) */
+/* scaled scores of QB queries (hp dwords each: bf16 or int16 pairs, or int8 quads with ksum)
+   against nkb <= 4 packed key blocks ([hp][16] each) starting at key k0, with each row's running
+   maximum over its keys below lim[r] (the rest is padding or masked) */
 static inline __attribute__((always_inline)) void qk_blocks(const uint32_t *q, const float *qf, int hp,
                                                             const uint32_t *kp, int nkb, int k0, const int *lim,
                                                             float *s, int64_t ss, float scale, __m512 vmax[QB],
-                                                            const float *sq, const float *ks) {
+                                                            const float *sq, const float *ks, const int32_t *ksum) {
     __m512 acc[QB][4];
     if (qf)
         dp_block_fma(qf, hp, hp, kp, 1, hp, nkb, acc);
     else
-        dp_block(q, hp, hp, kp, 1, hp, nkb, acc, ks ? DOT_I16 : DOT_BF16);
+        dp_block(q, hp, hp, kp, 1, hp, nkb, acc, ksum ? DOT_I8 : ks ? DOT_I16 : DOT_BF16);
     for (int r = 0; r < QB; r++)
         for (int c = 0; c < nkb; c++) {
             __m512 x;
-            if (ks)  /* int16 mode: int32 sums times the query's and each key's scale */
-                x = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_castps_si512(acc[r][c])),
-                                                _mm512_set1_ps(scale * sq[r])), _mm512_loadu_ps(ks + k0 + c * 16));
-            else
+            if (ks) {  /* integer modes: int32 sums times the query's and each key's scale */
+                __m512i a = _mm512_castps_si512(acc[r][c]);
+                if (ksum)  /* the queries were stored + 128 */
+                    a = _mm512_sub_epi32(a, _mm512_slli_epi32(_mm512_loadu_si512(ksum + k0 + c * 16), 7));
+                x = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(a), _mm512_set1_ps(scale * sq[r])),
+                                  _mm512_loadu_ps(ks + k0 + c * 16));
+            } else {
                 x = _mm512_mul_ps(acc[r][c], _mm512_set1_ps(scale));
+            }
             _mm512_storeu_ps(s + r * ss + c * 16, x);
             vmax[r] = _mm512_mask_max_ps(vmax[r], first_n(lim[r] - k0 - c * 16), vmax[r], x);
         }
 }
 
-/* The int16 weighted values of one chunk for hd = 64 (4 value vectors, the model's heads): QB = 6
-   rows over n <= I16_CHUNK key pairs, into the float32 sums f, times row r's chunk scale
-   cm[r * ncs]. gcc 12 stored all 24 int32 sums to the stack at every step (~2.4x slower: the
+/* The integer weighted values of one chunk for hd = 64 (4 value vectors, the model's heads): QB = 6
+   rows over n <= I16_CHUNK key pairs (int16) or I8_CHUNK quads (int8), into the float32 sums f,
+   times row r's chunk scale cm[r * ncs]. gcc 12 stored all 24 int32 sums to the stack at every step (~2.4x slower: the
    weighted values took 3.1 of the 6.2 ms of a NAR attention call) whenever this loop was inlined
    into vx_attn_full, kept its sums in an array, or went through gcc's inter-procedural passes or
    its partial-redundancy elimination: hence named sums in a function of its own, noipa and
    no-tree-pre (checked on the assembly: 2 stack accesses in the function, none in the loop).
    Same integer sums and float operations as the generic loop below: bit-identical outputs. */
 #define PV4_SUMS(r) __m512 s##r##0 = z, s##r##1 = z, s##r##2 = z, s##r##3 = z;
-#define PV4_DP(a, x, w) a = _mm512_castsi512_ps(_mm512_dpwssd_epi32(_mm512_castps_si512(a), x, w))
-#define PV4_STEP(r)                                                                                    \
+#define PV4_DP(a, x, w, DP) a = _mm512_castsi512_ps(DP(_mm512_castps_si512(a), x, w))
+#define PV4_STEP(r, DP)                                                                                \
     {                                                                                                  \
         __m512i x = _mm512_set1_epi32((int)p[r * ps + i]);                                             \
-        PV4_DP(s##r##0, x, w0), PV4_DP(s##r##1, x, w1), PV4_DP(s##r##2, x, w2), PV4_DP(s##r##3, x, w3); \
+        PV4_DP(s##r##0, x, w0, DP), PV4_DP(s##r##1, x, w1, DP);                                        \
+        PV4_DP(s##r##2, x, w2, DP), PV4_DP(s##r##3, x, w3, DP);                                        \
     }
 #define PV4_ADD1(r, c) \
     _mm512_store_ps(f[r][c], _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_castps_si512(s##r##c)), m, _mm512_load_ps(f[r][c])));
@@ -228,18 +190,22 @@ static inline __attribute__((always_inline)) void qk_blocks(const uint32_t *q, c
 #else
 #define PV4_ATTRS __attribute__((noinline))
 #endif
-static PV4_ATTRS void pv4_chunk_i16(const uint32_t *p, int64_t ps, int n, const uint32_t *vp, float f[QB][4][16],
-                                    const float *cm, int ncs) {
-    const __m512 z = _mm512_setzero_ps();  /* int32 sums in __m512 registers: common.h says why */
-    PV4_SUMS(0) PV4_SUMS(1) PV4_SUMS(2) PV4_SUMS(3) PV4_SUMS(4) PV4_SUMS(5)
-    for (int i = 0; i < n; i++) {
-        const uint32_t *b = vp + (int64_t)i * 64;
-        __m512i w0 = _mm512_loadu_si512(b), w1 = _mm512_loadu_si512(b + 16), w2 = _mm512_loadu_si512(b + 32),
-                w3 = _mm512_loadu_si512(b + 48);
-        PV4_STEP(0) PV4_STEP(1) PV4_STEP(2) PV4_STEP(3) PV4_STEP(4) PV4_STEP(5)
-    }
-    PV4_ADD(0) PV4_ADD(1) PV4_ADD(2) PV4_ADD(3) PV4_ADD(4) PV4_ADD(5)
+#define PV4_CHUNK(NAME, DP)                                                                                   \
+static PV4_ATTRS void NAME(const uint32_t *p, int64_t ps, int n, const uint32_t *vp, float f[QB][4][16],      \
+                           const float *cm, int ncs) {                                                        \
+    const __m512 z = _mm512_setzero_ps();  /* int32 sums in __m512 registers: common.h says why */            \
+    PV4_SUMS(0) PV4_SUMS(1) PV4_SUMS(2) PV4_SUMS(3) PV4_SUMS(4) PV4_SUMS(5)                                   \
+    for (int i = 0; i < n; i++) {                                                                             \
+        const uint32_t *b = vp + (int64_t)i * 64;                                                             \
+        __m512i w0 = _mm512_loadu_si512(b), w1 = _mm512_loadu_si512(b + 16), w2 = _mm512_loadu_si512(b + 32), \
+                w3 = _mm512_loadu_si512(b + 48);                                                              \
+        PV4_STEP(0, DP) PV4_STEP(1, DP) PV4_STEP(2, DP) PV4_STEP(3, DP) PV4_STEP(4, DP) PV4_STEP(5, DP)       \
+    }                                                                                                         \
+    PV4_ADD(0) PV4_ADD(1) PV4_ADD(2) PV4_ADD(3) PV4_ADD(4) PV4_ADD(5)                                         \
 }
+PV4_CHUNK(pv4_chunk_i16, _mm512_dpwssd_epi32)  /* int16 pairs: 2 keys a step */
+PV4_CHUNK(pv4_chunk_i8, _mm512_dpbusd_epi32)   /* u8 probabilities x s8 values: 4 keys a step */
+#undef PV4_CHUNK
 #undef PV4_ATTRS
 #undef PV4_SUMS
 #undef PV4_DP
@@ -247,28 +213,34 @@ static PV4_ATTRS void pv4_chunk_i16(const uint32_t *p, int64_t ps, int n, const 
 #undef PV4_ADD1
 #undef PV4_ADD
 
-/* QB rows of bf16 probabilities (np key pairs, rows ps apart) times the packed value pairs ([np][nv]) */
+/* QB rows of bf16 probabilities (np key pairs, rows ps apart) times the packed value pairs ([np][nv]);
+   with cm, the integer modes: int16 pairs, or (q4) u8 probabilities and s8 values 4 keys a step,
+   np then counting quads */
 static inline __attribute__((always_inline)) void pv_block(const uint32_t *p, const float *pf, int64_t ps, int np,
                                                            const uint32_t *vp, int nv, __m512 acc[QB][4],
-                                                           const float *cm, int ncs) {
+                                                           const float *cm, int ncs, int q4) {
     if (pf) {
         dp_block_fma(pf, ps, np, vp, nv, 1, nv, acc);
     } else if (!cm) {
         dp_block(p, ps, np, vp, nv, 1, nv, acc, DOT_BF16);
-    } else {  /* I16_CHUNK pairs per exact int32 sum, times its chunk's scale (cm: row r's at
-                 cm + r * ncs), then float32 sums in memory (L1): the int32 and the float32 sums
-                 together would not fit in the registers */
+    } else {  /* one chunk (64 keys: I16_CHUNK pairs or I8_CHUNK quads) per exact int32 sum, times
+                 its scale (cm: row r's at cm + r * ncs), then float32 sums in memory (L1): the int32
+                 and the float32 sums together would not fit in the registers */
         float f[QB][4][16] __attribute__((aligned(64)));
         memset(f, 0, sizeof f);
-        for (int j = 0; j < np; j += I16_CHUNK) {
-            int n = np - j < I16_CHUNK ? np - j : I16_CHUNK;
+        int ch = q4 ? I8_CHUNK : I16_CHUNK;
+        for (int j = 0; j < np; j += ch) {
+            int n = np - j < ch ? np - j : ch;
             if (nv == 4) {  /* the model's 64-wide heads */
-                pv4_chunk_i16(p + j, ps, n, vp + (int64_t)j * 64, f, cm + j / I16_CHUNK, ncs);
+                if (q4)
+                    pv4_chunk_i8(p + j, ps, n, vp + (int64_t)j * 64, f, cm + j / ch, ncs);
+                else
+                    pv4_chunk_i16(p + j, ps, n, vp + (int64_t)j * 64, f, cm + j / ch, ncs);
                 continue;
             }
-            dp_block(p + j, ps, n, vp + (int64_t)j * nv * 16, nv, 1, nv, acc, DOT_I16);
+            dp_block(p + j, ps, n, vp + (int64_t)j * nv * 16, nv, 1, nv, acc, q4 ? DOT_I8 : DOT_I16);
             for (int r = 0; r < QB; r++) {
-                __m512 m = _mm512_set1_ps(cm[r * ncs + j / I16_CHUNK]);
+                __m512 m = _mm512_set1_ps(cm[r * ncs + j / ch]);
                 for (int c = 0; c < nv; c++)
                     _mm512_store_ps(f[r][c], _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_castps_si512(acc[r][c])), m,
                                                              _mm512_load_ps(f[r][c])));
@@ -344,7 +316,8 @@ int vx_has_attn_i16(void) {
    length prefix, sees itself; the audio sees the text and itself causally), and the key blocks
    past a query block's last visible key are skipped (half the causal work).
    out: [B, Sq, H, hd] (the layout the output projection reads), float32 or bf16 (out_bf16).
-   hd must be a multiple of 16 and at most 64. i16: the int16 mode above (where vx_has_attn_i16). */
+   hd must be a multiple of 16 and at most 64. i16 (where vx_has_attn_i16): 1 the int16 mode above,
+   2 the int8 mode. */
 void vx_attn_full(const uint16_t *q, const int64_t *qst, const uint16_t *k, const uint16_t *v, const int64_t *kvst,
                   void *out, int B, int H,
                   int Sq, int Sk, int hd, float scale, int prefix, int out_bf16, int i16, int n_threads) {
@@ -352,7 +325,9 @@ void vx_attn_full(const uint16_t *q, const int64_t *qst, const uint16_t *k, cons
 #ifndef VX_ATTN_I16
     i16 = 0;
 #endif
+    int i8 = i16 == 2;  /* the int8 mode */
     int hp = hd / 2, nv = hd / 16, nkb = (Sk + 15) / 16, np = (Sk + 1) / 2;
+    int kw = i8 ? hd / 4 : hp;  /* dwords per query and key row */
     int64_t ss = (int64_t)nkb * 16 + 16;  /* score row stride (floats), >= Sk rounded up to 32 */
     int64_t pst = (np + 31) / 16 * 16;  /* pair row stride: >= that / 2, a multiple of 64 B (aligned_alloc) */
 #pragma omp parallel num_threads(n_threads)
@@ -368,6 +343,7 @@ void vx_attn_full(const uint16_t *q, const int64_t *qst, const uint16_t *k, cons
            value columns', the block's queries' */
         int16_t *tq = i16 ? aligned_alloc(64, sizeof(int16_t) * (((size_t)Sk * hd + 31) / 32 * 32)) : NULL;
         float *ks = i16 ? aligned_alloc(64, sizeof(float) * (size_t)nkb * 16) : NULL;
+        int32_t *ksum = i8 ? aligned_alloc(64, sizeof(int32_t) * (size_t)nkb * 16) : NULL;  /* int8: each key's sum */
         float vsc[64], sq[QB];
         int ncs = (np + I16_CHUNK - 1) / I16_CHUNK + 1;  /* chunks of the weighted values per row */
         float *cmul = i16 ? malloc(sizeof(float) * (size_t)QB * ncs) : NULL;
@@ -382,21 +358,38 @@ void vx_attn_full(const uint16_t *q, const int64_t *qst, const uint16_t *k, cons
             int64_t kvo = b * kvst[0] + h * kvst[1], krs = kvst[2];
             const uint16_t *qh = q + b * qst[0] + h * qst[1], *kh = k + kvo, *vh = v + kvo;
             int64_t xrs = krs;  /* the row stride of what is packed: the input, or tq's */
-            if (tq) {
+            if (i8) {
+                /* the keys less their mean over the positions: a query's scores all move by the
+                   same q . mean, which the softmax ignores, and 7 bits of what is left of the
+                   keys are finer than 7 bits of keys that share a large common part */
+                float kmu[64];
+                __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+                for (int j = 0; j < Sk; j++)
+                    for (int c = 0; c < nv; c++) acc[c] = _mm512_add_ps(acc[c], load_bf16(kh + (int64_t)j * krs + c * 16, 0xffff));
+                for (int c = 0; c < nv; c++) _mm512_storeu_ps(kmu + c * 16, _mm512_div_ps(acc[c], _mm512_set1_ps((float)Sk)));
+                for (int j = 0; j < Sk; j++)
+                    ks[j] = quant_i8_row(kh + (int64_t)j * krs, kmu, hd, (uint8_t *)tq + (int64_t)j * hd, 0, ksum + j);
+                for (int j = Sk; j < nkb * 16; j++) ks[j] = 0.f, ksum[j] = 0;
+                kh = (const uint16_t *)tq;
+                xrs = hd / 2;  /* in uint16 units */
+            } else if (tq) {
                 for (int j = 0; j < Sk; j++) ks[j] = quant_i16_row(kh + (int64_t)j * krs, hd, tq + (int64_t)j * hd);
                 for (int j = Sk; j < nkb * 16; j++) ks[j] = 0.f;
                 kh = (const uint16_t *)tq;
                 xrs = hd;
             }
-            /* keys: [key block][d pair][16 keys] (a dword = 2 consecutive d of one key), zero-padded */
+            /* keys: [key block][dword][16 keys] (a dword = 2 consecutive d of one key, 4 in the int8
+               mode), zero-padded */
             for (int kb = 0; kb < nkb; kb++)
-                pack_keys16(kh + (int64_t)kb * 16 * xrs, xrs, Sk - kb * 16, hp, kp + (int64_t)kb * hp * 16);
-            if (tq) {  /* the keys are packed: tq takes the values */
+                pack_keys16(kh + (int64_t)kb * 16 * xrs, xrs, Sk - kb * 16, kw, kp + (int64_t)kb * kw * 16);
+            if (i8) {  /* values: [key quad][d] (4 keys a dword) */
+                quant_i8_cols_quads(vh, krs, Sk, hd, vp, vsc);
+            } else if (tq) {  /* the keys are packed: tq takes the values */
                 quant_i16_cols(vh, krs, Sk, hd, tq, vsc);
                 vh = (const uint16_t *)tq;
             }
             /* values: [key pair][d][2 keys], zero-padded */
-            for (int jp = 0; jp < np; jp++) {
+            for (int jp = 0; !i8 && jp < np; jp++) {
                 const uint16_t *v0 = vh + (int64_t)(2 * jp) * xrs, *v1 = 2 * jp + 1 < Sk ? v0 + xrs : NULL;
                 uint32_t *dst = vp + (int64_t)jp * hd;
                 if (v1) {  /* interleave 16 d of both rows per store */
@@ -414,7 +407,9 @@ void vx_attn_full(const uint16_t *q, const int64_t *qst, const uint16_t *k, cons
                 /* the block's rows side by side (the last block padded with copies of its first) */
                 for (int r = 0; r < QB; r++) {
                     const uint16_t *qr = qh + (int64_t)(q0 + (r < nq ? r : 0)) * qst[2];
-                    if (tq)
+                    if (i8)
+                        sq[r] = quant_i8_row(qr, NULL, hd, (uint8_t *)(qpad + r * kw), 128, NULL);
+                    else if (tq)
                         sq[r] = quant_i16_row(qr, hd, (int16_t *)(qpad + r * hp));
                     else
                         memcpy(qpad + r * hp, qr, sizeof(uint32_t) * hp);
@@ -428,17 +423,17 @@ void vx_attn_full(const uint16_t *q, const int64_t *qst, const uint16_t *k, cons
                     lim[r] = prefix < 0 ? Sk : i + 1 > prefix ? i + 1 : prefix < Sk ? prefix : Sk;
                     blim = lim[r] > blim ? lim[r] : blim;
                 }
-                int bkb = (blim + 15) / 16, bk32 = (blim + 31) / 32 * 32, bnp = (blim + 1) / 2;
+                int bkb = (blim + 15) / 16, bk32 = (blim + 31) / 32 * 32, bnp = i8 ? (blim + 3) / 4 : (blim + 1) / 2;
                 __m512 vmax[QB];
                 for (int r = 0; r < QB; r++) vmax[r] = _mm512_set1_ps(-INFINITY);
                 for (int kb = 0; kb < bkb; kb += 4) {
                     int c = bkb - kb < 4 ? bkb - kb : 4;
-                    const uint32_t *kpb = kp + (int64_t)kb * hp * 16;
+                    const uint32_t *kpb = kp + (int64_t)kb * kw * 16;
                     switch (c) {  /* constant block count: the accumulators stay in registers */
-                        case 1: qk_blocks(qb, qf, hp, kpb, 1, kb * 16, lim, s + kb * 16, ss, scale, vmax, sq, ks); break;
-                        case 2: qk_blocks(qb, qf, hp, kpb, 2, kb * 16, lim, s + kb * 16, ss, scale, vmax, sq, ks); break;
-                        case 3: qk_blocks(qb, qf, hp, kpb, 3, kb * 16, lim, s + kb * 16, ss, scale, vmax, sq, ks); break;
-                        default: qk_blocks(qb, qf, hp, kpb, 4, kb * 16, lim, s + kb * 16, ss, scale, vmax, sq, ks); break;
+                        case 1: qk_blocks(qb, qf, kw, kpb, 1, kb * 16, lim, s + kb * 16, ss, scale, vmax, sq, ks, ksum); break;
+                        case 2: qk_blocks(qb, qf, kw, kpb, 2, kb * 16, lim, s + kb * 16, ss, scale, vmax, sq, ks, ksum); break;
+                        case 3: qk_blocks(qb, qf, kw, kpb, 3, kb * 16, lim, s + kb * 16, ss, scale, vmax, sq, ks, ksum); break;
+                        default: qk_blocks(qb, qf, kw, kpb, 4, kb * 16, lim, s + kb * 16, ss, scale, vmax, sq, ks, ksum); break;
                     }
                 }
                 /* softmax: exp(s - max) rounded to bf16 straight into the probability rows (a bf16
@@ -449,26 +444,30 @@ void vx_attn_full(const uint16_t *q, const int64_t *qst, const uint16_t *k, cons
                     const float *sr = s + r * ss;
                     uint16_t *pr = (uint16_t *)(p + r * pst);
                     __m512 vm = _mm512_set1_ps(_mm512_reduce_max_ps(vmax[r])), vsum = _mm512_setzero_ps();
-                    if (cmul) {  /* int16 mode: per chunk of 2 * I16_CHUNK keys, round(e * I16_P / the
-                                    chunk's max), and the chunk's scale; the sum as rounded */
-                        float total = 0.f;
+                    if (cmul) {  /* integer modes: per chunk of 2 * I16_CHUNK keys, round(e * top / the
+                                    chunk's max) (top: I16_P, I8_P), and the chunk's scale; the sum as
+                                    rounded */
+                        float total = 0.f, top = i8 ? I8_P : I16_P;
                         for (int i0 = 0; i0 < bk32; i0 += 2 * I16_CHUNK) {
                             __m512 e[4], cmx = _mm512_setzero_ps(), isum = _mm512_setzero_ps();
                             for (int u = 0; u < 4; u++) {
                                 int i = i0 + 16 * u;
                                 __mmask16 m = i < bk32 ? first_n(lim[r] - i) : 0;
-                                e[u] = _mm512_maskz_mov_ps(m, exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, sr + i), vm)));
+                                e[u] = _mm512_maskz_mov_ps(m, exp_ps_q(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, sr + i), vm)));
                                 cmx = _mm512_max_ps(cmx, e[u]);
                             }
                             float c = _mm512_reduce_max_ps(cmx);
-                            __m512 up = _mm512_set1_ps(c > 0.f ? I16_P / c : 0.f);
+                            __m512 up = _mm512_set1_ps(c > 0.f ? top / c : 0.f);
                             for (int u = 0; u < 4 && i0 + 16 * u < bk32; u++) {
                                 __m512i pi = _mm512_cvtps_epi32(_mm512_mul_ps(e[u], up));
-                                _mm256_storeu_si256((__m256i *)(pr + i0 + 16 * u), _mm512_cvtepi32_epi16(pi));
+                                if (i8)  /* bytes in key order: the quads */
+                                    _mm_storeu_si128((__m128i *)((uint8_t *)(p + r * pst) + i0 + 16 * u), _mm512_cvtepi32_epi8(pi));
+                                else
+                                    _mm256_storeu_si256((__m256i *)(pr + i0 + 16 * u), _mm512_cvtepi32_epi16(pi));
                                 isum = _mm512_add_ps(isum, _mm512_cvtepi32_ps(pi));
                             }
-                            cmul[r * ncs + i0 / (2 * I16_CHUNK)] = c / I16_P;
-                            total += _mm512_reduce_add_ps(isum) * (c / I16_P);
+                            cmul[r * ncs + i0 / (2 * I16_CHUNK)] = c / top;
+                            total += _mm512_reduce_add_ps(isum) * (c / top);
                         }
                         inv[r] = 1.f / total;
                         continue;
@@ -485,10 +484,10 @@ void vx_attn_full(const uint16_t *q, const int64_t *qst, const uint16_t *k, cons
                     for (int r = 0; r < QB; r++) widen_bf16(p + r * pst, bnp, pf + r * 2 * pst);
                 __m512 acc[QB][4];
                 switch (nv) {
-                    case 1: pv_block(p, pf, pst, bnp, vp, 1, acc, cmul, ncs); break;
-                    case 2: pv_block(p, pf, pst, bnp, vp, 2, acc, cmul, ncs); break;
-                    case 3: pv_block(p, pf, pst, bnp, vp, 3, acc, cmul, ncs); break;
-                    default: pv_block(p, pf, pst, bnp, vp, 4, acc, cmul, ncs); break;
+                    case 1: pv_block(p, pf, pst, bnp, vp, 1, acc, cmul, ncs, i8); break;
+                    case 2: pv_block(p, pf, pst, bnp, vp, 2, acc, cmul, ncs, i8); break;
+                    case 3: pv_block(p, pf, pst, bnp, vp, 3, acc, cmul, ncs, i8); break;
+                    default: pv_block(p, pf, pst, bnp, vp, 4, acc, cmul, ncs, i8); break;
                 }
                 for (int r = 0; r < nq; r++) {
                     int64_t o = (((int64_t)b * Sq + q0 + r) * H + h) * hd;
@@ -511,6 +510,7 @@ void vx_attn_full(const uint16_t *q, const int64_t *qst, const uint16_t *k, cons
         free(pf);
         free(tq);
         free(ks);
+        free(ksum);
         free(cmul);
     }
 #else
