@@ -44,19 +44,26 @@ static inline float quant_i16_row(const uint16_t *x, int n, int16_t *dst) {
     return sc;
 }
 
-/* n rows of hd bf16 (rows rs apart) -> int16 rows [n][hd] with one scale per column (sc[hd]) */
-static void quant_i16_cols(const uint16_t *x, int64_t rs, int n, int hd, int16_t *dst, float *sc) {
-    __m512 vmax[4], inv[4];
+/* one scale per column of n rows of hd bf16 (rows rs apart): sc[c] = max |x| / top (1 for zeros),
+   and their inverses (inv[hd / 16]) */
+static void col_scales(const uint16_t *x, int64_t rs, int n, int hd, float top, float *sc, __m512 *inv) {
+    __m512 vmax[4];
     for (int c = 0; c < hd / 16; c++) vmax[c] = _mm512_setzero_ps();
     for (int j = 0; j < n; j++)
         for (int c = 0; c < hd / 16; c++)
             vmax[c] = _mm512_max_ps(vmax[c], _mm512_abs_ps(load_bf16(x + (int64_t)j * rs + c * 16, 0xffff)));
     for (int c = 0; c < hd / 16; c++) {
         __mmask16 z = _mm512_cmp_ps_mask(vmax[c], _mm512_setzero_ps(), _CMP_EQ_OQ);
-        __m512 s = _mm512_mask_mov_ps(_mm512_div_ps(vmax[c], _mm512_set1_ps(I16_QK)), z, _mm512_set1_ps(1.f));
+        __m512 s = _mm512_mask_mov_ps(_mm512_div_ps(vmax[c], _mm512_set1_ps(top)), z, _mm512_set1_ps(1.f));
         _mm512_storeu_ps(sc + c * 16, s);
         inv[c] = _mm512_div_ps(_mm512_set1_ps(1.f), s);
     }
+}
+
+/* n rows of hd bf16 (rows rs apart) -> int16 rows [n][hd] with one scale per column (sc[hd]) */
+static void quant_i16_cols(const uint16_t *x, int64_t rs, int n, int hd, int16_t *dst, float *sc) {
+    __m512 inv[4];
+    col_scales(x, rs, n, hd, I16_QK, sc, inv);
     for (int j = 0; j < n; j++)
         for (int c = 0; c < hd / 16; c++)
             _mm256_storeu_si256((__m256i *)(dst + (int64_t)j * hd + c * 16),
@@ -97,17 +104,8 @@ static inline float quant_i8_row(const uint16_t *x, const float *mu, int n, uint
 /* n rows of hd bf16 (rows rs apart) -> s8 with one scale per column (sc[hd]), packed for the
    weighted values: [key quad][d] dwords, byte t of dword (j, d) = key 4j + t, zeros past n */
 static void quant_i8_cols_quads(const uint16_t *x, int64_t rs, int n, int hd, uint32_t *dst, float *sc) {
-    __m512 vmax[4], inv[4];
-    for (int c = 0; c < hd / 16; c++) vmax[c] = _mm512_setzero_ps();
-    for (int j = 0; j < n; j++)
-        for (int c = 0; c < hd / 16; c++)
-            vmax[c] = _mm512_max_ps(vmax[c], _mm512_abs_ps(load_bf16(x + (int64_t)j * rs + c * 16, 0xffff)));
-    for (int c = 0; c < hd / 16; c++) {
-        __mmask16 z = _mm512_cmp_ps_mask(vmax[c], _mm512_setzero_ps(), _CMP_EQ_OQ);
-        __m512 s = _mm512_mask_mov_ps(_mm512_div_ps(vmax[c], _mm512_set1_ps(127.f)), z, _mm512_set1_ps(1.f));
-        _mm512_storeu_ps(sc + c * 16, s);
-        inv[c] = _mm512_div_ps(_mm512_set1_ps(1.f), s);
-    }
+    __m512 inv[4];
+    col_scales(x, rs, n, hd, 127.f, sc, inv);
     const __m512i lo = _mm512_set1_epi32(0xff);
     for (int j = 0; j < (n + 3) / 4; j++)
         for (int c = 0; c < hd / 16; c++) {
