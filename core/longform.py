@@ -61,6 +61,7 @@ class Request:
     seed: int
     warnings: list[str] = field(default_factory=list)
     cap_s: float | None = None  # the user's cap on this sentence's audio
+    seed_given: bool = False  # the user chose the seed (else the studio drew it and may draw again)
 
     def engine_args(self) -> dict:
         """Keyword arguments of `VallEX.generate` (tensors on CPU)."""

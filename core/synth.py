@@ -34,6 +34,7 @@ from core.synth_types import ACCENTS, LANGUAGES, PRESETS, Job, SentenceResult, S
 log = logging.getLogger(__name__)
 
 PROMPT_MAX_S = 15.0  # the reference refuses longer prompt recordings
+REROLLS = 3  # fresh draws for a sampled sentence that stopped at once (Studio._reroll_if_silent)
 
 __all__ = ["Studio", "SynthOptions", "SynthResult", "SentenceResult", "PRESETS", "LANGUAGES", "ACCENTS",
            "load_presets"]
@@ -231,7 +232,8 @@ class Studio:
             prev = result.sentences[index - 1]
             prev_req = next(r for r in job.requests if r.index == prev.index)
             prompt, _ = longform.sliding_prompt(job.first_prompt, prev_req, prev.codes)
-        req = replace(req, prompt=prompt, seed=new_seed() if seed is None else int(seed), warnings=[])
+        req = replace(req, prompt=prompt, seed=new_seed() if seed is None else int(seed), warnings=[],
+                      seed_given=seed is not None)
         t0 = time.perf_counter()
         new = self._generate_group([req], job)[0]
         sentences = list(result.sentences)
@@ -284,7 +286,8 @@ class Studio:
                 continue
             n = len(job.requests)
             job.requests.append(Request(n, sentence, list(ph.ids), list(ph.langs), ph.phonemes, job.first_prompt,
-                                        sentence_seed(options.seed, n, base_seed), cap_s=options.max_sentence_s))
+                                        sentence_seed(options.seed, n, base_seed), cap_s=options.max_sentence_s,
+                                        seed_given=options.seed is not None))
         if not job.requests:
             raise TextError(f"Nothing pronounceable in {text[:40]!r}.", "Write words in English, Chinese or Japanese.")
         return job
@@ -355,6 +358,7 @@ class Studio:
                 return [self._failed(reqs[0], e, job)]
             log.warning("batch of %d failed (%s); retrying one by one", len(reqs), e)
             return [r for req in reqs for r in self._generate_group([req], job)]
+        gens = [self._reroll_if_silent(m.lm, req, gen, job) for req, gen in zip(reqs, gens)]
         share = (time.perf_counter() - t0) / len(reqs)  # a batch's engine time, split evenly
         out = []
         for req, gen in zip(reqs, gens):
@@ -364,6 +368,24 @@ class Studio:
                 log.warning("sentence %d failed after generation: %s", req.index, e)
                 out.append(self._failed(req, e, job))
         return out
+
+    def _reroll_if_silent(self, lm, req: Request, gen, job: Job, tries: int = REROLLS):
+        """A sampled sentence that stopped at once (EOS on the first step: no audio) is drawn again
+        with fresh seeds, up to `tries` times, where the seed was the studio's to choose: a seed the
+        user typed must give the same result every time, and greedy decoding would only repeat
+        itself. The seed kept is the one reported, so the result can be reproduced."""
+        if len(gen.codes) or gen.stop_reason != "eos" or req.seed_given:
+            return gen
+        if job.options.sampling(req.seed).greedy:
+            return gen
+        for _ in range(tries):
+            seed = new_seed()
+            with self._engine_lock:
+                again = lm.generate(**req.engine_args(), sampling=job.options.sampling(seed, req.max_frames()))
+            if len(again.codes):
+                again.warnings.append(f"the model stopped at once with seed {gen.seed}; drew again with seed {again.seed}")
+                return again
+        return gen
 
     def _engine(self, lm, reqs: list[Request], options: SynthOptions) -> list:
         """Engine call. A batch samples request i with seed `seed + i`, so a group of sentences

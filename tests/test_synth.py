@@ -13,6 +13,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from core.convert import EditPlan, apply_plan
 from core.errors import StudioError, TextError, VoiceError
@@ -318,6 +319,63 @@ def test_one_failing_sentence_keeps_the_others(studio, spy):
     spy.fail_if = lambda call: True
     with pytest.raises(StudioError, match="every sentence"):
         studio.synthesize("Hello.", None, GREEDY)
+
+
+class Silent(Spy):
+    """The first `n` engine calls stop at once (EOS on the first step: no codes), as a sampled
+    sentence now and then does; later calls run the real engine."""
+
+    def __init__(self, lm, n):
+        super().__init__(lm)
+        self.left = n
+
+    def _silence(self, gens):
+        from core.lm_io import Generation
+
+        out = []
+        for g in gens:
+            if self.left > 0:
+                self.left -= 1
+                g = Generation(torch.zeros(0, 8, dtype=torch.long), "eos", [], g.seed)
+            out.append(g)
+        return out
+
+    def generate(self, *args, **kwargs):
+        return self._silence([super().generate(*args, **kwargs)])[0]
+
+    def generate_batch(self, requests, sampling=None):
+        return self._silence(super().generate_batch(requests, sampling))
+
+
+def test_a_sampled_sentence_that_stops_at_once_is_drawn_again(studio, monkeypatch):
+    import core.synth as synth
+
+    models = studio._load()
+    sampled = SynthOptions(max_sentence_s=1.0)  # the balanced preset: sampled, a random seed
+    silent = Silent(models.lm, 1)
+    monkeypatch.setattr(models, "lm", silent)
+    result = studio.synthesize("Hello there.", None, sampled)
+    s = result.sentences[0]
+    assert s.ok and len(s.codes) > 0 and len(silent.calls) == 2
+    assert any("stopped at once" in w and f"seed {s.seed}" in w for w in s.warnings)
+    # the seed reported is the one that spoke: it reproduces the sentence
+    assert np.array_equal(studio.reroll(result, 0, seed=s.seed).sentences[0].codes, s.codes)
+    # a re-roll with a seed the user gives keeps it, silent or not; one without draws again
+    silent.left, silent.calls = 1, []
+    assert len(studio.reroll(result, 0, seed=s.seed).sentences[0].codes) == 0 and len(silent.calls) == 1
+    silent.left, silent.calls = 1, []
+    assert len(studio.reroll(result, 0).sentences[0].codes) > 0 and len(silent.calls) == 2
+    # a seed the user chose, or greedy decoding, is not drawn again: the sentence says so instead
+    for opts in (replace(sampled, seed=5), GREEDY):
+        silent.left, silent.calls = 1, []
+        s = studio.synthesize("Hello there.", None, opts).sentences[0]
+        assert len(s.codes) == 0 and len(silent.calls) == 1
+        assert any("produced no audio" in w for w in s.warnings)
+    # silent every time: REROLLS more draws, then the same warning
+    silent.left, silent.calls = 99, []
+    s = studio.synthesize("Hello there.", None, sampled).sentences[0]
+    assert len(s.codes) == 0 and len(silent.calls) == 1 + synth.REROLLS
+    assert any("produced no audio" in w for w in s.warnings)
 
 
 def test_convert_clip_without_models(golden):
