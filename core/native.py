@@ -305,6 +305,9 @@ def softmax_(s: torch.Tensor) -> torch.Tensor:
     return s
 
 
+ATTN_INTS = {0: 0, 16: 1, 8: 2}  # attn_full's arithmetic -> vx_attn_full's mode (bf16, int16, int8)
+
+
 def attn_full(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
               out_dtype: torch.dtype, prefix: int | None = None, ints: int = 0) -> torch.Tensor | None:
     """Attention of bf16 q [B, H, Sq, hd] over bf16 k, v [B, H, Sk, hd], any strides with the last
@@ -317,6 +320,8 @@ def attn_full(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
     ints 16 or 8: integer arithmetic (core/kernels/attn_full.c): q, k, v and the probabilities as
     int16 (twice the float32 rate) or int8 (four times) with exact integer sums; where
     `attn_i16_available()`, else bf16."""
+    if ints not in ATTN_INTS:
+        raise ValueError(f"attn_full: ints must be one of {', '.join(map(str, ATTN_INTS))} (0: bf16), not {ints!r}")
     B, H, Sq, hd = q.shape
     Sk = k.shape[2]
     if (_lib is None or not _lib.vx_has_attn_full() or hd % 16 or hd > 64 or Sk == 0
@@ -330,7 +335,7 @@ def attn_full(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
     out = torch.empty(B, Sq, H * hd, dtype=out_dtype)
     _lib.vx_attn_full(q.data_ptr(), qst, k.data_ptr(), v.data_ptr(), kvst, out.data_ptr(), B, H, Sq, Sk, hd,
                       float(scale), -1 if prefix is None else max(int(prefix), 0), int(out_dtype == torch.bfloat16),
-                      {16: 1, 8: 2}.get(ints, 0) if _lib.vx_has_attn_i16() else 0, torch.get_num_threads())
+                      ATTN_INTS[ints] if _lib.vx_has_attn_i16() else 0, torch.get_num_threads())
     return out
 
 

@@ -339,8 +339,8 @@ def apply_precision(core, dtype: torch.dtype, quantize: str | None, device, mmap
             if own and stack is core.ar:
                 stack.decode_step = native_linear.DecodeStep(stack)  # over the bf16 cache
             if own_f16 and stack is core.nar:
-                # the int8 mode's int16 attention: as close to float32 attention as the bf16 one
-                # (q, k one scale per row and head, exact integer sums), twice its rate
+                # the int16 attention (as the int8 mode's prefill): as close to float32 attention
+                # as the bf16 one (q, k one scale per row and head, exact integer sums), twice its rate
                 stack.attn_ints = 16 if native.attn_i16_available() else 0
         return
 

@@ -380,8 +380,12 @@ class Studio:
             return gen
         for _ in range(tries):
             seed = new_seed()
-            with self._engine_lock:
-                again = lm.generate(**req.engine_args(), sampling=job.options.sampling(seed, req.max_frames()))
+            try:
+                with self._engine_lock:
+                    again = lm.generate(**req.engine_args(), sampling=job.options.sampling(seed, req.max_frames()))
+            except Exception as e:  # noqa: BLE001 - the silent take stands (and says so); nothing is lost
+                log.warning("sentence %d: drawing again after a silent take failed: %s", req.index, e)
+                return gen
             if len(again.codes):
                 again.warnings.append(f"the model stopped at once with seed {gen.seed}; drew again with seed {again.seed}")
                 return again

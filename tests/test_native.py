@@ -318,6 +318,14 @@ def test_full_attention_int8_and_int16_modes_differ_by_their_rounding():
     assert 5 * e16 < e8 < 0.03
 
 
+@pytest.mark.parametrize("ints", [True, 7, 32, "8", None])
+def test_full_attention_refuses_an_unknown_arithmetic(ints):
+    # not silently bf16: True == 1 and "8" look like modes but are not
+    q = torch.zeros(1, 1, 4, 16, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match=r"ints must be one of 0, 16, 8"):
+        native.attn_full(q, q, q, 0.25, torch.float32, ints=ints)
+
+
 @needs_attn_i16
 @pytest.mark.parametrize("ints", [16, 8])
 def test_full_attention_integer_modes_degenerate_inputs(ints):

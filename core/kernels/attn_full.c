@@ -164,10 +164,10 @@ static inline __attribute__((always_inline)) void qk_blocks(const uint32_t *q, c
 
 /* The integer weighted values of one chunk for hd = 64 (4 value vectors, the model's heads): QB = 6
    rows over n <= I16_CHUNK key pairs (int16) or I8_CHUNK quads (int8), into the float32 sums f,
-   times row r's chunk scale cm[r * ncs]. gcc 12 stored all 24 int32 sums to the stack at every step (~2.4x slower: the
-   weighted values took 3.1 of the 6.2 ms of a NAR attention call) whenever this loop was inlined
-   into vx_attn_full, kept its sums in an array, or went through gcc's inter-procedural passes or
-   its partial-redundancy elimination: hence named sums in a function of its own, noipa and
+   times row r's chunk scale cm[r * ncs]. gcc 12 stored all 24 int32 sums to the stack at every
+   step (~2.4x slower: the weighted values took 3.1 of the 6.2 ms of a NAR attention call) whenever
+   this loop was inlined into vx_attn_full, kept its sums in an array, or went through gcc's
+   inter-procedural passes or its partial-redundancy elimination: hence named sums in a function of its own, noipa and
    no-tree-pre (checked on the assembly: 2 stack accesses in the function, none in the loop).
    Same integer sums and float operations as the generic loop below: bit-identical outputs. */
 #define PV4_SUMS(r) __m512 s##r##0 = z, s##r##1 = z, s##r##2 = z, s##r##3 = z;

@@ -1,6 +1,6 @@
 /* attn_full.c's integer modes: what turns its bf16 q, k, v into integers (the quantizers, and
 the value packing of the int8 mode) and the softmax's cheaper exp. Included by attn_full.c only,
-within its AVX-512 BF16 + VNNI part. */
+within its AVX-512 BF16 part. */
 #ifndef VX_ATTN_QUANT_H
 #define VX_ATTN_QUANT_H
 #include "common.h"
