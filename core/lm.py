@@ -31,6 +31,7 @@ from core import native_linear
 from core.ar import decode_ar
 from core.checkpoint import (N_CODES, _fill_tied_aliases, _reference_tying, check_state_dict, checkpoint_to_internal,
                              infer_config, read_state_dict, reference_schema)
+from core.decode_step import TokenIO
 from core.devices import resolve_device
 from core.errors import StudioError
 from core.lm_io import MAX_CONTEXT_FRAMES, Generation, LMRequest, Req, codes_1d, prepare, unpack
@@ -235,13 +236,13 @@ class VallEX:
             self._pe = sinusoid_table(n, self.config["d_model"], device=self.device)
         return self._pe[:n]
 
-    def token_io(self, n_pos: int) -> native_linear.TokenIO | None:
+    def token_io(self, n_pos: int) -> TokenIO | None:
         """The AR decode step's input (audio embedding + alpha * positions, as core.ar adds them)
         and output (final norm, head) for DecodeStep.logits; None without a native bf16 / fp32 head."""
         c = self.core
         if not isinstance(c.ar_head, (native_linear.Bf16Linear, native_linear.F32Linear)):
             return None
-        return native_linear.TokenIO(c.ar_audio_emb.weight, c.ar_audio_alpha * self.positions(n_pos), c.ar.norm, c.ar_head)
+        return TokenIO(c.ar_audio_emb.weight, c.ar_audio_alpha * self.positions(n_pos), c.ar.norm, c.ar_head)
 
     def text_input(self, r: Req, nar: bool) -> torch.Tensor:
         c = self.core

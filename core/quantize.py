@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from core import native, native_linear, speculate
+from core.decode_step import DecodeStep
 
 INT8_BACKENDS = ("int8-dynamic", "int8-weight", "int8-torchao")
 QUANTIZE_MODES = INT8_BACKENDS + ("int4",)
@@ -235,7 +236,7 @@ def _int8_dynamic(stack, device, mmapped: bool, is_ar: bool) -> None:
         # the AR's prefill in int16 (its first greedy steps follow the prompt's keys closely)
         stack.attn_ints = (16 if is_ar else 8) if native.attn_i16_available() else 0
         if is_ar:
-            stack.decode_step = native_linear.DecodeStep(stack)
+            stack.decode_step = DecodeStep(stack)
             stack.kv_dtype = torch.int8  # int8 rows: half the bytes a decode step streams
 
 
@@ -333,11 +334,11 @@ def apply_precision(core, dtype: torch.dtype, quantize: str | None, device, mmap
                 _use_native(stack, device)
             elif own_f32 and stack is core.ar:
                 stack.native_decode_attn = True  # vx_attn_decode over the float32 cache
-                stack.decode_step = native_linear.DecodeStep(stack)  # over the float32 cache
+                stack.decode_step = DecodeStep(stack)  # over the float32 cache
                 if drafts:
                     stack.draft = speculate.Draft(stack, drafts)
             if own and stack is core.ar:
-                stack.decode_step = native_linear.DecodeStep(stack)  # over the bf16 cache
+                stack.decode_step = DecodeStep(stack)  # over the bf16 cache
             if own_f16 and stack is core.nar:
                 # the int16 attention (as the int8 mode's prefill): as close to float32 attention
                 # as the bf16 one (q, k one scale per row and head, exact integer sums), twice its rate
@@ -361,7 +362,7 @@ def apply_precision(core, dtype: torch.dtype, quantize: str | None, device, mmap
         trim_heap()
         ar.act_dtype = torch.float32
         _use_native(ar, device)
-        ar.decode_step = native_linear.DecodeStep(ar)
+        ar.decode_step = DecodeStep(ar)
         ar.kv_dtype = torch.int8
     elif quantize == "int8-dynamic":
         if device.type != "cpu":

@@ -22,7 +22,8 @@ import time
 import torch
 
 from core import native
-from core.native_linear import DecodeStep, Int8Linear
+from core.decode_step import DecodeStep
+from core.native_linear import Int8Linear
 from core.sampling import EOS
 
 MAX_DRAFT = 8  # drafted codes a round, at most (a 9-row verify step: ~1.8x one row in fp32)

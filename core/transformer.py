@@ -188,7 +188,7 @@ class Stack(nn.Module):
         # the decode step's attention (one query row) in native.attn_decode, over the cache's
         # dtype: the fast_cpu modes, and fp32 where vx_linear_f32 runs (set by core.quantize)
         self.native_decode_attn = False
-        self.decode_step = None  # int8 / bf16 modes: core.native_linear.DecodeStep, the whole step in one call
+        self.decode_step = None  # int8 / bf16 modes: core.decode_step.DecodeStep, the whole step in one call
         self.draft = None  # fp32 AR: core.speculate.Draft, an int8 copy that drafts greedy decoding
         # the fused full attention in integers (set by core.quantize; core/kernels/attn_full.c):
         # 16 = int16 (twice the float32 rate; q, k, v keep more bits than bf16's): the int8 mode's

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core import native, native_linear
+from core import decode_step, native, native_linear
 from core.lm import LMRequest, VallEX
 from core.sampling import Sampling
 
@@ -1082,7 +1082,7 @@ def test_decode_step_from_codes_to_logits(golden, mode):
     with pytest.raises(ValueError, match="cache"):
         stack.decode_step.logits(io, [5], [0], cache[:, :, :1].transpose(-1, -2), slot, None)
     with pytest.raises(ValueError, match="LayerNorm"):
-        native_linear.TokenIO(c.ar_audio_emb.weight, torch.zeros(4, stack.d + 1), stack.norm, c.ar_head)
+        decode_step.TokenIO(c.ar_audio_emb.weight, torch.zeros(4, stack.d + 1), stack.norm, c.ar_head)
 
 
 @needs_native
@@ -1290,7 +1290,7 @@ def test_int8_kv_cache_in_every_ar_path(golden):
     assert model.core.nar.kv_dtype == torch.bfloat16  # no cache in the NAR
     g = torch.Generator().manual_seed(6)
     prompt = torch.randint(0, 1024, (5, 8), generator=g)
-    n_req = native_linear.FUSED_ROWS + 2
+    n_req = decode_step.FUSED_ROWS + 2
     reqs = [LMRequest(torch.randint(5, 60, (4,), generator=g), torch.zeros(4, dtype=torch.long), 1, prompt)
             for _ in range(n_req)]
     s = Sampling(top_k=1, guards=False, max_frames=12)
@@ -1310,7 +1310,7 @@ def test_batch_beyond_the_fused_rows_matches_one_by_one(golden, mode):
     # one by one fused; fp32: the fused step takes every row (its layer norm is not torch's).
     # Either way the same tokens.
     model = _tiny(golden, mode)
-    stack, n = model.core.ar, native_linear.FUSED_ROWS + 2
+    stack, n = model.core.ar, decode_step.FUSED_ROWS + 2
     assert stack.fused_decode(torch.zeros(1, dtype=stack.kv_dtype), n) == (mode == "fp32")
     g = torch.Generator().manual_seed(6)
     prompt = torch.randint(0, 1024, (5, 8), generator=g)
