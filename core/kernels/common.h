@@ -271,7 +271,47 @@ static inline float kv_scale(const int8_t *row, int D) {
     return sc;
 }
 
-/* entry points used across files (attn_decode.c, linear_i8.c, linear_float.c) */
+#ifdef VX_AVX512
+/* shared by the decode attention's float (attn_decode.c) and int8 (kv_i8.c) kernels */
+/* p[s0..n) = exp(p - max) (vmax: the lanes' maxima of the scores); returns 1 / their sum (0 if
+   the sum is 0). The normalisation is left to the weighted sum of the values. */
+static inline float exp_scores(float *p, int s0, int n, __m512 vmax) {
+    __m512 vm = _mm512_set1_ps(_mm512_reduce_max_ps(vmax)), vsum = _mm512_setzero_ps();
+    for (int s = s0; s < n; s += 16) {
+        __mmask16 m = n - s >= 16 ? 0xffff : (__mmask16)((1u << (n - s)) - 1);
+        __m512 e = _mm512_maskz_mov_ps(m, exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, p + s), vm)));
+        _mm512_mask_storeu_ps(p + s, m, e);
+        vsum = _mm512_add_ps(vsum, e);
+    }
+    float sum = _mm512_reduce_add_ps(vsum);
+    return sum > 0.f ? 1.f / sum : 0.f;
+}
+
+/* lane j = the sum of the 16 lanes of a[j]: float32 lanes, or int32 lanes (i32: exact) */
+static inline __attribute__((always_inline)) __m512 hsum16x(const __m512 *a, int i32) {
+#define VX_ADD(x, y) (i32 ? _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(x), _mm512_castps_si512(y))) \
+                         : _mm512_add_ps(x, y))
+    __m512 s[8], u[4];
+    for (int i = 0; i < 8; i++)
+        s[i] = VX_ADD(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+    for (int i = 0; i < 4; i++) {
+        __m512d x = _mm512_castps_pd(s[2 * i]), y = _mm512_castps_pd(s[2 * i + 1]);
+        u[i] = VX_ADD(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+    }
+    __m512 v0 = VX_ADD(_mm512_shuffle_f32x4(u[0], u[1], 0x88), _mm512_shuffle_f32x4(u[0], u[1], 0xdd));
+    __m512 v1 = VX_ADD(_mm512_shuffle_f32x4(u[2], u[3], 0x88), _mm512_shuffle_f32x4(u[2], u[3], 0xdd));
+    return VX_ADD(_mm512_shuffle_f32x4(v0, v1, 0x88), _mm512_shuffle_f32x4(v0, v1, 0xdd));
+#undef VX_ADD
+}
+#endif
+
+#if defined(VX_AVX512) && defined(__AVX512VNNI__)
+#define VX_DECODE_I8 1
+void vx_decode_i8(const float *qv, const int8_t *k, const int8_t *v, int D, int s0, int n, float scale,
+                  float *p, float *o, const int8_t *nk, const int8_t *nv, int16_t *wq);
+#endif
+
+/* entry points used across files (attn_decode.c, kv_i8.c, decode_step.c, linear_*.c) */
 void vx_kv_put_i8(const float *x, int D, int8_t *row);
 void vx_attn_decode(const float *q, int64_t qsb, const void *k, const void *v, int64_t sb, int64_t sh,
                     float *out, int B, int H, int D, int n, const int32_t *starts, const int32_t *rows,
