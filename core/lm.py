@@ -48,27 +48,33 @@ __all__ = ["VallEX", "Sampling", "Generation", "LMRequest", "reference_schema", 
 # ------------------------------------------------------------------------------------ the model
 
 
+def _table(n: int, d: int) -> nn.Embedding:
+    """An embedding table for load_state_dict(assign=True) to fill: no random init. On the meta
+    device nn.Embedding's own init (normal_) imports torch._dynamo, ~2 s of every load."""
+    return nn.Embedding(n, d, _weight=torch.empty(n, d))
+
+
 class _Core(nn.Module):
     def __init__(self, cfg: dict[str, int], n_heads: int):
         super().__init__()
         d, n_text, n_q = cfg["d_model"], cfg["n_text"], cfg["n_q"]
         self.d, self.n_q, self.n_text = d, n_q, n_text
-        self.ar_text_emb = nn.Embedding(n_text, d)
-        self.ar_audio_emb = nn.Embedding(N_CODES + 2, d)
-        self.ar_lang_emb = nn.Embedding(3, d)
+        self.ar_text_emb = _table(n_text, d)
+        self.ar_audio_emb = _table(N_CODES + 2, d)
+        self.ar_lang_emb = _table(3, d)
         self.ar_text_alpha = nn.Parameter(torch.empty(1))
         self.ar_audio_alpha = nn.Parameter(torch.empty(1))
         self.ar = Stack(d, n_heads, cfg["n_ar"], cfg["d_ff"], adaptive=False)
         self.ar_head = nn.Linear(d, N_CODES + 1, bias=False)
-        self.nar_text_emb = nn.Embedding(n_text, d)
-        self.nar_lang_emb = nn.Embedding(3, d)
-        self.nar_audio_embs = nn.ModuleList([nn.Embedding(N_CODES + 1, d)]
-                                            + [nn.Embedding(N_CODES, d) for _ in range(n_q - 1)])
+        self.nar_text_emb = _table(n_text, d)
+        self.nar_lang_emb = _table(3, d)
+        self.nar_audio_embs = nn.ModuleList([_table(N_CODES + 1, d)]
+                                            + [_table(N_CODES, d) for _ in range(n_q - 1)])
         self.nar_text_alpha = nn.Parameter(torch.empty(1))
         self.nar_audio_alpha = nn.Parameter(torch.empty(1))
         self.nar = Stack(d, n_heads, cfg["n_nar"], cfg["d_ff"], adaptive=True)
         self.nar_heads = nn.ModuleList(nn.Linear(d, N_CODES, bias=False) for _ in range(n_q - 1))
-        self.nar_stage_embs = nn.ModuleList(nn.Embedding(1, d) for _ in range(n_q - 1))
+        self.nar_stage_embs = nn.ModuleList(_table(1, d) for _ in range(n_q - 1))
         self.head_dtype = torch.float32
 
     def embeddings(self):

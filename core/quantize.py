@@ -205,7 +205,21 @@ def convert_tensor(t: torch.Tensor, dtype, device, mmapped: bool, done: dict) ->
 
 
 def _int8_dynamic(stack, device, mmapped: bool, is_ar: bool) -> None:
-    """One stack to "int8-dynamic": torch.ao's per-channel int8 weights (fbgemm modules)."""
+    """One stack to "int8-dynamic": torch.ao's per-channel int8 weights (fbgemm modules), or the
+    same int8 values straight into vx_linear_i8's layout where its tiled GEMM runs."""
+    if _use_native(stack, device) and native.gemm_available():
+        # The fbgemm modules would only be unpacked into Int8Linear and dropped: vx_pack_i8 makes
+        # the same int8 weights and scales (bit for bit, tests/test_native.py) in one pass,
+        # ~0.3 s for both stacks against ~9 s through quantize_dynamic, its prepack and unpack.
+        for layer, name in _linears(stack):
+            lin = getattr(layer, name)
+            setattr(layer, name, native_linear.Int8Linear.from_float(lin.weight, lin.bias))
+            if mmapped:
+                release_pages(lin.weight)
+            if name == "ff2":
+                trim_heap()
+        _native_int8(stack, is_ar)
+        return
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     for layer, name in _linears(stack):
@@ -223,21 +237,28 @@ def _int8_dynamic(stack, device, mmapped: bool, is_ar: bool) -> None:
             trim_heap()
     stack.act_dtype = torch.float32
     stack.kv_dtype = torch.float32
-    if _use_native(stack, device) and (is_ar or native.gemm_available()):
-        # The same int8 weights through vx_linear_i8: 1.6x fbgemm's speed for the decode step's
-        # one row, ~1.4x for the NAR's and the prefill's hundreds (tiled VNNI GEMM). With that
-        # GEMM the fbgemm modules are dropped; without it the AR keeps them for its prefill (one
-        # more int8 copy) and the NAR stays on fbgemm.
+    if _use_native(stack, device) and is_ar:
+        # Without the tiled GEMM (no VNNI): the same int8 weights through vx_linear_i8 for the
+        # decode step's few rows (1.6x fbgemm's speed for one); the AR keeps the fbgemm modules
+        # for its prefill (one more int8 copy) and the NAR stays on fbgemm.
         for layer, name in _linears(stack):
             setattr(layer, name, native_linear.Int8Linear(getattr(layer, name)))
         trim_heap()
-        # the full passes' attention in integers: the NAR's in int8 (q, k, v, probabilities: 4
-        # products a vpdpbusd lane, ~25% faster than int16; as close to fp32 on the NAR codes),
-        # the AR's prefill in int16 (its first greedy steps follow the prompt's keys closely)
-        stack.attn_ints = (16 if is_ar else 8) if native.attn_i16_available() else 0
-        if is_ar:
-            stack.decode_step = DecodeStep(stack)
-            stack.kv_dtype = torch.int8  # int8 rows: half the bytes a decode step streams
+        _native_int8(stack, is_ar)
+
+
+def _native_int8(stack, is_ar: bool) -> None:
+    """The rest of a stack on vx_linear_i8 (~1.4x fbgemm's speed for the NAR's and the prefill's
+    hundreds of rows with the tiled VNNI GEMM): its attention and the AR's fused step, after
+    _use_native (float32 rows into the Linears, bf16 attention)."""
+    stack.act_dtype = torch.float32
+    # the full passes' attention in integers: the NAR's in int8 (q, k, v, probabilities: 4
+    # products a vpdpbusd lane, ~25% faster than int16; as close to fp32 on the NAR codes),
+    # the AR's prefill in int16 (its first greedy steps follow the prompt's keys closely)
+    stack.attn_ints = (16 if is_ar else 8) if native.attn_i16_available() else 0
+    if is_ar:
+        stack.decode_step = DecodeStep(stack)
+        stack.kv_dtype = torch.int8  # int8 rows: half the bytes a decode step streams
 
 
 def apply_precision(core, dtype: torch.dtype, quantize: str | None, device, mmapped: bool) -> None:

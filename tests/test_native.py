@@ -464,6 +464,49 @@ def _int8_linear(K, N, seed=0):
 
 
 @needs_native
+def test_int8_weights_from_float_are_torch_ao_quantize_dynamic_bit_for_bit():
+    """The int8 mode (and the fp32 AR's draft) packs its weights with Int8Linear.from_float, one
+    native pass, instead of quantize_dynamic + fbgemm's prepack + unpack (~9 s of a load): it
+    must hold exactly the int8 values, scales, row sums and bias of Int8Linear(quantize_dynamic
+    (...)). Weights whose w / scale and w x (1 / scale) round differently are included (fbgemm
+    multiplies), a zero row, odd sizes; and it multiplies like the float Linear."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    g = torch.Generator().manual_seed(0)
+    for n, k in ((40, 30), (64, 128), (3, 5), (33, 1024), (1024, 1024)):
+        lin = torch.nn.Linear(k, n)
+        with torch.no_grad():
+            lin.weight.copy_(torch.randn(n, k, generator=g) * 0.05)
+            lin.weight[1 % n] = 0  # a zero row: the smallest scale, all-zero codes
+            lin.bias.copy_(torch.randn(n, generator=g))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dyn = quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear: per_channel_dynamic_qconfig},
+                                   dtype=torch.qint8)[0]
+        want = native_linear.Int8Linear(dyn)
+        got = native_linear.Int8Linear.from_float(lin.weight, lin.bias)
+        for name in ("w", "scale", "rowsum", "b"):
+            assert torch.equal(getattr(got, name), getattr(want, name)), (n, k, name)
+        w = lin.weight.detach()
+        scales = (w.abs().amax(1) / 127.5).clamp_min(torch.finfo(torch.float32).eps)
+        divided = torch.round(w / scales[:, None]).clamp(-128, 127).to(torch.int8)
+        if n == 1024:  # the case that tells the two roundings apart
+            assert not torch.equal(native_linear.pack_int8(divided), got.w)
+        x = torch.randn(5, k, generator=g)
+        ref = lin(x).detach()
+        assert torch.equal(got(x), want(x))
+        assert float((got(x) - ref).abs().max()) < 0.03 * float(ref.abs().max()), (n, k)
+
+
+@needs_native
+def test_int8_mode_loads_without_fbgemm_where_the_gemm_runs(golden):
+    m = VallEX.from_checkpoint(golden / "model" / "tiny-a" / "checkpoint.pt", n_heads=4, quantize="int8")
+    lins = [getattr(layer, n) for st in (m.core.ar, m.core.nar) for layer in st.layers for n in ("qkv", "out", "ff1", "ff2")]
+    assert all(isinstance(x, native_linear.Int8Linear) for x in lins)
+    assert all(x.dyn is None for x in lins) == native.gemm_available()
+
+
+@needs_native
 @pytest.mark.parametrize("K, N", [(1024, 96), (100, 37), (24, 72), (320, 5)])
 def test_int8_decode_linear_close_to_float(K, N):
     lin, dyn = _int8_linear(K, N)
@@ -1237,6 +1280,11 @@ assert model.core.ar.decode_step is None and model.core.ar.kv_dtype == torch.bfl
 assert model.generate_ar([5, 6, 7], [0, 0, 0], 1, torch.zeros(4, 8, dtype=torch.long)).dtype == torch.long
 model = VallEX.from_checkpoint(os.environ["VALLEX_TINY"], n_heads=6)  # fp32: oneDNN, and the scalar attention
 assert not isinstance(model.core.ar.layers[0].qkv, native_linear.NativeLinear) and model.core.ar.native_decode_attn is False
+model = VallEX.from_checkpoint(os.environ["VALLEX_TINY"], n_heads=6, quantize="int8")  # no VNNI GEMM: fbgemm's int8
+assert model.core.ar.layers[0].qkv.dyn is not None  # the AR's few rows in vx_linear_i8, its prefill in fbgemm
+assert not isinstance(model.core.nar.layers[0].qkv, native_linear.NativeLinear)  # the NAR in fbgemm
+codes = model.generate_ar([5, 6, 7], [0, 0, 0], 1, torch.zeros(4, 8, dtype=torch.long))
+assert model.generate_nar([5, 6, 7], [0, 0, 0], 1, torch.zeros(4, 8, dtype=torch.long), codes).shape == (len(codes), 8)
 assert not native_linear.int4_available()
 try:
     VallEX.from_checkpoint(os.environ["VALLEX_TINY"], n_heads=6, quantize="int4")

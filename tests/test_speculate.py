@@ -176,22 +176,3 @@ def test_draft_length_follows_acceptance_and_costs():
     for _ in range(20):
         costs.saw(3, 0, 0.015, 0.028, 4)
     assert costs.best_length(100) in (0, 1)  # drafts that always fail: plain steps (a probe at most)
-
-
-def test_draft_weights_are_torch_per_channel_int8_packed():
-    """Int8Linear.from_float (one native pass) = per-channel int8 made with torch ops, packed by
-    pack_int8: the same bytes, scales and row sums; and it multiplies like the float Linear."""
-    g = torch.Generator().manual_seed(0)
-    for n, k in ((40, 30), (64, 128), (3, 5), (33, 1024)):
-        w = torch.randn(n, k, generator=g)
-        w[1 % n] = 0  # a zero row: the smallest scale, all-zero codes
-        b = torch.randn(n, generator=g)
-        m = native_linear.Int8Linear.from_float(w, b)
-        scales = (w.abs().amax(1) / 127.5).clamp_min(torch.finfo(torch.float32).eps)
-        q = torch.round(w / scales[:, None]).clamp(-128, 127).to(torch.int8)
-        assert torch.equal(m.w, native_linear.pack_int8(q)), (n, k)
-        assert torch.equal(m.scale[:n], scales) and not m.scale[n:].any()
-        assert torch.equal(m.rowsum[:n], q.sum(1, dtype=torch.int32)) and not m.rowsum[n:].any()
-        x = torch.randn(5, k, generator=g)
-        want = x @ w.T + b
-        assert float((m(x) - want).abs().max()) < 0.03 * float(want.abs().max()), (n, k)
