@@ -82,6 +82,8 @@ def _server_args(p: argparse.ArgumentParser) -> None:
                    help="bearer key for /v1 (default when auth is on: any login's password)")
     g.add_argument("--max-queue", type=_whole(1, 10_000), default=16,
                    help="requests allowed to wait; more get a 'busy' answer (HTTP 429)")
+    g.add_argument("--lazy", action="store_true",
+                   help="load the models on the first take instead of in the background at start")
 
 
 def _synth_args(sp: argparse._SubParsersAction) -> None:
@@ -185,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
 
             opts = ServerOptions(host=args.host, port=args.port, share=args.share,
                                  auth=parse_auth(args.auth, args.auth_file), api_key=args.api_key,
-                                 max_queue=args.max_queue)
+                                 max_queue=args.max_queue, preload=not args.lazy)
             serve(make_studio(args), opts)
             return 0
         from app import commands

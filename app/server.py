@@ -22,6 +22,7 @@ class ServerOptions:
     auth: list[tuple[str, str]] | None = None  # page logins
     api_key: str | None = None  # bearer key for /v1; default when auth is on: any password
     max_queue: int = 16  # waiting requests before "busy"
+    preload: bool = True  # load the models in the background once the page is up (--lazy: on first use)
 
 
 def api_keys(opts: ServerOptions) -> set[str] | None:
@@ -96,6 +97,8 @@ def serve(studio, opts: ServerOptions, block: bool = True):
                     "frpc tunnel). The studio keeps running locally at %s", local_url)
     log.info("Studio ready at %s (API: POST %sv1/audio/speech, GET %sv1/voices)",
              local_url, local_url, local_url)
+    if opts.preload and studio.preload() is not None:
+        log.info("loading the models in the background (the first take waits for them if it comes sooner)")
     if block:
         try:
             demo.block_thread()

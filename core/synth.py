@@ -115,6 +115,31 @@ class Studio:
             log.info("models loaded in %.1f s from %s", self.load_seconds, paths.vallex.parent.parent)
             return self._models
 
+    def preload(self) -> threading.Thread | None:
+        """Load the models in a background thread, so that the first take does not wait for them
+        (the server calls this once it listens). Only when every required model is on disk:
+        nothing is downloaded unasked. A failure is logged and left for the first take to report
+        (`_load` tries again there). Returns the thread, or None when there is nothing to do."""
+        if self._models is not None:
+            return None
+        try:
+            from core.store import missing_models
+
+            if missing_models(self.models_dir, include_optional=False):
+                return None
+        except (ImportError, StudioError):
+            return None
+
+        def run():
+            try:
+                self._load()
+            except Exception as e:  # noqa: BLE001 - reported again by the first take that needs the models
+                log.warning("loading the models in the background failed (the first take will say why): %s", e)
+
+        thread = threading.Thread(target=run, name="vallex-preload", daemon=True)
+        thread.start()
+        return thread
+
     def _asr(self):
         m = self._load()
         with self._lock:

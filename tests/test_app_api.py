@@ -64,6 +64,19 @@ def test_page_and_status(app, client):
     assert client.predict(api_name="/status") == ""  # the tiny folder has every model
 
 
+def test_the_server_loads_the_models_in_the_background(app):
+    # once the page is up, the models load without a take asking (the first take need not wait)
+    import time
+
+    assert "loading the models in the background" in app.log()
+    for _ in range(600):
+        if "models loaded in" in app.log():
+            break
+        time.sleep(0.2)
+    assert "models loaded in" in app.log()
+    assert "in the background failed" not in app.log()
+
+
 def test_check_prompt_reports_the_window_and_transcribes(client, wav):
     report, window, transcript = client.predict(handle_file(str(wav)), api_name="/check_prompt")
     total = duration(wav)

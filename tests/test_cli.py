@@ -199,6 +199,15 @@ def test_say_without_sound_card_says_so():
     assert "Traceback" not in r.stderr
 
 
+def test_lazy_flag_turns_the_background_load_off():
+    from app.cli import build_parser
+    from app.server import ServerOptions
+
+    assert ServerOptions().preload is True
+    assert build_parser().parse_args([]).lazy is False
+    assert build_parser().parse_args(["--lazy"]).lazy is True
+
+
 def test_auth_keys_for_v1():
     from app.server import ServerOptions, api_keys
 

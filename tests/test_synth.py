@@ -496,3 +496,36 @@ def test_int4_without_vnni_is_refused_with_the_alternative(tiny_models, tmp_path
     studio = Studio(tiny_models, offline=True, voices_dir=tmp_path, dtype="int4")
     with pytest.raises(StudioError, match=r"AVX-512 VNNI.*--dtype int8"):
         studio.synthesize("Hello world.", None, GREEDY)
+
+
+def test_preload_loads_the_models_in_the_background(tiny_models, tmp_path):
+    # The server calls preload once it listens, so the first take does not wait for the models.
+    s = Studio(tiny_models, offline=True, voices_dir=tmp_path / "voices")
+    assert not s.status()["loaded"]
+    thread = s.preload()
+    assert thread is not None and thread.daemon
+    thread.join(300)
+    assert s.status()["loaded"] and s.load_seconds is not None
+    assert s.preload() is None  # loaded already: nothing to do
+    models = s._models
+    assert len(s.synthesize("Hello there.", None, GREEDY).audio)
+    assert s._models is models  # the take used the preloaded models
+
+
+def test_preload_downloads_nothing_and_leaves_errors_to_the_first_take(tiny_models, tmp_path, caplog):
+    import shutil
+
+    nothing = Studio(tmp_path / "no-models", offline=False, voices_dir=tmp_path / "voices")
+    assert nothing.preload() is None  # required models missing: not fetched unasked
+    assert not nothing.status()["loaded"] and not (tmp_path / "no-models").exists()
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_models, broken)
+    (broken / "vallex" / "vallex-checkpoint.pt").write_bytes(b"not a checkpoint")
+    s = Studio(broken, offline=True, voices_dir=tmp_path / "voices")
+    thread = s.preload()
+    assert thread is not None
+    thread.join(300)
+    assert not s.status()["loaded"] and "in the background failed" in caplog.text
+    with pytest.raises(StudioError) as e:  # the first take says what is wrong, as without preload
+        s.synthesize("Hello there.", None, GREEDY)
+    assert "vallex-checkpoint.pt" in e.value.user_message()
