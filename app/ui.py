@@ -83,7 +83,7 @@ def _clone_tab() -> SimpleNamespace:
             c.text = gr.Textbox(label="Text to speak", lines=5, elem_id="text",
                                 placeholder="Type anything; long texts are split into sentences.")
             with gr.Row():
-                c.language = gr.Dropdown(LANGUAGES, value="auto-mix", label="Language")
+                c.language = gr.Dropdown(LANGUAGES, value="auto-mix", label="Language", scale=2)
                 c.accent = gr.Dropdown(ACCENTS, value="keep", label="Accent")
                 c.preset = gr.Dropdown(PRESETS, value="balanced", label="Sampling preset")
                 c.speed = gr.Slider(0.5, 2.0, value=1.0, step=0.05, label="Speed")
