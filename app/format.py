@@ -64,6 +64,14 @@ def plan_markdown(plan) -> str:
     return f"**Plan:** {plan.describe()}" if plan is not None else ""
 
 
+def generation_seconds(started: float, ended: float, models_ready: float | None) -> float | None:
+    """A take's generation time (perf_counter seconds): from when it started or the models became
+    ready, whichever came later, so a first take that waited for the models to load (its own load,
+    or the server's background one) is not counted as slow. None when nothing is left to time."""
+    seconds = ended - max(started, models_ready if models_ready is not None else started)
+    return seconds if seconds > 0 else None
+
+
 def take_markdown(result, seconds: float | None = None, device: str = "cpu", dtype: str = "fp32") -> str:
     """The take's notes: how fast it was made (when `seconds`, the generation's wall time, is
     known), a hint where a faster precision exists, then its warnings."""

@@ -200,7 +200,6 @@ class Handlers:
         with self.gate.turn(bounded=False):
             prompt = self._voice_for(audio, prompt, transcript)
         voice = prompt.voice if prompt is not None else None
-        loaded = self.studio.status()["loaded"]
         t0 = time.perf_counter()
         stream = self.studio.stream(text, voice=voice, options=options, progress=report)
         sentences = []
@@ -214,10 +213,7 @@ class Handlers:
                 yield ((self.studio.sample_rate, fmt.to_int16(sent.audio)),) + (gr.skip(),) * 6
         with self.gate.turn(bounded=False):
             result = self.studio.assemble(sentences, options=options)
-        seconds = time.perf_counter() - t0
-        if not loaded:  # the first take also loaded the models: not the engine's speed
-            seconds -= self.studio.load_seconds or 0.0
-        seconds = seconds if seconds > 0 else None  # (models loaded by another request meanwhile)
+        seconds = fmt.generation_seconds(t0, time.perf_counter(), self.studio.ready_at)
         transcript = voice.transcript if voice is not None else gr.skip()
         yield self._result_outputs(result, stream_chunk=gr.skip(), seconds=seconds) + (prompt, transcript)
 

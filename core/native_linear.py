@@ -201,10 +201,11 @@ class Int8Linear(NativeLinear):
 
     @classmethod
     def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None) -> "Int8Linear":
-        """Per-channel symmetric int8 weights quantized and packed in one native pass (scale
-        max|w| / 127.5, as torch.ao's per-channel observer gives; vx_pack_i8): for a Linear that
-        only runs in the native kernels (the fp32 AR's draft, core/speculate.py), with no fbgemm
-        module made first. Needs the native library."""
+        """Per-channel symmetric int8 weights quantized and packed in one native pass
+        (vx_pack_i8): the int8 values, scales and row sums `Int8Linear(quantize_dynamic(...))`
+        holds, bit for bit, with no fbgemm module made first. For Linears that only run in the
+        native kernels: the int8 mode's where the VNNI GEMM runs (core/quantize.py) and the fp32
+        AR's draft (core/speculate.py). Needs the native library."""
         self = cls.__new__(cls)
         torch.nn.Module.__init__(self)
         w = weight.detach().to("cpu", torch.float32)

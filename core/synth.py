@@ -80,6 +80,7 @@ class Studio:
         self._engine_lock = threading.Lock()  # the LM keeps a static KV cache: one generation at a time
         self._prompt_wavs: dict[bytes, np.ndarray] = {}  # voice codes digest -> the recording they came from
         self.load_seconds: float | None = None
+        self.ready_at: float | None = None  # time.perf_counter() when the models became ready
 
     # ------------------------------------------------------------------ models
     @property
@@ -111,7 +112,8 @@ class Studio:
             codec = loading(lambda: Codec.from_pretrained(paths.encodec, device=self.device), "EnCodec")
             vocos = loading(lambda: Vocos.from_pretrained(paths.vocos, device=self.device), "Vocos")
             self._models = _Models(lm, codec, vocos, paths)
-            self.load_seconds = time.perf_counter() - t0
+            self.ready_at = time.perf_counter()
+            self.load_seconds = self.ready_at - t0
             log.info("models loaded in %.1f s from %s", self.load_seconds, paths.vallex.parent.parent)
             return self._models
 

@@ -208,6 +208,26 @@ def test_lazy_flag_turns_the_background_load_off():
     assert build_parser().parse_args(["--lazy"]).lazy is True
 
 
+@pytest.mark.parametrize("flag, preload", [([], True), (["--lazy"], False)])
+def test_lazy_flag_reaches_the_server(monkeypatch, tmp_path, flag, preload):
+    import app.server
+    from app import cli
+
+    seen = []
+    monkeypatch.setattr(app.server, "serve", lambda studio, opts: seen.append(opts))
+    assert cli.main(["--models", str(tmp_path), "--voices", str(tmp_path / "v"), "--offline", *flag]) == 0
+    assert [o.preload for o in seen] == [preload]
+
+
+def test_a_take_that_waited_for_the_models_is_timed_from_when_they_were_ready():
+    from app.format import generation_seconds
+
+    assert generation_seconds(10.0, 14.0, 2.0) == 4.0  # loaded long before the take
+    assert generation_seconds(10.0, 14.0, 11.5) == 2.5  # the take waited 1.5 s for a (background) load
+    assert generation_seconds(10.0, 14.0, None) == 4.0
+    assert generation_seconds(10.0, 14.0, 14.0) is None  # nothing left to time
+
+
 def test_auth_keys_for_v1():
     from app.server import ServerOptions, api_keys
 

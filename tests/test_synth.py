@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -506,6 +507,7 @@ def test_preload_loads_the_models_in_the_background(tiny_models, tmp_path):
     assert thread is not None and thread.daemon
     thread.join(300)
     assert s.status()["loaded"] and s.load_seconds is not None
+    assert s.ready_at is not None and s.ready_at <= time.perf_counter()
     assert s.preload() is None  # loaded already: nothing to do
     models = s._models
     assert len(s.synthesize("Hello there.", None, GREEDY).audio)
