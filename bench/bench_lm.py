@@ -213,7 +213,9 @@ def worker_batch(args) -> dict:
     # One by one, plain decoding (one code a step): the baseline batching is measured against, as
     # it is for sampled decoding. Where greedy single requests are drafted (fp32: core/speculate.py),
     # one by one drafted is measured as well and reported beside it.
-    drafted = getattr(model.core.ar, "draft", None) is not None and os.environ.get("VALLEX_SPECULATE") != "0"
+    from core import speculate
+
+    drafted = speculate.available(model.core.ar)  # a draft, and VALLEX_SPECULATE not off
     was = os.environ.get("VALLEX_SPECULATE")
     os.environ["VALLEX_SPECULATE"] = "0"
     one = [model.generate(r.text_ids, r.text_langs, r.prompt_text_len, r.prompt_codes, s) for r in reqs]
