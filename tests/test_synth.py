@@ -507,6 +507,9 @@ def test_preload_loads_the_models_in_the_background(tiny_models, tmp_path):
     assert thread is not None and thread.daemon
     thread.join(300)
     assert s.status()["loaded"] and s.load_seconds is not None
+    from core import text
+
+    assert text._WARM == {"en", "zh", "ja"}  # and the text front-end's dictionaries (3-5 s of a first take)
     assert s.ready_at is not None and s.ready_at <= time.perf_counter()
     assert s.preload() is None  # loaded already: nothing to do
     models = s._models
