@@ -478,8 +478,11 @@ class Studio:
             raise StudioError(f"Synthesis failed for every sentence ({reasons}).",
                               "Check the models and the text, then try again.")
         codes = longform.concat_codes([s.codes for s in ok])
-        wav = self._load().vocos.decode(torch.from_numpy(codes)).numpy() if len(codes) else np.zeros(0, np.float32)
-        audio = self._post(wav, job)
+        if len(ok) == 1 and ok[0].context is job:
+            audio = ok[0].audio  # the same codes, already decoded and post-processed for this job
+        else:
+            wav = self._load().vocos.decode(torch.from_numpy(codes)).numpy() if len(codes) else np.zeros(0, np.float32)
+            audio = self._post(wav, job)
         warnings = list(job.warnings)
         warnings += [f"sentence {s.index + 1}: {w}" for s in sentences for w in s.warnings]
         total = time.perf_counter() - t0

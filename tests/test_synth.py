@@ -179,6 +179,21 @@ def test_stream_yields_in_order_then_assembles(studio):
     assert np.array_equal(whole.audio, direct.audio)
 
 
+def test_a_one_sentence_take_is_decoded_once(studio, monkeypatch):
+    # Its codes are the sentence's: the sentence's decoded and post-processed audio is the take's.
+    vocos = studio._load().vocos
+    calls = []
+    decode = vocos.decode
+    monkeypatch.setattr(vocos, "decode", lambda codes: calls.append(len(codes)) or decode(codes))
+    opts = replace(GREEDY, speed=1.25, instruction="deeper")
+    result = studio.synthesize("Hello world.", None, opts)
+    assert len(calls) == 1 and len(result.sentences) == 1
+    assert np.array_equal(result.audio, result.sentences[0].audio) and len(result.audio)
+    # other options for the whole take: decoded again and post-processed with those
+    slower = studio.assemble(result.sentences, options=replace(opts, speed=0.8))
+    assert len(calls) == 2 and len(slower.audio) > 1.4 * len(result.audio)
+
+
 def test_reroll_changes_only_that_sentence(studio):
     result = studio.synthesize(LONG, None, SynthOptions(seed=3, max_chars=20, max_sentence_s=1.0))
     new = studio.reroll(result, 1)
