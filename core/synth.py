@@ -18,7 +18,6 @@ import logging
 import threading
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
@@ -28,6 +27,7 @@ from core.audio import SAMPLE_RATE, check_prompt, load_audio, load_mono, to_mono
 from core.convert import EditPlan, apply_plan, change_speed, output_plan, parse_instruction, transform_prompt
 from core.errors import StudioError, TextError, VoiceError, loading
 from core.longform import Prompt, Request, new_seed, sentence_seed
+from core.models import Models
 from core.sampling import check_seed
 from core.synth_types import ACCENTS, LANGUAGES, PRESETS, Job, SentenceResult, SynthOptions, SynthResult, load_presets
 
@@ -38,18 +38,6 @@ REROLLS = 3  # fresh draws for a sampled sentence that stopped at once (Studio._
 
 __all__ = ["Studio", "SynthOptions", "SynthResult", "SentenceResult", "PRESETS", "LANGUAGES", "ACCENTS",
            "load_presets"]
-
-
-class _Models:
-    """The loaded models (filled on first use under Studio's lock)."""
-
-    def __init__(self, lm, codec, vocos, paths):
-        self.lm, self.codec, self.vocos, self.paths = lm, codec, vocos, paths
-        self.asr = None
-
-
-_DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
-           "fp16": "float16", "float16": "float16", "int8": "float32", "int4": "float32"}
 
 
 class Studio:
@@ -66,23 +54,15 @@ class Studio:
 
     def __init__(self, models_dir=None, device: str = "cpu", dtype: str = "fp32", offline: bool | None = None,
                  voices_dir=None):
-        if dtype not in _DTYPES:
-            raise StudioError(f"Unknown dtype {dtype!r}.", f"Use one of {', '.join(_DTYPES)}.")
-        from core.devices import resolve_device
-
-        resolve_device(device)  # a device this torch cannot use is refused now, not at the first take
-        self.models_dir = Path(models_dir) if models_dir is not None else None
-        self.device, self.dtype, self.offline = device, dtype, offline
+        self.models = Models(models_dir, device, dtype, offline)
+        self.models_dir, self.device, self.dtype, self.offline = self.models.models_dir, device, dtype, offline
         self._voices_dir = voices_dir
         self._voices = None
-        self._models: _Models | None = None
-        self._lock = threading.RLock()  # model loading and the prompt cache
+        self._lock = threading.Lock()  # the prompt cache
         self._engine_lock = threading.Lock()  # the LM keeps a static KV cache: one generation at a time
         self._prompt_wavs: dict[bytes, np.ndarray] = {}  # voice codes digest -> the recording they came from
-        self.load_seconds: float | None = None
-        self.ready_at: float | None = None  # time.perf_counter() when the models became ready
 
-    # ------------------------------------------------------------------ models
+    # ------------------------------------------------------------------ models (core/models.py)
     @property
     def voices(self):
         """The saved-voice library (core.voices.VoiceLibrary)."""
@@ -92,90 +72,32 @@ class Studio:
             self._voices = VoiceLibrary(self._voices_dir)  # None: its default folder
         return self._voices
 
-    def _load(self) -> _Models:
-        with self._lock:
-            if self._models is not None:
-                return self._models
-            import torch
+    @property
+    def _models(self):
+        return self.models.loaded
 
-            from core.checkpoint import head_count
-            from core.codec import Codec, Vocos
-            from core.lm import VallEX
-            from core.store import resolve_models
+    @property
+    def load_seconds(self) -> float | None:
+        return self.models.load_seconds
 
-            t0 = time.perf_counter()
-            kwargs = {} if self.offline is None else {"offline": self.offline}
-            paths = resolve_models(self.models_dir, **kwargs)
-            lm = loading(lambda: VallEX.from_checkpoint(
-                paths.vallex, n_heads=head_count(paths.vallex), device=self.device, dtype=getattr(torch, _DTYPES[self.dtype]),
-                quantize=self.dtype if self.dtype in ("int8", "int4") else None), "the VALL-E X checkpoint")
-            codec = loading(lambda: Codec.from_pretrained(paths.encodec, device=self.device), "EnCodec")
-            vocos = loading(lambda: Vocos.from_pretrained(paths.vocos, device=self.device), "Vocos")
-            self._models = _Models(lm, codec, vocos, paths)
-            self.ready_at = time.perf_counter()
-            self.load_seconds = self.ready_at - t0
-            log.info("models loaded in %.1f s from %s", self.load_seconds, paths.vallex.parent.parent)
-            return self._models
+    @property
+    def ready_at(self) -> float | None:
+        """time.perf_counter() when the models became ready (None: not loaded yet)."""
+        return self.models.ready_at
 
-    def preload(self) -> threading.Thread | None:
-        """Load the models, then the text front-end's dictionaries (3-5 s more), in a background
-        thread, so that the first take does not wait for them (the server calls this once it
-        listens). Only when every required model is on disk: nothing is downloaded unasked. A
-        failure is logged and left for the first take to report (`_load` tries again there).
-        Returns the thread, or None when there is nothing to do."""
-        if self._models is not None:
-            return None
-        try:
-            from core.store import missing_models
+    def _load(self):
+        return self.models.load()
 
-            if missing_models(self.models_dir, include_optional=False):
-                return None
-        except (ImportError, StudioError):
-            return None
-
-        def run():
-            try:
-                self._load()
-            except Exception as e:  # noqa: BLE001 - reported again by the first take that needs the models
-                log.warning("loading the models in the background failed (the first take will say why): %s", e)
-                return
-            try:
-                from core.text import warmup
-
-                t0 = time.perf_counter()
-                warmup()
-                log.info("text front-end ready in %.1f s", time.perf_counter() - t0)
-            except Exception as e:  # noqa: BLE001 - the first take loads what it needs itself
-                log.warning("warming up the text front-end failed: %s", e)
-
-        thread = threading.Thread(target=run, name="vallex-preload", daemon=True)
-        thread.start()
-        return thread
+    def preload(self):
+        """Models.preload: load the models and warm the text front-end in a background thread."""
+        return self.models.preload()
 
     def _asr(self):
-        m = self._load()
-        with self._lock:
-            if m.asr is None:
-                if m.paths.asr is None:
-                    raise VoiceError("No transcript was given and no speech-recognition model is installed.",
-                                     "Type what the recording says, or download the ASR model.")
-                from core.asr import Transcriber
-
-                m.asr = loading(lambda: Transcriber.from_pretrained(m.paths.asr, device=self.device), "Whisper")
-            return m.asr
+        return self.models.asr()
 
     def status(self) -> dict:
         """What is loaded and where (cheap; never loads or downloads)."""
-        info = {"loaded": self._models is not None, "device": self.device, "dtype": self.dtype,
-                "models_dir": str(self.models_dir) if self.models_dir else None, "load_seconds": self.load_seconds,
-                "asr_loaded": bool(self._models and self._models.asr)}
-        try:
-            from core.store import missing_models
-
-            info["missing"] = [m.name for m in missing_models(self.models_dir)]
-        except (ImportError, StudioError) as e:
-            info["missing"] = f"unknown ({e})"
-        return info
+        return self.models.status()
 
     # ------------------------------------------------------------------ voices
     def make_voice(self, audio, sample_rate: int | None = None, transcript: str | None = None,

@@ -525,11 +525,22 @@ def test_preload_loads_the_models_in_the_background(tiny_models, tmp_path):
     from core import text
 
     assert text._WARM == {"en", "zh", "ja"}  # and the text front-end's dictionaries (3-5 s of a first take)
+    assert s._models._codec is not None  # and EnCodec, which the page's first recording needs
     assert s.ready_at is not None and s.ready_at <= time.perf_counter()
     assert s.preload() is None  # loaded already: nothing to do
     models = s._models
     assert len(s.synthesize("Hello there.", None, GREEDY).audio)
     assert s._models is models  # the take used the preloaded models
+
+
+def test_encodec_loads_only_when_audio_is_encoded(tiny_models, tmp_path, golden):
+    # A take in a saved voice (or none) never encodes audio: EnCodec (~3.5 s, most of it importing
+    # transformers) is not loaded for it; making a voice from a recording loads it then.
+    s = Studio(tiny_models, offline=True, voices_dir=tmp_path / "voices")
+    assert len(s.synthesize("Hello there.", None, GREEDY).audio)
+    assert s._models._codec is None
+    voice, _ = s.make_voice(golden / "prompts" / "en-1.wav", transcript="I know, I know. It's just.")
+    assert s._models._codec is not None and voice.audio_tokens.shape[1] == 8
 
 
 def test_preload_downloads_nothing_and_leaves_errors_to_the_first_take(tiny_models, tmp_path, caplog):

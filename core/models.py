@@ -1,0 +1,160 @@
+"""The models a Studio runs: the VALL-E X LM, EnCodec, Vocos, and Whisper when a transcript is
+needed. Loaded once, thread-safe, on first use or ahead of it in a background thread
+(`Models.preload`, which the server calls once its page is up).
+
+    models = Models("models", dtype="int8")
+    models.preload()          # optional: nothing is downloaded, failures wait for the first use
+    lm = models.load().lm     # waits for the background load if it is still running
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from core.errors import StudioError, VoiceError, loading
+
+log = logging.getLogger(__name__)
+
+# the user-facing dtype -> the torch dtype of the weights (int8 / int4 quantize float32 weights)
+DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
+          "fp16": "float16", "float16": "float16", "int8": "float32", "int4": "float32"}
+
+
+class Loaded:
+    """The loaded models (and the files they came from). EnCodec (`codec`: ~3.5 s, mostly
+    importing transformers) is loaded on first need: a take in a saved voice never encodes audio;
+    Whisper (`asr`) is filled by Models.asr."""
+
+    def __init__(self, lm, vocos, paths, load_codec):
+        self.lm, self.vocos, self.paths = lm, vocos, paths
+        self.asr = None
+        self._codec = None
+        self._load_codec = load_codec
+
+    @property
+    def codec(self):
+        if self._codec is None:
+            self._codec = self._load_codec()
+        return self._codec
+
+
+class Models:
+    """models_dir: the models folder (core.store layout; None = the store's default); device:
+    "cpu" | "cuda" | "cuda:N" | "mps"; dtype: one of DTYPES; offline: never download (None =
+    the store's default)."""
+
+    def __init__(self, models_dir=None, device: str = "cpu", dtype: str = "fp32", offline: bool | None = None):
+        if dtype not in DTYPES:
+            raise StudioError(f"Unknown dtype {dtype!r}.", f"Use one of {', '.join(DTYPES)}.")
+        from core.devices import resolve_device
+
+        resolve_device(device)  # a device this torch cannot use is refused now, not at the first take
+        self.models_dir = Path(models_dir) if models_dir is not None else None
+        self.device, self.dtype, self.offline = device, dtype, offline
+        self.loaded: Loaded | None = None
+        self._lock = threading.RLock()  # the LM and Vocos, Whisper
+        self._codec_lock = threading.Lock()
+        self.load_seconds: float | None = None
+        self.ready_at: float | None = None  # time.perf_counter() when the models became ready
+
+    def load(self) -> Loaded:
+        """The models, loaded now if they are not yet (downloaded first unless offline)."""
+        if self.loaded is not None:  # no lock: a take must not wait for EnCodec's background load
+            return self.loaded
+        with self._lock:
+            if self.loaded is not None:
+                return self.loaded
+            import torch
+
+            from core.checkpoint import head_count
+            from core.codec import Vocos
+            from core.lm import VallEX
+            from core.store import resolve_models
+
+            t0 = time.perf_counter()
+            kwargs = {} if self.offline is None else {"offline": self.offline}
+            paths = resolve_models(self.models_dir, **kwargs)
+            quantize = self.dtype if self.dtype in ("int8", "int4") else None
+            lm = loading(lambda: VallEX.from_checkpoint(
+                paths.vallex, n_heads=head_count(paths.vallex), device=self.device,
+                dtype=getattr(torch, DTYPES[self.dtype]), quantize=quantize), "the VALL-E X checkpoint")
+            vocos = loading(lambda: Vocos.from_pretrained(paths.vocos, device=self.device), "Vocos")
+            self.loaded = Loaded(lm, vocos, paths, lambda: self._load_codec(paths))
+            self.ready_at = time.perf_counter()
+            self.load_seconds = self.ready_at - t0
+            log.info("models loaded in %.1f s from %s", self.load_seconds, paths.vallex.parent.parent)
+            return self.loaded
+
+    def _load_codec(self, paths):
+        with self._codec_lock:
+            if self.loaded is not None and self.loaded._codec is not None:
+                return self.loaded._codec
+            from core.codec import Codec
+
+            t0 = time.perf_counter()
+            codec = loading(lambda: Codec.from_pretrained(paths.encodec, device=self.device), "EnCodec")
+            log.info("EnCodec loaded in %.1f s", time.perf_counter() - t0)
+            return codec
+
+    def preload(self) -> threading.Thread | None:
+        """Load the models (EnCodec included), then the text front-end's dictionaries (3-5 s more), in a background
+        thread, so that the first take does not wait for them. Only when every required model is
+        on disk: nothing is downloaded unasked. A failure is logged and left for the first take
+        to report (`load` tries again there). Returns the thread, or None when there is nothing
+        to do."""
+        if self.loaded is not None:
+            return None
+        try:
+            from core.store import missing_models
+
+            if missing_models(self.models_dir, include_optional=False):
+                return None
+        except (ImportError, StudioError):
+            return None
+
+        def run():
+            try:
+                self.load().codec  # noqa: B018 - EnCodec too: the page's first voice recording needs it
+            except Exception as e:  # noqa: BLE001 - reported again by the first take that needs the models
+                log.warning("loading the models in the background failed (the first take will say why): %s", e)
+                return
+            try:
+                from core.text import warmup
+
+                t0 = time.perf_counter()
+                warmup()
+                log.info("text front-end ready in %.1f s", time.perf_counter() - t0)
+            except Exception as e:  # noqa: BLE001 - the first take loads what it needs itself
+                log.warning("warming up the text front-end failed: %s", e)
+
+        thread = threading.Thread(target=run, name="vallex-preload", daemon=True)
+        thread.start()
+        return thread
+
+    def asr(self):
+        """Whisper (core.asr.Transcriber), loaded on first need."""
+        m = self.load()
+        with self._lock:
+            if m.asr is None:
+                if m.paths.asr is None:
+                    raise VoiceError("No transcript was given and no speech-recognition model is installed.",
+                                     "Type what the recording says, or download the ASR model.")
+                from core.asr import Transcriber
+
+                m.asr = loading(lambda: Transcriber.from_pretrained(m.paths.asr, device=self.device), "Whisper")
+            return m.asr
+
+    def status(self) -> dict:
+        """What is loaded and where (cheap; never loads or downloads)."""
+        info = {"loaded": self.loaded is not None, "device": self.device, "dtype": self.dtype,
+                "models_dir": str(self.models_dir) if self.models_dir else None, "load_seconds": self.load_seconds,
+                "asr_loaded": bool(self.loaded and self.loaded.asr)}
+        try:
+            from core.store import missing_models
+
+            info["missing"] = [m.name for m in missing_models(self.models_dir)]
+        except (ImportError, StudioError) as e:
+            info["missing"] = f"unknown ({e})"
+        return info
