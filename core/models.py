@@ -32,12 +32,14 @@ class Loaded:
         self.asr = None
         self._codec = None
         self._load_codec = load_codec
+        self._codec_lock = threading.Lock()
 
     @property
     def codec(self):
-        if self._codec is None:
-            self._codec = self._load_codec()
-        return self._codec
+        with self._codec_lock:  # once, whichever thread asks first (the others wait for it)
+            if self._codec is None:
+                self._codec = self._load_codec()
+            return self._codec
 
 
 class Models:
@@ -55,7 +57,6 @@ class Models:
         self.device, self.dtype, self.offline = device, dtype, offline
         self.loaded: Loaded | None = None
         self._lock = threading.RLock()  # the LM and Vocos, Whisper
-        self._codec_lock = threading.Lock()
         self.load_seconds: float | None = None
         self.ready_at: float | None = None  # time.perf_counter() when the models became ready
 
@@ -88,15 +89,12 @@ class Models:
             return self.loaded
 
     def _load_codec(self, paths):
-        with self._codec_lock:
-            if self.loaded is not None and self.loaded._codec is not None:
-                return self.loaded._codec
-            from core.codec import Codec
+        from core.codec import Codec
 
-            t0 = time.perf_counter()
-            codec = loading(lambda: Codec.from_pretrained(paths.encodec, device=self.device), "EnCodec")
-            log.info("EnCodec loaded in %.1f s", time.perf_counter() - t0)
-            return codec
+        t0 = time.perf_counter()
+        codec = loading(lambda: Codec.from_pretrained(paths.encodec, device=self.device), "EnCodec")
+        log.info("EnCodec loaded in %.1f s", time.perf_counter() - t0)
+        return codec
 
     def preload(self) -> threading.Thread | None:
         """Load the models (EnCodec included), then the text front-end's dictionaries (3-5 s more), in a background

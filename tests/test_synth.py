@@ -543,6 +543,28 @@ def test_encodec_loads_only_when_audio_is_encoded(tiny_models, tmp_path, golden)
     assert s._models._codec is not None and voice.audio_tokens.shape[1] == 8
 
 
+def test_encodec_loads_once_when_threads_ask_together():
+    import threading
+
+    from core.models import Loaded
+
+    calls = []
+
+    def load():
+        calls.append(1)
+        time.sleep(0.2)
+        return object()
+
+    models = Loaded(None, None, None, load)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(models.codec)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(got) == 4 and all(g is got[0] for g in got)
+
+
 def test_preload_downloads_nothing_and_leaves_errors_to_the_first_take(tiny_models, tmp_path, caplog):
     import shutil
 
