@@ -112,20 +112,24 @@ class Models:
         except (ImportError, StudioError):
             return None
 
-        def run():
-            try:
-                self.load().codec  # noqa: B018 - EnCodec too: the page's first voice recording needs it
-            except Exception as e:  # noqa: BLE001 - reported again by the first take that needs the models
-                log.warning("loading the models in the background failed (the first take will say why): %s", e)
-                return
-            try:
-                from core.text import warmup
+        def warm_text():
+            from core.text import warmup
 
-                t0 = time.perf_counter()
-                warmup()
-                log.info("text front-end ready in %.1f s", time.perf_counter() - t0)
-            except Exception as e:  # noqa: BLE001 - the first take loads what it needs itself
-                log.warning("warming up the text front-end failed: %s", e)
+            t0 = time.perf_counter()
+            warmup()
+            log.info("text front-end ready in %.1f s", time.perf_counter() - t0)
+
+        def run():
+            # the LM and Vocos (every take), EnCodec (the page's first voice recording), the text
+            # front-end's dictionaries; a failure is logged, and said again where it is needed
+            for what, step in (("the models", self.load), ("EnCodec", lambda: self.load().codec),
+                               ("the text front-end", warm_text)):
+                try:
+                    step()
+                except Exception as e:  # noqa: BLE001 - reported again by the first use that needs it
+                    log.warning("loading %s in the background failed (its first use will say why): %s", what, e)
+                    if what == "the models":
+                        return
 
         thread = threading.Thread(target=run, name="vallex-preload", daemon=True)
         thread.start()
