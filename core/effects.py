@@ -8,6 +8,7 @@ STFT tricks in numpy (no scipy here).
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -77,6 +78,9 @@ class Pitch:
         return np.ascontiguousarray(out[0], dtype=np.float32)
 
 
+_PRAAT_LOCK = threading.Lock()  # Praat's random generator is one for the process
+
+
 @dataclass(frozen=True)
 class Formant:
     """Scale the formant frequencies by `ratio` (>1 smaller/brighter, <1 larger/darker), pitch kept."""
@@ -88,12 +92,16 @@ class Formant:
         if abs(self.ratio - 1.0) < 1e-3 or wav.size < sr // 10:
             return wav
         import parselmouth
-        from parselmouth.praat import call
+        from parselmouth.praat import call, run
 
         sound = parselmouth.Sound(wav.astype(np.float64), sampling_frequency=float(sr))
-        # args: pitch floor, pitch ceiling, formant shift ratio, new pitch median (0 = keep),
-        # pitch range factor, duration factor
-        out = call(sound, "Change gender", 75.0, 600.0, float(self.ratio), 0.0, 1.0, 1.0)
+        with _PRAAT_LOCK:
+            # Praat's resynthesis draws random numbers (in unvoiced stretches) from one global
+            # generator seeded at start-up: seeded here, the same take gives the same audio
+            run("random_initializeWithSeedUnsafelyButPredictably (1)")
+            # args: pitch floor, pitch ceiling, formant shift ratio, new pitch median (0 = keep),
+            # pitch range factor, duration factor
+            out = call(sound, "Change gender", 75.0, 600.0, float(self.ratio), 0.0, 1.0, 1.0)
         res = np.asarray(out.values[0], dtype=np.float32)
         if int(round(out.sampling_frequency)) != sr:  # Praat keeps the rate; guard anyway
             import soxr
