@@ -171,6 +171,8 @@ def synth(args: argparse.Namespace) -> int:
             summary.failed.append((job.out, e.user_message()))
             log.error("%s: %s", job.out.name, e.user_message())
             continue
+        for w in result.warnings:
+            log.warning("%s: %s", job.out.name, w)
         try:
             write_atomic(job.out, encode_audio(result.audio, result.sample_rate, args.format))
         except OSError as e:  # a full disk: every later file would fail the same way
@@ -234,16 +236,22 @@ def say(args: argparse.Namespace) -> int:
     sd = None if args.out else _sounddevice("output")
     studio = make_studio(args)
     result = studio.synthesize(args.text, voice=voice_from(args, studio), options=options_from(args))
+    from app.format import take_line
+
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
     if args.out:
         from core.audio import save_audio
 
         save_audio(args.out, result.audio, result.sample_rate)
-        print(f"Saved {args.out}")
+        print(f"Saved {args.out}: {take_line(result)}")
         try:
             sd = _sounddevice("output")
         except AudioError as e:
             print(f"(not played: {e.message})")
             return 0
+    else:
+        print(f"Playing {take_line(result)}")
     sd.play(result.audio, result.sample_rate)
     sd.wait()
     return 0

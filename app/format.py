@@ -89,6 +89,16 @@ def take_markdown(result, seconds: float | None = None, device: str = "cpu", dty
     return "\n\n".join(parts)
 
 
+def take_line(result) -> str:
+    """One line for a terminal: how long the take is, how fast it was made, how to remake it."""
+    audio_s = len(result.audio) / result.sample_rate
+    total = (result.timings or {}).get("total_s")
+    made = f" in {total:.1f} s" if total else ""
+    seeds = [s.seed for s in result.sentences if s.ok]
+    again = f"; --seed {seeds[0]} makes it again" if seeds else ""
+    return f"{audio_s:.1f} s of speech{made}{again}"
+
+
 SENTENCE_HEADERS = ["#", "sentence", "sec", "seed", "stop", "notes"]
 
 

@@ -317,6 +317,29 @@ def test_synth_batch_resumes_and_summarises(tiny_models, tmp_path, capsys):
     assert not list(out.glob(".*.part"))  # no temp files left
 
 
+def test_say_reports_the_take_its_warnings_and_the_seed_that_remakes_it(tiny_models, tmp_path, capsys):
+    import re
+
+    base = ["say", "Hello there.", "--models", str(tiny_models), "--voices", str(tmp_path / "v"), "--offline",
+            "--instruction", "deeper and purple"]
+    assert cli.main(base + ["--out", str(tmp_path / "a.wav")]) == 0
+    out, err = capsys.readouterr()
+    assert 'warning: instruction: not understood "purple"' in err
+    m = re.search(r"Saved .*a\.wav: [0-9.]+ s of speech in [0-9.]+ s; --seed (-?\d+) makes it again", out)
+    assert m, out
+    assert cli.main(base + ["--out", str(tmp_path / "b.wav"), "--seed", m.group(1)]) == 0
+    assert sf.read(tmp_path / "a.wav")[0].tolist() == sf.read(tmp_path / "b.wav")[0].tolist()
+
+
+def test_synth_batch_logs_each_files_warnings(tiny_models, tmp_path, caplog):
+    lines = tmp_path / "lines.txt"
+    lines.write_text("The first line to say.\n")
+    argv = ["synth", "--text-file", str(lines), "--out-dir", str(tmp_path / "out"), "--models", str(tiny_models),
+            "--voices", str(tmp_path / "voices"), "--offline", "--seed", "1", "--instruction", "purple"]
+    assert cli.main(argv) == 0
+    assert '0001.wav: instruction: not understood "purple"' in caplog.text
+
+
 def test_synth_output_problems_are_messages_and_keep_finished_files(tiny_models, tmp_path, capsys,
                                                                      monkeypatch):
     import errno
