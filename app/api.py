@@ -6,7 +6,10 @@
     GET  /v1/voices         saved voices
     GET  /v1/models         the one model
 
-The official `openai` package works unchanged (`client.audio.speech.create(...)`). Errors come back
+The official `openai` package works unchanged (`client.audio.speech.create(...)`). A take's audio
+comes with headers: `X-Vallex-Seed` (the seed that makes it again: pass it back as "seed" with the
+same input), `X-Vallex-Warnings` (a JSON list, ASCII-escaped: sentences skipped, instruction words
+not understood, ...) and `X-Vallex-Audio-Seconds`. Errors come back
 in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, with 400 for bad input,
 401 for a wrong key, 429 when the queue is full and 503 when the weights are missing.
 """
@@ -125,16 +128,16 @@ def make_router(studio, gate: Gate, keys: set[str] | None = None) -> APIRouter:
                               "with stream=true.", "invalid_value", "response_format")
         try:
             if body.stream:
-                chunks = await run_in_threadpool(stream_request, studio, gate, body)
-                return StreamingResponse(chunks, media_type=MEDIA_TYPES[body.response_format])
-            audio = await run_in_threadpool(synthesize_request, studio, gate, body)
+                chunks, headers = await run_in_threadpool(stream_request, studio, gate, body)
+                return StreamingResponse(chunks, media_type=MEDIA_TYPES[body.response_format], headers=headers)
+            audio, headers = await run_in_threadpool(synthesize_request, studio, gate, body)
         except StudioError as e:
             return studio_error(e)
         except Exception:
             log.exception("speech request failed")
             return error(500, "Synthesis failed inside the studio; the server log has details.",
                          "internal_error")
-        return Response(audio, media_type=MEDIA_TYPES[body.response_format])
+        return Response(audio, media_type=MEDIA_TYPES[body.response_format], headers=headers)
 
     return router
 
@@ -148,7 +151,24 @@ def _options(body: SpeechRequest):
                         instruction_mode=body.instruction_mode)
 
 
-def synthesize_request(studio, gate: Gate, body: SpeechRequest) -> bytes:
+def take_headers(seed: int | None, warnings: list[str], audio_s: float | None = None) -> dict[str, str]:
+    """What a client may want besides the audio (HTTP headers are Latin-1: JSON keeps them ASCII)."""
+    import json
+
+    notes = [w if len(w) <= 300 else w[:297] + "..." for w in warnings]
+    shown = len(notes)
+    while len(json.dumps(notes[:shown])) > 1800:  # proxies and clients refuse headers of many KB
+        shown -= 1
+    more = [f"... and {len(notes) - shown} more"] if shown < len(notes) else []
+    headers = {"X-Vallex-Warnings": json.dumps(notes[:shown] + more)}
+    if seed is not None:
+        headers["X-Vallex-Seed"] = str(seed)
+    if audio_s is not None:
+        headers["X-Vallex-Audio-Seconds"] = f"{audio_s:.3f}"
+    return headers
+
+
+def synthesize_request(studio, gate: Gate, body: SpeechRequest) -> tuple[bytes, dict[str, str]]:
     """Runs in a worker thread: wait for the Studio (bounded), synthesize, encode."""
     from core.audio import encode_audio
 
@@ -156,7 +176,9 @@ def synthesize_request(studio, gate: Gate, body: SpeechRequest) -> bytes:
     with gate.turn(bounded=True):
         voice = studio.voices.load(body.voice) if body.voice else None
         result = studio.synthesize(body.input, voice=voice, options=options)
-    return encode_audio(result.audio, result.sample_rate, body.response_format)
+    seeds = [s.seed for s in result.sentences if s.ok]
+    headers = take_headers(seeds[0] if seeds else None, result.warnings, len(result.audio) / result.sample_rate)
+    return encode_audio(result.audio, result.sample_rate, body.response_format), headers
 
 
 def streaming_wav_header(sample_rate: int) -> bytes:
@@ -189,4 +211,8 @@ def stream_request(studio, gate: Gate, body: SpeechRequest):
             with gate.turn(bounded=False):
                 sent = next(sentences, None)
 
-    return chunks()
+    # sent before the audio: the first sentence's seed and the take's notes so far (a later
+    # sentence's warnings are not known yet)
+    notes = (list(first.context.warnings) if first is not None and first.context is not None else []) \
+        + ([f"sentence 1: {w}" for w in first.warnings] if first is not None else [])
+    return chunks(), take_headers(first.seed if first is not None and first.ok else None, notes)

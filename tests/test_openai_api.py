@@ -113,6 +113,23 @@ def test_extras_speed_language_instruction(app):
     assert r.status_code == 200 and len(r.content) > 0
 
 
+def test_the_take_comes_with_its_seed_and_warnings(app):
+    import json
+
+    body = {"input": "Hello there. 你好。", "voice": "me", "response_format": "wav", "instruction": "deeper and purple"}
+    r = post(app, body)
+    assert r.status_code == 200, r.text
+    seed = int(r.headers["X-Vallex-Seed"])
+    assert 'instruction: not understood "purple"' in json.loads(r.headers["X-Vallex-Warnings"])
+    wav, sr = wav_of(r.content)
+    assert float(r.headers["X-Vallex-Audio-Seconds"]) == pytest.approx(len(wav) / sr, abs=1e-3)
+    again = post(app, {**body, "seed": seed})  # the seed it reported makes the same take again
+    assert again.headers["X-Vallex-Seed"] == str(seed) and again.content == r.content
+    streamed = post(app, {**body, "seed": seed, "stream": True, "response_format": "pcm"})
+    assert streamed.headers["X-Vallex-Seed"] == str(seed)
+    assert 'instruction: not understood "purple"' in json.loads(streamed.headers["X-Vallex-Warnings"])
+
+
 def test_bad_requests_are_openai_errors(app, oai):
     with pytest.raises(openai.BadRequestError, match="No saved voice"):
         oai.audio.speech.create(model="tts-1", voice="alloy", input=TEXT)
