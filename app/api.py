@@ -211,8 +211,10 @@ def stream_request(studio, gate: Gate, body: SpeechRequest):
             with gate.turn(bounded=False):
                 sent = next(sentences, None)
 
-    # sent before the audio: the first sentence's seed and the take's notes so far (a later
-    # sentence's warnings are not known yet)
-    notes = (list(first.context.warnings) if first is not None and first.context is not None else []) \
-        + ([f"sentence 1: {w}" for w in first.warnings] if first is not None else [])
-    return chunks(), take_headers(first.seed if first is not None and first.ok else None, notes)
+    # sent before the audio: the first sentence's seed and the notes known now (the take's, the
+    # first sentence's), worded as SynthResult.warnings words them
+    if first is None:
+        return chunks(), take_headers(None, [])
+    notes = list(first.context.warnings) if first.context is not None else []
+    notes += [f"sentence {first.index + 1}: {w}" for w in first.warnings]
+    return chunks(), take_headers(first.seed if first.ok else None, notes)

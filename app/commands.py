@@ -232,12 +232,11 @@ def record(args: argparse.Namespace) -> int:
 
 def say(args: argparse.Namespace) -> int:
     from app.cli import make_studio
+    from app.format import take_line
 
     sd = None if args.out else _sounddevice("output")
     studio = make_studio(args)
     result = studio.synthesize(args.text, voice=voice_from(args, studio), options=options_from(args))
-    from app.format import take_line
-
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
     if args.out:

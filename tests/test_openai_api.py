@@ -116,18 +116,37 @@ def test_extras_speed_language_instruction(app):
 def test_the_take_comes_with_its_seed_and_warnings(app):
     import json
 
-    body = {"input": "Hello there. 你好。", "voice": "me", "response_format": "wav", "instruction": "deeper and purple"}
+    # the unknown words come back in the warnings: non-Latin-1 text and line breaks included
+    body = {"input": "Hello there. 你好。", "voice": "me", "response_format": "wav",
+            "instruction": "deeper and purple 紫色\r\nX-Evil: 1"}
     r = post(app, body)
     assert r.status_code == 200, r.text
+    assert "X-Evil" not in r.headers
     seed = int(r.headers["X-Vallex-Seed"])
-    assert 'instruction: not understood "purple"' in json.loads(r.headers["X-Vallex-Warnings"])
+    assert 'instruction: not understood "purple", "紫色", "X-Evil", "1"' in json.loads(r.headers["X-Vallex-Warnings"])
     wav, sr = wav_of(r.content)
     assert float(r.headers["X-Vallex-Audio-Seconds"]) == pytest.approx(len(wav) / sr, abs=1e-3)
     again = post(app, {**body, "seed": seed})  # the seed it reported makes the same take again
     assert again.headers["X-Vallex-Seed"] == str(seed) and again.content == r.content
     streamed = post(app, {**body, "seed": seed, "stream": True, "response_format": "pcm"})
     assert streamed.headers["X-Vallex-Seed"] == str(seed)
-    assert 'instruction: not understood "purple"' in json.loads(streamed.headers["X-Vallex-Warnings"])
+    assert 'instruction: not understood "purple", "紫色", "X-Evil", "1"' in \
+        json.loads(streamed.headers["X-Vallex-Warnings"])
+
+
+def test_take_headers_stay_small_and_ascii():
+    import json
+
+    from app.api import take_headers
+
+    many = [f"sentence {i}: skipped 'ß😀\r\n{'x' * 400}'" for i in range(50)]
+    h = take_headers(7, many, 1.5)
+    value = h["X-Vallex-Warnings"]
+    assert value.isascii() and "\r" not in value and "\n" not in value and len(value) <= 2000
+    shown = json.loads(value)
+    assert shown[-1] == f"... and {50 - (len(shown) - 1)} more" and shown[0].startswith("sentence 0: skipped 'ß😀\r\n")
+    assert h["X-Vallex-Seed"] == "7" and h["X-Vallex-Audio-Seconds"] == "1.500"
+    assert take_headers(None, []) == {"X-Vallex-Warnings": "[]"}
 
 
 def test_bad_requests_are_openai_errors(app, oai):

@@ -218,3 +218,10 @@ def test_japanese_prints_nothing_on_stdout():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-500:]
     assert done.stdout == ""
+
+
+def test_warmup_names_a_language_it_has_no_front_end_for():
+    from core.text import warmup
+
+    with pytest.raises(TextError, match="'fr'"):
+        warmup(("en", "fr"))

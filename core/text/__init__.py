@@ -75,6 +75,9 @@ def warmup(languages: tuple[str, ...] = ("en", "zh", "ja")) -> None:
     all; importing inflect alone takes ~2.5 s, its typeguard decorators parse their source).
     Safe in a background thread: every front-end guards its lazy state with a lock."""
     samples = {"en": "Hello, 1st 2 $3.", "zh": "你好，1.5。", "ja": "こんにちは、1。"}
+    unknown = [lang for lang in languages if lang not in samples]
+    if unknown:
+        raise TextError(f"No front-end to warm up for {', '.join(map(repr, unknown))}.", hint="Use 'en', 'zh' or 'ja'.")
     if not _WARM:
         mix.langid_detect("warm up")
     for lang in languages:
