@@ -15,8 +15,10 @@ in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, with 400 f
 """
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
+import threading
 from typing import Literal
 
 from fastapi import APIRouter, Request
@@ -130,7 +132,12 @@ def make_router(studio, gate: Gate, keys: set[str] | None = None) -> APIRouter:
             if body.stream:
                 chunks, headers = await run_in_threadpool(stream_request, studio, gate, body)
                 return StreamingResponse(chunks, media_type=MEDIA_TYPES[body.response_format], headers=headers)
-            audio, headers = await run_in_threadpool(synthesize_request, studio, gate, body)
+            gone = threading.Event()  # the client hung up: the take stops before its next batch
+            watcher = asyncio.create_task(_watch_disconnect(request, gone))
+            try:
+                audio, headers = await run_in_threadpool(synthesize_request, studio, gate, body, gone.is_set)
+            finally:
+                watcher.cancel()
         except StudioError as e:
             return studio_error(e)
         except Exception:
@@ -140,6 +147,15 @@ def make_router(studio, gate: Gate, keys: set[str] | None = None) -> APIRouter:
         return Response(audio, media_type=MEDIA_TYPES[body.response_format], headers=headers)
 
     return router
+
+
+async def _watch_disconnect(request: Request, gone: threading.Event, every: float = 0.25) -> None:
+    """Set `gone` when the client closes the connection: a client that timed out must not keep
+    the studio busy for the rest of a long text (and the users queued behind it waiting)."""
+    while not await request.is_disconnected():
+        await asyncio.sleep(every)
+    log.info("the client of a speech request went away: stopping its take")
+    gone.set()
 
 
 def _options(body: SpeechRequest):
@@ -168,14 +184,15 @@ def take_headers(seed: int | None, warnings: list[str], audio_s: float | None = 
     return headers
 
 
-def synthesize_request(studio, gate: Gate, body: SpeechRequest) -> tuple[bytes, dict[str, str]]:
-    """Runs in a worker thread: wait for the Studio (bounded), synthesize, encode."""
+def synthesize_request(studio, gate: Gate, body: SpeechRequest, stop=None) -> tuple[bytes, dict[str, str]]:
+    """Runs in a worker thread: wait for the Studio (bounded), synthesize, encode. stop(): the
+    client is gone, so the take ends early (its audio is not sent anywhere)."""
     from core.audio import encode_audio
 
     options = _options(body)
     with gate.turn(bounded=True):
         voice = studio.voices.load(body.voice) if body.voice else None
-        result = studio.synthesize(body.input, voice=voice, options=options)
+        result = studio.synthesize(body.input, voice=voice, options=options, stop=stop)
     seeds = [s.seed for s in result.sentences if s.ok]
     headers = take_headers(seeds[0] if seeds else None, result.warnings, len(result.audio) / result.sample_rate)
     return encode_audio(result.audio, result.sample_rate, body.response_format), headers

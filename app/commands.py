@@ -5,9 +5,12 @@ import argparse
 import logging
 import os
 import re
+import signal
 import sys
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -230,13 +233,47 @@ def record(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextmanager
+def ctrl_c_finishes():
+    """Yields stop(): the first Ctrl-C asks the take to stop after the sentences being made (they
+    are still saved or played); a second one quits at once. Off the main thread (where signals
+    cannot be caught) Ctrl-C keeps its usual meaning."""
+    asked = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield asked.is_set
+        return
+
+    def on_ctrl_c(signum, frame):
+        if asked.is_set():
+            raise KeyboardInterrupt
+        asked.set()
+        print("\nStopping after the sentences being made; they are kept (Ctrl-C again quits now).",
+              file=sys.stderr, flush=True)
+
+    before = signal.signal(signal.SIGINT, on_ctrl_c)
+    try:
+        yield asked.is_set
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def _progress_line(fraction: float, message: str) -> None:
+    """A long take's progress on stderr ("sentence 3/40"): a line each, or one line redrawn on a terminal."""
+    if sys.stderr.isatty():
+        print(f"\r{message} ", end="" if fraction < 1 else "\n", file=sys.stderr, flush=True)
+    else:
+        print(message, file=sys.stderr, flush=True)
+
+
 def say(args: argparse.Namespace) -> int:
     from app.cli import make_studio
     from app.format import take_line
 
     sd = None if args.out else _sounddevice("output")
     studio = make_studio(args)
-    result = studio.synthesize(args.text, voice=voice_from(args, studio), options=options_from(args))
+    with ctrl_c_finishes() as stop:
+        result = studio.synthesize(args.text, voice=voice_from(args, studio), options=options_from(args),
+                                   progress=_progress_line, stop=stop)
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
     if args.out:

@@ -1,7 +1,7 @@
 """UI event handlers: one short method per event - validate, call the Studio, format.
 
-Per-user data travels in `gr.State` (the prompt being cloned, the last result); nothing per-user
-lives in this module. Every handler turns a `StudioError` into a `gr.Error` carrying its
+Per-user data travels in `gr.State` (the prompt being cloned, the last result, the Stop request
+of the take being made); nothing per-user lives in this module. Every handler turns a `StudioError` into a `gr.Error` carrying its
 `user_message()`, and any other failure into a short message (the traceback goes to the log).
 """
 from __future__ import annotations
@@ -70,6 +70,15 @@ class Prompt:
     audio: tuple[int, np.ndarray] | None
     voice: Any  # core.voices.Voice
     report: Any = None  # core.audio.PromptReport
+
+
+@dataclass
+class TakeControl:
+    """One user's take in progress (kept in gr.State, which hands the same object to every event of
+    the session): Stop sets `stop`, and the take ends before its next batch of sentences."""
+
+    running: bool = False
+    stop: bool = False
 
 
 def _require_audio(audio, what: str = "a prompt") -> tuple[int, np.ndarray]:
@@ -180,8 +189,9 @@ class Handlers:
     def speak(self, text, audio=None, prompt=None, transcript=None, language=None, accent=None,
               preset=None, top_k=None, top_p=None, temperature=None, rep_window=None, best_of=None,
               seed=None, speed=None, instruction=None, long_mode=None, instruction_mode=None,
-              progress=gr.Progress()):
+              control=None, progress=gr.Progress()):
         """Stream sentence audio as it is made, then the whole take, the table and the state.
+        Stop (`control`) ends the take early: what was made is still put together.
 
         Yields (stream chunk, full audio, sentence rows, result state, info markdown,
         prompt state, transcript)."""
@@ -201,21 +211,38 @@ class Handlers:
             prompt = self._voice_for(audio, prompt, transcript)
         voice = prompt.voice if prompt is not None else None
         t0 = time.perf_counter()
-        stream = self.studio.stream(text, voice=voice, options=options, progress=report)
-        sentences = []
-        while True:
-            with self.gate.turn(bounded=False):
-                sent = next(stream, None)
-            if sent is None:
-                break
-            sentences.append(sent)
-            if len(sent.audio):
-                yield ((self.studio.sample_rate, fmt.to_int16(sent.audio)),) + (gr.skip(),) * 6
+        control = control if control is not None else TakeControl()
+        control.running, control.stop = True, False
+        try:
+            stream = self.studio.stream(text, voice=voice, options=options, progress=report,
+                                        stop=lambda: control.stop)
+            sentences = []
+            while True:
+                with self.gate.turn(bounded=False):
+                    sent = next(stream, None)
+                if sent is None:
+                    break
+                sentences.append(sent)
+                if len(sent.audio):
+                    yield ((self.studio.sample_rate, fmt.to_int16(sent.audio)),) + (gr.skip(),) * 6
+        finally:
+            control.running = False
+        if not sentences:
+            raise gr.Error("Stopped before the first sentence was made. Press Speak to start again.")
         with self.gate.turn(bounded=False):
             result = self.studio.assemble(sentences, options=options)
         seconds = fmt.generation_seconds(t0, time.perf_counter(), self.studio.ready_at)
         transcript = voice.transcript if voice is not None else gr.skip()
         yield self._result_outputs(result, stream_chunk=gr.skip(), seconds=seconds) + (prompt, transcript)
+
+    def stop(self, control=None) -> None:
+        """Stop button: the take being made ends before its next batch of sentences (the
+        sentences made by then become the whole take)."""
+        if control is None or not control.running:
+            gr.Info("Nothing is being made right now.")
+            return
+        control.stop = True
+        gr.Info("Stopping: the sentences being made now are finished and kept.")
 
     def _loading_message(self) -> str:
         """What the first call is waiting for: loading, or downloading missing weights."""

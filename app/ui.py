@@ -13,7 +13,7 @@ import gradio as gr
 
 from app.format import SENTENCE_HEADERS, VOICE_HEADERS
 from app.gate import Gate
-from app.handlers import Handlers
+from app.handlers import Handlers, TakeControl
 from app.voice_handlers import VoiceHandlers
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -38,6 +38,7 @@ def build_ui(studio, gate: Gate | None = None) -> gr.Blocks:
     with gr.Blocks(title="VALL-E X Studio") as demo:
         prompt_state = gr.State(None)   # app.handlers.Prompt of this user
         result_state = gr.State(None)   # core.synth.SynthResult of this user's last take
+        take_state = gr.State(TakeControl())  # this user's take in progress (the Stop button)
         gr.Markdown("# VALL-E X Studio\nClone a voice from a few seconds of speech, "
                     "then make it say anything in English, Chinese or Japanese.",
                     elem_id="title")
@@ -51,7 +52,7 @@ def build_ui(studio, gate: Gate | None = None) -> gr.Blocks:
                 cv = _convert_tab()
             with gr.Tab("Translate", id="translate"):
                 tr = _translate_tab()
-        _wire_clone(h, c, prompt_state, result_state)
+        _wire_clone(h, c, prompt_state, result_state, take_state)
         _wire_voices(vh, v, c, prompt_state)
         cv.btn.click(h.convert, [cv.audio, cv.instruction], [cv.out, cv.plan], api_name="convert",
                      **STUDIO)
@@ -107,7 +108,9 @@ def _clone_tab() -> SimpleNamespace:
                                         elem_id="seed")
                 c.long_mode = gr.Radio(["fixed", "sliding"], value="fixed",
                                        label="Long text: prompt fixed, or sliding (last sentence)")
-            c.speak = gr.Button("Speak", variant="primary", elem_id="speak_btn")
+            with gr.Row():
+                c.speak = gr.Button("Speak", variant="primary", elem_id="speak_btn", scale=4)
+                c.stop = gr.Button("Stop", variant="stop", elem_id="stop_btn", scale=1)
             c.stream = gr.Audio(label="Live (plays while later sentences are made)", streaming=True,
                                 autoplay=True, interactive=False, elem_id="stream_out")
             c.full = gr.Audio(label="Whole take", type="filepath", interactive=False,
@@ -124,7 +127,7 @@ def _clone_tab() -> SimpleNamespace:
     return c
 
 
-def _wire_clone(h: Handlers, c, prompt_state, result_state) -> None:
+def _wire_clone(h: Handlers, c, prompt_state, result_state, take_state) -> None:
     check_out = [c.report, c.window, c.transcript, prompt_state]
     c.check.click(h.check_prompt, [c.audio, c.prompt_lang, c.transcript], check_out,
                   api_name="check_prompt", **STUDIO)
@@ -139,9 +142,10 @@ def _wire_clone(h: Handlers, c, prompt_state, result_state) -> None:
     take = [c.stream, c.full, c.sentences, result_state, c.info, prompt_state, c.transcript]
     c.speak.click(h.speak, [c.text, c.audio, prompt_state, c.transcript, c.language, c.accent,
                             c.preset, c.top_k, c.top_p, c.temperature, c.rep_window, c.best_of,
-                            c.seed, c.speed, c.instruction, c.long_mode, c.instruction_mode], take,
-                  api_name="speak",
-                  **STUDIO)
+                            c.seed, c.speed, c.instruction, c.long_mode, c.instruction_mode, take_state],
+                  take, api_name="speak", **STUDIO)
+    # Not in the studio's queue: it must run while the take it stops holds the studio.
+    c.stop.click(h.stop, take_state, None, api_name="stop")
     knobs = [c.top_k, c.top_p, c.temperature, c.rep_window, c.best_of]
     c.preset.change(h.preset_values, c.preset, knobs, api_name="preset_values", queue=False)
     c.reroll.click(h.reroll, [result_state, c.reroll_index, c.reroll_seed], take[:5],

@@ -123,6 +123,29 @@ def new_seed() -> int:
     return _RNG.randrange(2**31 - 1)
 
 
+def sentence_requests(text: str, options, prompt: Prompt, warnings: list[str]) -> list[Request]:
+    """`text` (options: a core.synth.SynthOptions) -> one Request per sentence, all on `prompt`. A
+    sentence the front-end cannot read is skipped with a note in `warnings`."""
+    from core.errors import TextError
+    from core.text import phonemize, split_sentences
+
+    kwargs = {"max_chars": options.max_chars} if options.max_chars else {}
+    accent = None if options.accent == "keep" else options.accent
+    base_seed = new_seed()
+    requests: list[Request] = []
+    for sentence in split_sentences(text, language=options.language, **kwargs):
+        try:
+            ph = phonemize(sentence, language=options.language, accent=accent, normalize=True)
+        except TextError as e:
+            warnings.append(f"skipped {sentence[:40]!r}: {e.message}")
+            continue
+        n = len(requests)
+        requests.append(Request(n, sentence, list(ph.ids), list(ph.langs), ph.phonemes, prompt,
+                                sentence_seed(options.seed, n, base_seed), cap_s=options.max_sentence_s,
+                                seed_given=options.seed is not None))
+    return requests
+
+
 def sentence_seed(seed: int | None, index: int, base: int) -> int:
     """Sentence i samples with seed + i (consecutive seeds let a batch match one-by-one runs),
     wrapped to stay a 64-bit seed at the top of the range."""

@@ -26,7 +26,7 @@ from core import longform
 from core.audio import SAMPLE_RATE, check_prompt, load_audio, load_mono, to_mono
 from core.convert import EditPlan, apply_plan, change_speed, output_plan, parse_instruction, transform_prompt
 from core.errors import StudioError, TextError, VoiceError, loading
-from core.longform import Prompt, Request, new_seed, sentence_seed
+from core.longform import Prompt, Request, new_seed
 from core.models import Models
 from core.sampling import check_seed
 from core.synth_types import ACCENTS, LANGUAGES, PRESETS, Job, SentenceResult, SynthOptions, SynthResult, load_presets
@@ -147,23 +147,31 @@ class Studio:
 
     # ------------------------------------------------------------------ synthesis
     def synthesize(self, text: str, voice=None, options: SynthOptions = SynthOptions(),
-                   progress: Callable[[float, str], None] | None = None) -> SynthResult:
+                   progress: Callable[[float, str], None] | None = None,
+                   stop: Callable[[], bool] | None = None) -> SynthResult:
         """Speak `text` in `voice` (a Voice, a saved voice's name, or None: the model invents one).
 
         progress(fraction, message) is called after each sentence. A sentence that fails is kept
-        as a warning; the others are still returned. Raises StudioError for bad input.
+        as a warning; the others are still returned. stop() is asked before each batch of
+        sentences is started: True ends the take there, with the sentences made so far and a
+        warning (StudioError if none was). Raises StudioError for bad input.
         """
         t0 = time.perf_counter()
         job = self._prepare(text, voice, options)
-        sentences = list(self._run(job, progress))
+        sentences = list(self._run(job, progress, stop))
+        if not sentences:
+            raise StudioError("The take was stopped before its first sentence was made.",
+                              "Start it again.")
         return self._assemble(sentences, job, t0)
 
     def stream(self, text: str, voice=None, options: SynthOptions = SynthOptions(),
-               progress: Callable[[float, str], None] | None = None) -> Iterator[SentenceResult]:
+               progress: Callable[[float, str], None] | None = None,
+               stop: Callable[[], bool] | None = None) -> Iterator[SentenceResult]:
         """Yield each sentence's SentenceResult (audio ready to play) in order, as soon as it is
-        made. Pass the collected list to `assemble` for the whole take."""
+        made. Pass the collected list to `assemble` for the whole take. stop(), as in
+        `synthesize`: the sentences already made are still yielded, then the stream ends."""
         job = self._prepare(text, voice, options)
-        yield from self._run(job, progress)
+        yield from self._run(job, progress, stop)
 
     def assemble(self, sentences: list[SentenceResult], options: SynthOptions | None = None) -> SynthResult:
         """The whole take from streamed sentences (codes concatenated, one Vocos decode)."""
@@ -222,8 +230,6 @@ class Studio:
 
     # ------------------------------------------------------------------ internals
     def _prepare(self, text: str, voice, options: SynthOptions) -> Job:
-        from core.text import phonemize, split_sentences
-
         if not isinstance(options, SynthOptions):
             raise StudioError("options must be a SynthOptions.", "Build one with SynthOptions(...).")
         if not (text or "").strip():
@@ -234,19 +240,7 @@ class Studio:
                    None, "none", None, warnings, voice)
         if options.instruction.strip():
             self._plan_instruction(job)
-        kwargs = {"max_chars": options.max_chars} if options.max_chars else {}
-        accent = None if options.accent == "keep" else options.accent
-        base_seed = new_seed()
-        for sentence in split_sentences(text, language=options.language, **kwargs):
-            try:
-                ph = phonemize(sentence, language=options.language, accent=accent, normalize=True)
-            except TextError as e:
-                warnings.append(f"skipped {sentence[:40]!r}: {e.message}")
-                continue
-            n = len(job.requests)
-            job.requests.append(Request(n, sentence, list(ph.ids), list(ph.langs), ph.phonemes, job.first_prompt,
-                                        sentence_seed(options.seed, n, base_seed), cap_s=options.max_sentence_s,
-                                        seed_given=options.seed is not None))
+        job.requests = longform.sentence_requests(text, options, job.first_prompt, warnings)
         if not job.requests:
             raise TextError(f"Nothing pronounceable in {text[:40]!r}.", "Write words in English, Chinese or Japanese.")
         return job
@@ -283,12 +277,14 @@ class Studio:
         codes = m.codec.encode(new, SAMPLE_RATE).numpy().astype(np.int64)
         return new, Prompt(codes, prompt.text_ids, prompt.text_langs)
 
-    def _run(self, job: Job, progress) -> Iterator[SentenceResult]:
+    def _run(self, job: Job, progress, stop=None) -> Iterator[SentenceResult]:
         total = len(job.requests)
         done = 0
         if job.options.prompt_mode == "sliding":
             prompt = job.first_prompt
             for req in job.requests:
+                if _stopped(stop, job, done, total):
+                    return
                 req.prompt = prompt
                 res = self._generate_group([req], job)[0]
                 done += 1
@@ -299,6 +295,8 @@ class Studio:
                     job.warnings.append(note)
             return
         for group in longform.groups(total, job.options.batch):
+            if _stopped(stop, job, done, total):
+                return
             for res in self._generate_group([job.requests[i] for i in group], job):
                 done += 1
                 _report(progress, done, total)
@@ -417,6 +415,15 @@ class Studio:
 
 
 # ---------------------------------------------------------------------- helpers
+
+def _stopped(stop, job: Job, done: int, total: int) -> bool:
+    """Whether the caller asked the take to end before its next batch (noted on the take)."""
+    if stop is None or not stop():
+        return False
+    job.warnings.append(f"stopped on request after {done} of {total} sentences")
+    log.info("take stopped on request after %d of %d sentences", done, total)
+    return True
+
 
 def _report(progress, done: int, total: int) -> None:
     if progress is not None:

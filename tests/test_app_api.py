@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -54,7 +55,7 @@ def test_every_action_is_a_named_endpoint(client):
     api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     for name in ["/check_prompt", "/speak", "/reroll", "/parse_instruction", "/preset_values", "/convert",
                  "/translate", "/save_voice", "/use_voice", "/preview_voice", "/rename_voice", "/delete_voice",
-                 "/import_voice", "/export_voice", "/list_voices", "/status"]:
+                 "/import_voice", "/export_voice", "/list_voices", "/status", "/stop"]:
         assert name in api, name
 
 
@@ -116,6 +117,26 @@ def test_speak_streams_chunks_before_the_end(client):
     streamed = [o[0] for o in outputs[:-1]]
     assert all(isinstance(p, str) and p.endswith(".m3u8") for p in streamed), streamed
     assert outputs[-1][1].endswith(".wav")
+
+
+def test_stop_ends_the_take_and_keeps_what_was_made(client):
+    client.predict(api_name="/stop")  # nothing is being made: a note, not an error
+    text = " ".join(f"This is sentence number {i} of the long take." for i in range(150))
+    job = client.submit(text, None, seed=5, long_mode="sliding", api_name="/speak")
+    deadline = time.monotonic() + 300
+    while not job.outputs() and not job.done() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert job.outputs(), "no sentence was streamed"
+    client.predict(api_name="/stop")
+    _, full, table, info, _ = job.result()
+    made = re.search(r"stopped on request after (\d+) of (\d+) sentences", info)
+    assert made, info
+    n, total = int(made[1]), int(made[2])
+    assert 1 <= n < total and len(rows(table)) == n  # the finished sentences are the whole take
+    assert duration(full) == pytest.approx(sum(float(r[2]) for r in rows(table)), abs=0.05 * n)
+    # the next take in this session is not stopped by the old request
+    _, full, table, info, _ = client.predict(TEXT, seed=5, api_name="/speak")
+    assert "stopped" not in info and len(rows(table)) >= 1
 
 
 def test_speak_errors_are_messages(client):

@@ -212,3 +212,19 @@ def test_save_and_reuse_a_voice(tab, app, speech, artifacts, work):
     page.screenshot(path=str(artifacts / "browser_reuse_voice.png"), full_page=True)
     wait_for_audio(page, "full_out")
     expect(page.locator("#sentences")).to_contain_text("3")  # the seed typed in the page
+
+
+def test_stop_ends_a_long_take_and_keeps_its_sentences(tab, artifacts):
+    page = tab
+    page.locator("#text textarea").fill(" ".join(f"This is sentence number {i} of a long take." for i in range(150)))
+    set_seed(page, "5")
+    page.click("#speak_btn")
+    expect(page.locator("#stream_out audio[src]").first).to_be_attached(timeout=90_000)  # it is under way
+    page.click("#stop_btn")
+    info = page.locator("#speak_info")
+    expect(info).to_contain_text("stopped on request after", timeout=120_000)
+    n, total = map(int, re.search(r"after (\d+) of (\d+) sentences", info.inner_text()).groups())
+    assert 1 <= n < total
+    page.screenshot(path=str(artifacts / "browser_stop.png"), full_page=True)
+    assert wait_for_audio(page, "full_out") > 0  # the sentences made are the whole take
+    expect(page.locator("#sentences")).to_contain_text("sentence number 0 of a long take")

@@ -393,3 +393,28 @@ def test_a_device_this_torch_cannot_use_stops_the_launch_with_a_message(capsys):
         assert err.startswith("error: ") and "Traceback" not in err
         assert ("Unknown device 'tpu'" if device == "tpu" else "no CUDA support") in err
         assert "--device cpu" in err
+
+
+def test_ctrl_c_in_say_keeps_the_sentences_made(tiny_models, tmp_path):
+    # the first Ctrl-C stops the take after the sentences being made, and they are still saved
+    import re
+    import signal
+
+    text = " ".join(f"This is sentence number {i} of the long take." for i in range(60))
+    out = tmp_path / "stopped.wav"
+    proc = subprocess.Popen([sys.executable, "launch.py", "say", text, "--models", str(tiny_models), "--offline",
+                             "--voices", str(tmp_path / "v"), "--out", str(out), "--seed", "1"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err = []
+    for line in proc.stderr:  # progress: "sentence i/N", one line each when not on a terminal
+        err.append(line)
+        if line.startswith("sentence 1/"):
+            proc.send_signal(signal.SIGINT)
+            break
+    rest, more = proc.communicate(timeout=300)
+    err = "".join(err) + more
+    assert proc.returncode == 0, err
+    assert "Stopping after the sentences being made" in err
+    made = re.search(r"warning: stopped on request after (\d+) of (\d+) sentences", err)
+    assert made and 1 <= int(made[1]) < int(made[2]), err
+    assert f"Saved {out}" in rest and sf.info(out).frames > 0

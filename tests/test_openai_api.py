@@ -3,7 +3,9 @@ started with a page login and an API key (so auth is on for both)."""
 from __future__ import annotations
 
 import io
+import re
 import threading
+import time
 
 import numpy as np
 import openai
@@ -147,6 +149,22 @@ def test_take_headers_stay_small_and_ascii():
     assert shown[-1] == f"... and {50 - (len(shown) - 1)} more" and shown[0].startswith("sentence 0: skipped 'ß😀\r\n")
     assert h["X-Vallex-Seed"] == "7" and h["X-Vallex-Audio-Seconds"] == "1.500"
     assert take_headers(None, []) == {"X-Vallex-Warnings": "[]"}
+
+
+def test_a_client_that_hangs_up_stops_its_take(app):
+    # a long text, and a client that gives up at once: the studio stops the take at its next batch
+    # instead of making (and holding the queue for) the rest of it
+    text = " ".join(f"This is sentence number {i} of a very long request." for i in range(70))
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        requests.post(app.url + "v1/audio/speech", json={"input": text, "seed": 1},
+                      headers={"Authorization": f"Bearer {KEY}"}, timeout=0.5)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and "take stopped on request" not in app.log():
+        time.sleep(0.1)
+    assert "client of a speech request went away" in app.log()
+    made = re.findall(r"take stopped on request after (\d+) of (\d+) sentences", app.log())
+    assert made and int(made[-1][0]) < int(made[-1][1]), app.log()[-2000:]
+    assert post(app, {"input": TEXT, "seed": 1}).status_code == 200  # the studio is free again
 
 
 def test_bad_requests_are_openai_errors(app, oai):

@@ -17,6 +17,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from core import longform
 from core.convert import EditPlan, apply_plan
 from core.errors import StudioError, TextError, VoiceError
 from core.sampling import Sampling
@@ -371,7 +372,9 @@ def test_a_sampled_sentence_that_stops_at_once_is_drawn_again(studio, monkeypatc
     sampled = SynthOptions(max_sentence_s=1.0)  # the balanced preset: sampled, a random seed
     # the studio's "random" seeds made a known sequence: the tiny model itself then never stops at
     # once here, so every silent take is the wrapper's and the call counts are exact
-    monkeypatch.setattr(synth, "new_seed", lambda seeds=itertools.count(1000): next(seeds))
+    seeds = itertools.count(1000)
+    for module in (synth, longform):  # the take's base seed (longform), the re-draws (synth)
+        monkeypatch.setattr(module, "new_seed", lambda: next(seeds))
     silent = Silent(models.lm, 1)
     monkeypatch.setattr(models, "lm", silent)
     result = studio.synthesize("Hello there.", None, sampled)
@@ -582,3 +585,37 @@ def test_preload_downloads_nothing_and_leaves_errors_to_the_first_take(tiny_mode
     with pytest.raises(StudioError) as e:  # the first take says what is wrong, as without preload
         s.synthesize("Hello there.", None, GREEDY)
     assert "vallex-checkpoint.pt" in e.value.user_message()
+
+
+# ---------------------------------------------------------------- stopping a take
+
+def test_stop_ends_the_take_before_its_next_sentence(studio, spy):
+    text = "Hello there. Good bye now. See you soon. Take care. One more. And the last."
+    opts = replace(GREEDY, prompt_mode="sliding", max_chars=15)
+    made = []
+    for sent in studio.stream(text, None, opts, stop=lambda: len(made) >= 2):
+        made.append(sent)
+    assert [s.index for s in made] == [0, 1] and len(spy.calls) == 2  # nothing generated after the stop
+    take = studio.assemble(made)
+    total = len(studio.synthesize(text, None, opts).sentences)
+    assert total > 2
+    assert f"stopped on request after 2 of {total} sentences" in take.warnings
+    assert len(take.audio) == HOP * sum(len(s.codes) for s in made)
+
+
+def test_stop_keeps_the_batch_being_made(studio, spy):
+    # fixed prompt: sentences are made in batches; a stop asked during one keeps all of it
+    text = " ".join(f"Sentence number {i} is here." for i in range(12))
+    asked = []
+    result = studio.synthesize(text, None, replace(GREEDY, max_chars=30),
+                               stop=lambda: asked.append(1) or len(asked) > 2)
+    made = longform.FIRST_GROUP + longform.GROUP_SIZE  # two batches: the first, short, then a full one
+    assert len(asked) == 3 and len(spy.calls) == len(result.sentences) == made < 12
+    assert [s.index for s in result.sentences] == list(range(made))
+    assert any(w.startswith("stopped on request after") for w in result.warnings)
+
+
+def test_a_take_stopped_before_it_began_is_an_error(studio, spy):
+    with pytest.raises(StudioError, match="stopped before its first sentence"):
+        studio.synthesize("Hello world.", None, GREEDY, stop=lambda: True)
+    assert spy.calls == []
