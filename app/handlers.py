@@ -1,8 +1,9 @@
 """UI event handlers: one short method per event - validate, call the Studio, format.
 
 Per-user data travels in `gr.State` (the prompt being cloned, the last result, the Stop request
-of the take being made); nothing per-user lives in this module. Every handler turns a `StudioError` into a `gr.Error` carrying its
-`user_message()`, and any other failure into a short message (the traceback goes to the log).
+of the take being made); nothing per-user lives in this module. Every handler turns a
+`StudioError` into a `gr.Error` carrying its `user_message()`, and any other failure into a short
+message (the traceback goes to the log).
 """
 from __future__ import annotations
 

@@ -144,7 +144,7 @@ def _wire_clone(h: Handlers, c, prompt_state, result_state, take_state) -> None:
                             c.preset, c.top_k, c.top_p, c.temperature, c.rep_window, c.best_of,
                             c.seed, c.speed, c.instruction, c.long_mode, c.instruction_mode, take_state],
                   take, api_name="speak", **STUDIO)
-    # Not in the studio's queue: it must run while the take it stops holds the studio.
+    # Its own concurrency group, not the studio's: it must run while the take it stops holds that one.
     c.stop.click(h.stop, take_state, None, api_name="stop")
     knobs = [c.top_k, c.top_p, c.temperature, c.rep_window, c.best_of]
     c.preset.change(h.preset_values, c.preset, knobs, api_name="preset_values", queue=False)

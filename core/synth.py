@@ -281,18 +281,18 @@ class Studio:
         total = len(job.requests)
         done = 0
         if job.options.prompt_mode == "sliding":
-            prompt = job.first_prompt
+            prompt, note = job.first_prompt, None
             for req in job.requests:
                 if _stopped(stop, job, done, total):
                     return
+                if note:  # said once the next sentence is really made from the voice prompt
+                    job.warnings.append(note)
                 req.prompt = prompt
                 res = self._generate_group([req], job)[0]
                 done += 1
                 _report(progress, done, total)
                 yield res
                 prompt, note = longform.sliding_prompt(job.first_prompt, req, res.codes)
-                if note and done < total:
-                    job.warnings.append(note)
             return
         for group in longform.groups(total, job.options.batch):
             if _stopped(stop, job, done, total):

@@ -600,6 +600,9 @@ def test_stop_ends_the_take_before_its_next_sentence(studio, spy):
     total = len(studio.synthesize(text, None, opts).sentences)
     assert total > 2
     assert f"stopped on request after 2 of {total} sentences" in take.warnings
+    # the note on what sentence 3 continues from is the full take's only: sentence 3 was not made
+    assert any(w.startswith("sentence 2 was too short") for w in studio.synthesize(text, None, opts).warnings)
+    assert not any("used the voice prompt" in w for w in take.warnings), take.warnings
     assert len(take.audio) == HOP * sum(len(s.codes) for s in made)
 
 
