@@ -7,6 +7,7 @@ message (the traceback goes to the log).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -75,11 +76,31 @@ class Prompt:
 
 @dataclass
 class TakeControl:
-    """One user's take in progress (kept in gr.State, which hands the same object to every event of
-    the session): Stop sets `stop`, and the take ends before its next batch of sentences."""
+    """One user's take (kept in gr.State, which hands the same object to every event of the
+    session). Speak marks it `queued` at the click, before the take waits for its turn; Stop sets
+    `stop`: a queued take never starts, a running one ends before its next batch of sentences."""
 
+    queued: bool = False
     running: bool = False
     stop: bool = False
+
+    def busy(self) -> bool:
+        return self.queued or self.running
+
+    def stopped_in_queue(self) -> bool:
+        """Whether Stop came while this take waited for its turn (then it is not made)."""
+        stopped, self.queued = self.stop, False
+        self.stop = False
+        return stopped
+
+    @contextlib.contextmanager
+    def take(self):
+        """Speak's body runs inside."""
+        self.running = True
+        try:
+            yield
+        finally:
+            self.running = self.stop = False
 
 
 def _require_audio(audio, what: str = "a prompt") -> tuple[int, np.ndarray]:
@@ -196,25 +217,28 @@ class Handlers:
 
         Yields (stream chunk, full audio, sentence rows, result state, info markdown,
         prompt state, transcript)."""
-        if not (text or "").strip():
-            raise gr.Error("Type the text to speak first.")
-        if len(text) > MAX_TEXT_CHARS:
-            raise gr.Error(f"The text has {len(text):,} characters; one take on this page holds at most "
-                           f"{MAX_TEXT_CHARS:,} (about half an hour of speech). Split it into parts, or make a "
-                           "book with the command line: `python launch.py synth --in-dir FOLDER --out-dir OUT`.")
-        options = make_options(language, accent, preset, top_k, top_p, temperature, rep_window,
-                               best_of, seed, speed, instruction, long_mode, instruction_mode)
-        report = _progress_reporter(progress)
-        report(0.0, self._loading_message())
-        # The gate is held per sentence, not across yields: a listener who goes away mid-stream
-        # cannot keep the models locked, and other users' requests interleave fairly.
-        with self.gate.turn(bounded=False):
-            prompt = self._voice_for(audio, prompt, transcript)
-        voice = prompt.voice if prompt is not None else None
-        t0 = time.perf_counter()
         control = control if control is not None else TakeControl()
-        control.running, control.stop = True, False
-        try:
+        if control.stopped_in_queue():  # what the user asked for: a note, not an error on every output
+            gr.Info("The take was stopped before it started. Press Speak to make it.")
+            yield (gr.skip(),) * 7
+            return
+        with control.take():
+            if not (text or "").strip():
+                raise gr.Error("Type the text to speak first.")
+            if len(text) > MAX_TEXT_CHARS:
+                raise gr.Error(f"The text has {len(text):,} characters; one take on this page holds at most "
+                               f"{MAX_TEXT_CHARS:,} (about half an hour of speech). Split it into parts, or make a "
+                               "book with the command line: `python launch.py synth --in-dir FOLDER --out-dir OUT`.")
+            options = make_options(language, accent, preset, top_k, top_p, temperature, rep_window,
+                                   best_of, seed, speed, instruction, long_mode, instruction_mode)
+            report = _progress_reporter(progress)
+            report(0.0, self._loading_message())
+            # The gate is held per sentence, not across yields: a listener who goes away mid-stream
+            # cannot keep the models locked, and other users' requests interleave fairly.
+            with self.gate.turn(bounded=False):
+                prompt = self._voice_for(audio, prompt, transcript)
+            voice = prompt.voice if prompt is not None else None
+            t0 = time.perf_counter()
             stream = self.studio.stream(text, voice=voice, options=options, progress=report,
                                         stop=lambda: control.stop)
             sentences = []
@@ -226,24 +250,33 @@ class Handlers:
                 sentences.append(sent)
                 if len(sent.audio):
                     yield ((self.studio.sample_rate, fmt.to_int16(sent.audio)),) + (gr.skip(),) * 6
-        finally:
-            control.running = False
-        if not sentences:
-            raise gr.Error("Stopped before the first sentence was made. Press Speak to start again.")
-        with self.gate.turn(bounded=False):
-            result = self.studio.assemble(sentences, options=options)
-        seconds = fmt.generation_seconds(t0, time.perf_counter(), self.studio.ready_at)
-        transcript = voice.transcript if voice is not None else gr.skip()
-        yield self._result_outputs(result, stream_chunk=gr.skip(), seconds=seconds) + (prompt, transcript)
+            if not sentences:  # Stop came while the prompt was being checked
+                gr.Info("Stopped before the first sentence was made. Press Speak to start again.")
+                yield (gr.skip(),) * 7
+                return
+            with self.gate.turn(bounded=False):
+                result = self.studio.assemble(sentences, options=options)
+            seconds = fmt.generation_seconds(t0, time.perf_counter(), self.studio.ready_at)
+            transcript = voice.transcript if voice is not None else gr.skip()
+            yield self._result_outputs(result, stream_chunk=gr.skip(), seconds=seconds) + (prompt, transcript)
+
+    @staticmethod
+    def queue_take(control=None) -> None:
+        """Speak's first step, before the take waits for its turn: from now on Stop applies to it."""
+        if control is not None and not control.running:
+            control.queued, control.stop = True, False
 
     def stop(self, control=None) -> None:
-        """Stop button: the take being made ends before its next batch of sentences (the
-        sentences made by then become the whole take)."""
-        if control is None or not control.running:
+        """Stop button: a take waiting for its turn never starts; the take being made ends before
+        its next batch of sentences (the sentences made by then become the whole take)."""
+        if control is None or not control.busy():
             gr.Info("Nothing is being made right now.")
             return
         control.stop = True
-        gr.Info("Stopping: the sentences being made now are finished and kept.")
+        if control.running:
+            gr.Info("Stopping: the sentences being made now are finished and kept.")
+        else:
+            gr.Info("Stopped: the take waiting for its turn will not start.")
 
     def _loading_message(self) -> str:
         """What the first call is waiting for: loading, or downloading missing weights."""

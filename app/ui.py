@@ -140,10 +140,12 @@ def _wire_clone(h: Handlers, c, prompt_state, result_state, take_state) -> None:
     c.instruction.change(h.parse_instruction, c.instruction, c.plan, api_name="parse_instruction",
                          queue=False, show_progress="hidden")
     take = [c.stream, c.full, c.sentences, result_state, c.info, prompt_state, c.transcript]
-    c.speak.click(h.speak, [c.text, c.audio, prompt_state, c.transcript, c.language, c.accent,
-                            c.preset, c.top_k, c.top_p, c.temperature, c.rep_window, c.best_of,
-                            c.seed, c.speed, c.instruction, c.long_mode, c.instruction_mode, take_state],
-                  take, api_name="speak", **STUDIO)
+    # First, at once: the take is queued, so that Stop applies to it while it waits for its turn.
+    speak_in = [c.text, c.audio, prompt_state, c.transcript, c.language, c.accent, c.preset, c.top_k, c.top_p,
+                c.temperature, c.rep_window, c.best_of, c.seed, c.speed, c.instruction, c.long_mode,
+                c.instruction_mode, take_state]
+    c.speak.click(h.queue_take, take_state, None, queue=False, **PRIVATE).then(
+        h.speak, speak_in, take, api_name="speak", **STUDIO)
     # Its own concurrency group, not the studio's: it must run while the take it stops holds that one.
     c.stop.click(h.stop, take_state, None, api_name="stop")
     knobs = [c.top_k, c.top_p, c.temperature, c.rep_window, c.best_of]

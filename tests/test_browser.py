@@ -4,6 +4,7 @@ received and produced (durations, levels, saved files), not only on page text. S
 the `artifacts` folder. Settings: ../shared/docs/browser-testing.md."""
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import shutil
@@ -54,16 +55,25 @@ def chrome(speech):
         b.close()
 
 
-@pytest.fixture
-def tab(chrome, app):
-    """A fresh browser tab on the studio page (named `tab`: pytest-playwright owns `page`)."""
+@contextlib.contextmanager
+def studio_page(chrome, app):
+    """A visit to the studio page in its own browser context (its own Gradio session)."""
     ctx = chrome.new_context(permissions=["microphone"], viewport={"width": 1400, "height": 1000})
     pg = ctx.new_page()
     pg.set_default_timeout(60_000)
     pg.goto(app.url)
     pg.wait_for_selector("#speak_btn")
-    yield pg
-    ctx.close()
+    try:
+        yield pg
+    finally:
+        ctx.close()
+
+
+@pytest.fixture
+def tab(chrome, app):
+    """A fresh browser tab on the studio page (named `tab`: pytest-playwright owns `page`)."""
+    with studio_page(chrome, app) as pg:
+        yield pg
 
 
 def report_numbers(page) -> tuple[float, float]:
@@ -228,3 +238,24 @@ def test_stop_ends_a_long_take_and_keeps_its_sentences(tab, artifacts):
     page.screenshot(path=str(artifacts / "browser_stop.png"), full_page=True)
     assert wait_for_audio(page, "full_out") > 0  # the sentences made are the whole take
     expect(page.locator("#sentences")).to_contain_text("sentence number 0 of a long take")
+
+
+def test_stop_while_waiting_for_a_turn_cancels_that_take(chrome, app, tab, artifacts):
+    first = tab  # a long take holds the studio...
+    first.locator("#text textarea").fill(" ".join(f"Sentence {i} holds the studio for a while." for i in range(150)))
+    first.click("#speak_btn")
+    expect(first.locator("#stream_out audio[src]").first).to_be_attached(timeout=90_000)
+    with studio_page(chrome, app) as second:  # ...so a second visitor's take waits for its turn
+        second.locator("#text textarea").fill("This take is stopped before it starts.")
+        second.click("#speak_btn")
+        expect(second.get_by_text(re.compile("queue", re.I)).first).to_be_visible(timeout=30_000)
+        second.click("#stop_btn")
+        expect(second.locator(".toast-body").first).to_contain_text("will not start", timeout=30_000)
+        first.click("#stop_btn")  # the studio is free: the second take is refused, never made
+        expect(first.locator("#speak_info")).to_contain_text("stopped on request after", timeout=120_000)
+        expect(second.locator(".toast-body").filter(has_text="stopped before it started")).to_be_visible(
+            timeout=60_000)
+        second.screenshot(path=str(artifacts / "browser_stop_queued.png"), full_page=True)
+        assert second.locator("#full_out audio[src]").count() == 0
+        expect(second.locator(".error")).to_have_count(0)  # a stop asked for is not an error
+        expect(second.locator("#sentences")).not_to_contain_text("stopped before it starts")
