@@ -132,7 +132,7 @@ def make_router(studio, gate: Gate, keys: set[str] | None = None) -> APIRouter:
             if body.stream:
                 chunks, headers = await run_in_threadpool(stream_request, studio, gate, body)
                 return StreamingResponse(chunks, media_type=MEDIA_TYPES[body.response_format], headers=headers)
-            gone = threading.Event()  # the client hung up: the take stops before its next batch
+            gone = threading.Event()  # the client hung up: the take stops at its next step
             watcher = asyncio.create_task(_watch_disconnect(request, gone))
             try:
                 audio, headers = await run_in_threadpool(synthesize_request, studio, gate, body, gone.is_set)

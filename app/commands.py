@@ -235,8 +235,8 @@ def record(args: argparse.Namespace) -> int:
 
 @contextmanager
 def ctrl_c_finishes():
-    """Yields stop(): the first Ctrl-C asks the take to stop after the sentences being made (they
-    are still saved or played); a second one quits at once. Off the main thread (where signals
+    """Yields stop(): the first Ctrl-C stops the take at once, and the sentences finished by then
+    are still saved or played; a second one quits without them. Off the main thread (where signals
     cannot be caught) Ctrl-C keeps its usual meaning."""
     asked = threading.Event()
     if threading.current_thread() is not threading.main_thread():
@@ -247,7 +247,7 @@ def ctrl_c_finishes():
         if asked.is_set():
             raise KeyboardInterrupt
         asked.set()
-        print("\nStopping after the sentences being made; they are kept (Ctrl-C again quits now).",
+        print("\nStopping now; the sentences finished are kept (Ctrl-C again quits without them).",
               file=sys.stderr, flush=True)
 
     before = signal.signal(signal.SIGINT, on_ctrl_c)

@@ -78,7 +78,7 @@ class Prompt:
 class TakeControl:
     """One user's take (kept in gr.State, which hands the same object to every event of the
     session). Speak marks it `queued` at the click, before the take waits for its turn; Stop sets
-    `stop`: a queued take never starts, a running one ends before its next batch of sentences."""
+    `stop`: a queued take never starts, a running one ends at once (the engine asks between steps)."""
 
     queued: bool = False
     running: bool = False
@@ -267,14 +267,14 @@ class Handlers:
             control.queued, control.stop = True, False
 
     def stop(self, control=None) -> None:
-        """Stop button: a take waiting for its turn never starts; the take being made ends before
-        its next batch of sentences (the sentences made by then become the whole take)."""
+        """Stop button: a take waiting for its turn never starts; the take being made ends at once
+        (the sentences finished by then become the whole take)."""
         if control is None or not control.busy():
             gr.Info("Nothing is being made right now.")
             return
         control.stop = True
         if control.running:
-            gr.Info("Stopping: the sentences being made now are finished and kept.")
+            gr.Info("Stopping now: the sentences finished so far are kept as the take.")
         else:
             gr.Info("Stopped: the take waiting for its turn will not start.")
 

@@ -13,6 +13,7 @@ import logging
 import torch
 
 from core import speculate
+from core.errors import raise_if_stopped
 from core.lm_io import Req
 from core.sampling import EOS, Sampling, TokenPicker
 from core.transformer import embed, head_logits
@@ -23,9 +24,10 @@ BOS = 1025  # AR audio embedding row used as BOS
 LENGTH_CAP = 16  # reference: at most 16 frames per text id (total text)
 
 
-def decode_ar(model, reqs: list[Req], s: Sampling, seeds: list[int] | None = None) -> list[dict]:
+def decode_ar(model, reqs: list[Req], s: Sampling, seeds: list[int] | None = None, stop=None) -> list[dict]:
     """Codebook-0 codes for a batch of prepared requests (`model` is a core.lm.VallEX): one dict
-    per request with "codes" (EOS stripped), "stop_reason", "warnings" and "seed".
+    per request with "codes" (EOS stripped), "stop_reason", "warnings" and "seed". stop()
+    is asked before each step (True raises core.errors.Stopped).
 
     The prompt is prefilled (left-padded, masked), then one token per live row per step; best-of-N
     runs N rows per request and keeps the reference's length-normalised log-prob winner."""
@@ -48,18 +50,19 @@ def decode_ar(model, reqs: list[Req], s: Sampling, seeds: list[int] | None = Non
                for i in range(R)]
     row_req = [i // nb for i in range(R)]
     done = [False] * R
-    stop = [""] * R
+    reasons = [""] * R
     fused = stack.fused_decode(cache, R)
     row_map = torch.arange(R, dtype=torch.int32) if fused and R > 1 else None
     tok_io = model.token_io(max(r.T for r in reqs) + max_cap + 1) if fused else None
     if R == 1 and s.greedy and fused and speculate.available(stack):
         # one sequence, greedy: drafted in int8, verified by the exact step (the same codes)
-        stop[0] = speculate.decode(model, reqs[0], pickers[0], caps[0], cache, logits, P, tok_io)
-        return [_result(reqs[0], pickers, stop, seeds[0], s)]
+        reasons[0] = speculate.decode(model, reqs[0], pickers[0], caps[0], cache, logits, P, tok_io, stop)
+        return [_result(reqs[0], pickers, reasons, seeds[0], s)]
     live_rows = list(range(R))
     slot = P
     feed = [BOS] * R
     while True:
+        raise_if_stopped(stop)
         greedy_toks = logits.argmax(-1).tolist() if nb == 1 and s.greedy else None
         for j, i in enumerate(live_rows):
             if done[i]:
@@ -68,13 +71,13 @@ def decode_ar(model, reqs: list[Req], s: Sampling, seeds: list[int] | None = Non
             tok = pk.pick(logits[j], greedy_toks[j] if greedy_toks is not None else None)
             if tok == EOS:
                 done[i] = True
-                stop[i] = pk.stop_reason or "eos"
+                reasons[i] = pk.stop_reason or "eos"
                 continue
             feed[i] = tok
             cap, why = caps[row_req[i]]
             if len(pk.history) >= cap:
                 done[i] = True
-                stop[i] = why
+                reasons[i] = why
         if all(done):
             break
         # Drop finished rows from the computation: at once where the fused step takes a map of
@@ -103,7 +106,7 @@ def decode_ar(model, reqs: list[Req], s: Sampling, seeds: list[int] | None = Non
             h = stack.forward_cached(xs.unsqueeze(1), cache, slot, m, key_start, row_map)
             logits = head_logits(c.ar_head, h[:, -1])
         slot += 1
-    return [_result(r, pickers[b * nb:(b + 1) * nb], stop[b * nb:(b + 1) * nb], seeds[b], s)
+    return [_result(r, pickers[b * nb:(b + 1) * nb], reasons[b * nb:(b + 1) * nb], seeds[b], s)
             for b, r in enumerate(reqs)]
 
 

@@ -55,6 +55,18 @@ class BusyError(StudioError):
     code = "busy"
 
 
+class Stopped(StudioError):
+    """A generation was stopped on request (its `stop` callable said so) before it finished."""
+
+    code = "stopped"
+
+
+def raise_if_stopped(stop) -> None:
+    """The engine's loops call this between steps: `stop` is None or a callable (True = stop now)."""
+    if stop is not None and stop():
+        raise Stopped("The generation was stopped on request.")
+
+
 def loading(fn, what: str):
     """Run a loader; anything but a StudioError becomes one clear StudioError naming `what`."""
     try:

@@ -22,7 +22,7 @@ the tied NAR heads. Greedy (`Sampling(top_k=1)`) is the parity mode.
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -200,16 +200,17 @@ class VallEX:
 
     @torch.inference_mode()
     def generate(self, text_ids, text_langs, prompt_text_len=0, prompt_codes=None,
-                 sampling: Sampling | None = None) -> Generation:
+                 sampling: Sampling | None = None, stop: Callable[[], bool] | None = None) -> Generation:
         return self.generate_batch([LMRequest(text_ids, text_langs, prompt_text_len, prompt_codes)],
-                                   sampling)[0]
+                                   sampling, stop=stop)[0]
 
     @torch.inference_mode()
     def generate_batch(self, requests: Sequence[Any], sampling: Sampling | None = None,
-                       max_batch: int = 16) -> list[Generation]:
+                       max_batch: int = 16, stop: Callable[[], bool] | None = None) -> list[Generation]:
         """Many sentences at once (left-padded AR with masks, right-padded NAR). Request i samples
         with seed `sampling.seed + i` (or a drawn seed + i), so it gives the same tokens as
-        `generate` with that seed; greedy gives the same tokens as one-by-one greedy."""
+        `generate` with that seed; greedy gives the same tokens as one-by-one greedy.
+        stop() is asked between decoding steps: True raises core.errors.Stopped at once."""
         sampling = sampling or Sampling()
         reqs = [self._prepare(*unpack(r)) for r in requests]
         if not reqs:
@@ -219,9 +220,10 @@ class VallEX:
         for lo in range(0, len(reqs), max_batch):
             chunk = reqs[lo:lo + max_batch]
             t0 = time.perf_counter()
-            ars = self._ar(chunk, sampling, seeds=[base + lo + i for i in range(len(chunk))])
+            ars = self._ar(chunk, sampling, seeds=[base + lo + i for i in range(len(chunk))], stop=stop)
             t1 = time.perf_counter()
-            nars = self._nar(chunk, [torch.tensor(a["codes"], dtype=torch.long, device=self.device) for a in ars])
+            nars = self._nar(chunk, [torch.tensor(a["codes"], dtype=torch.long, device=self.device) for a in ars],
+                             stop=stop)
             nars = [c.cpu() for c in nars]  # inside the timing: on a GPU this waits for the NAR's kernels
             t2 = time.perf_counter()
             for r, a, codes in zip(chunk, ars, nars):
@@ -258,11 +260,11 @@ class VallEX:
         return x * 1.0 + alpha * self.positions(r.L)
 
     # -- the two halves (core/ar.py, core/nar.py) ---------------------------------------------------
-    def _ar(self, reqs: list[Req], s: Sampling, seeds: list[int] | None = None) -> list[dict]:
-        return decode_ar(self, reqs, s, seeds)
+    def _ar(self, reqs: list[Req], s: Sampling, seeds: list[int] | None = None, stop=None) -> list[dict]:
+        return decode_ar(self, reqs, s, seeds, stop)
 
-    def _nar(self, reqs: list[Req], ars: list[torch.Tensor]) -> list[torch.Tensor]:
-        return decode_nar(self, reqs, ars)
+    def _nar(self, reqs: list[Req], ars: list[torch.Tensor], stop=None) -> list[torch.Tensor]:
+        return decode_nar(self, reqs, ars, stop)
 
 
 # ------------------------------------------------------------------------------------ helpers

@@ -10,19 +10,20 @@ from __future__ import annotations
 import torch
 
 from core.checkpoint import N_CODES
-from core.errors import VoiceError
+from core.errors import VoiceError, raise_if_stopped
 from core.lm_io import Req
 from core.transformer import embed, head_logits
 
 
-def decode_nar(model, reqs: list[Req], ars: list[torch.Tensor]) -> list[torch.Tensor]:
+def decode_nar(model, reqs: list[Req], ars: list[torch.Tensor], stop=None) -> list[torch.Tensor]:
     """All 8 codebooks [N, 8] per request (`model` is a core.lm.VallEX), column 0 = its AR codes:
-    7 full passes, each adding the codebook just predicted to the audio rows' embeddings."""
+    7 full passes, each adding the codebook just predicted to the audio rows' embeddings.
+    stop() is asked before each pass (True raises core.errors.Stopped)."""
     c, stack, dev = model.core, model.core.nar, model.device
     if dev.type == "cpu" and len(reqs) > 1:
         # The NAR passes are compute-bound on a CPU: a batch saves nothing and its padding and
         # bigger working set cost ~25%. One request at a time (same tokens either way).
-        return [decode_nar(model, [r], [a])[0] for r, a in zip(reqs, ars)]
+        return [decode_nar(model, [r], [a], stop)[0] for r, a in zip(reqs, ars)]
     for r, a in zip(reqs, ars):
         if a.numel() and (int(a.min()) < 0 or int(a.max()) >= N_CODES):
             raise VoiceError(f"ar_codes out of range 0..{N_CODES - 1}")
@@ -57,6 +58,7 @@ def decode_nar(model, reqs: list[Req], ars: list[torch.Tensor]) -> list[torch.Te
     codes = [[g] for g in gens]
     x = torch.zeros(B, S, c.d, device=dev)
     for i in range(c.n_q - 1):
+        raise_if_stopped(stop)
         for b, (r, y) in enumerate(zip(rs, y_embs)):
             x[b, :r.L] = texts[b]
             x[b, r.L:lens[b]] = y * 1.0 + c.nar_audio_alpha * model.positions(y.shape[0])

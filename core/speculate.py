@@ -23,6 +23,7 @@ import torch
 
 from core import native
 from core.decode_step import DecodeStep
+from core.errors import raise_if_stopped
 from core.native_linear import Int8Linear
 from core.sampling import EOS
 
@@ -112,12 +113,12 @@ class _Costs:
 
 
 def decode(model, req, picker, cap: tuple[int, str], cache: torch.Tensor, logits: torch.Tensor, P: int,
-           io) -> str:
+           io, stop=None) -> str:
     """Greedy decoding of one request after its prefill (core/ar.py: decode_ar), drafted by the
     stack's Draft. cache: the exact model's [L, 2, 1, H, Smax, row] with the prefix in slots
     [0, P); logits: [1, V], the prefill's next-code logits; cap: the most codes and the stop
     reason at that count; io: the step's TokenIO (positions up to T + cap). Codes go to
-    picker.history; returns the stop reason."""
+    picker.history; returns the stop reason. stop() is asked every round (core/errors.py)."""
     cap, why = cap
     stack = model.core.ar
     draft: Draft = stack.draft
@@ -133,6 +134,7 @@ def decode(model, req, picker, cap: tuple[int, str], cache: torch.Tensor, logits
     fed = 0
     tok = picker.pick(logits[0])
     while True:
+        raise_if_stopped(stop)
         if tok == EOS:
             return "eos"
         if len(hist) >= cap:

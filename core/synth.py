@@ -25,7 +25,7 @@ import numpy as np
 from core import longform
 from core.audio import SAMPLE_RATE, check_prompt, load_audio, load_mono, to_mono
 from core.convert import EditPlan, apply_plan, change_speed, output_plan, parse_instruction, transform_prompt
-from core.errors import StudioError, TextError, VoiceError, loading
+from core.errors import Stopped, StudioError, TextError, VoiceError, loading, raise_if_stopped
 from core.longform import Prompt, Request, new_seed
 from core.models import Models
 from core.sampling import check_seed
@@ -152,9 +152,9 @@ class Studio:
         """Speak `text` in `voice` (a Voice, a saved voice's name, or None: the model invents one).
 
         progress(fraction, message) is called after each sentence. A sentence that fails is kept
-        as a warning; the others are still returned. stop() is asked before each batch of
-        sentences is started: True ends the take there, with the sentences made so far and a
-        warning (StudioError if none was). Raises StudioError for bad input.
+        as a warning; the others are still returned. stop() is asked between decoding steps:
+        True ends the take at once, with the sentences finished so far and a warning (StudioError
+        if none was). Raises StudioError for bad input.
         """
         t0 = time.perf_counter()
         job = self._prepare(text, voice, options)
@@ -169,7 +169,7 @@ class Studio:
                stop: Callable[[], bool] | None = None) -> Iterator[SentenceResult]:
         """Yield each sentence's SentenceResult (audio ready to play) in order, as soon as it is
         made. Pass the collected list to `assemble` for the whole take. stop(), as in
-        `synthesize`: the sentences already made are still yielded, then the stream ends."""
+        `synthesize`: the stream ends at once (the sentences finished were yielded)."""
         job = self._prepare(text, voice, options)
         yield from self._run(job, progress, stop)
 
@@ -278,29 +278,34 @@ class Studio:
         return new, Prompt(codes, prompt.text_ids, prompt.text_langs)
 
     def _run(self, job: Job, progress, stop=None) -> Iterator[SentenceResult]:
-        total = len(job.requests)
-        done = 0
+        """The take's sentences in order. stop() is asked between decoding steps: True ends the
+        take at once; the sentences finished by then are all it has (noted on the take)."""
+        job.stop = stop
+        total, done = len(job.requests), 0
+        try:
+            for res in self._sentences(job):
+                done += 1
+                _report(progress, done, total)
+                yield res
+        except Stopped:
+            job.warnings.append(f"stopped on request after {done} of {total} sentences")
+            log.info("take stopped on request after %d of %d sentences", done, total)
+
+    def _sentences(self, job: Job) -> Iterator[SentenceResult]:
         if job.options.prompt_mode == "sliding":
             prompt, note = job.first_prompt, None
             for req in job.requests:
-                if _stopped(stop, job, done, total):
-                    return
-                if note:  # said once the next sentence is really made from the voice prompt
-                    job.warnings.append(note)
+                raise_if_stopped(job.stop)
                 req.prompt = prompt
                 res = self._generate_group([req], job)[0]
-                done += 1
-                _report(progress, done, total)
+                if note:  # said once the next sentence is really made from the voice prompt
+                    job.warnings.append(note)
                 yield res
                 prompt, note = longform.sliding_prompt(job.first_prompt, req, res.codes)
             return
-        for group in longform.groups(total, job.options.batch):
-            if _stopped(stop, job, done, total):
-                return
-            for res in self._generate_group([job.requests[i] for i in group], job):
-                done += 1
-                _report(progress, done, total)
-                yield res
+        for group in longform.groups(len(job.requests), job.options.batch):
+            raise_if_stopped(job.stop)
+            yield from self._generate_group([job.requests[i] for i in group], job)
 
     def _generate_group(self, reqs: list[Request], job: Job) -> list[SentenceResult]:
         """Generate `reqs` (one batch when the engine can), decode and post-process each.
@@ -308,7 +313,9 @@ class Studio:
         m = self._load()
         t0 = time.perf_counter()
         try:
-            gens = self._engine(m.lm, reqs, job.options)
+            gens = self._engine(m.lm, reqs, job.options, job.stop)
+        except Stopped:
+            raise
         except Exception as e:  # noqa: BLE001 - turned into per-sentence results below
             if len(reqs) == 1:
                 log.warning("sentence %d failed: %s", reqs[0].index, e)
@@ -339,7 +346,10 @@ class Studio:
             seed = new_seed()
             try:
                 with self._engine_lock:
-                    again = lm.generate(**req.engine_args(), sampling=job.options.sampling(seed, req.max_frames()))
+                    again = lm.generate(**req.engine_args(), sampling=job.options.sampling(seed, req.max_frames()),
+                                        stop=job.stop)
+            except Stopped:
+                raise
             except Exception as e:  # noqa: BLE001 - the silent take stands (and says so); nothing is lost
                 log.warning("sentence %d: drawing again after a silent take failed: %s", req.index, e)
                 return gen
@@ -348,17 +358,19 @@ class Studio:
                 return again
         return gen
 
-    def _engine(self, lm, reqs: list[Request], options: SynthOptions) -> list:
+    def _engine(self, lm, reqs: list[Request], options: SynthOptions, stop=None) -> list:
         """Engine call. A batch samples request i with seed `seed + i`, so a group of sentences
-        with consecutive seeds gives the same tokens as generating them one by one."""
+        with consecutive seeds gives the same tokens as generating them one by one. stop(): as in
+        VallEX.generate_batch (core.errors.Stopped is raised)."""
         seeds = [r.seed for r in reqs]
         with self._engine_lock:
             if len(reqs) > 1 and seeds == list(range(seeds[0], seeds[0] + len(reqs))):
                 from core.lm import LMRequest
 
                 sampling = options.sampling(seeds[0], max(r.max_frames() for r in reqs))
-                return lm.generate_batch([LMRequest(**r.engine_args()) for r in reqs], sampling)
-            return [lm.generate(**r.engine_args(), sampling=options.sampling(r.seed, r.max_frames())) for r in reqs]
+                return lm.generate_batch([LMRequest(**r.engine_args()) for r in reqs], sampling, stop=stop)
+            return [lm.generate(**r.engine_args(), sampling=options.sampling(r.seed, r.max_frames()), stop=stop)
+                    for r in reqs]
 
     def _finish(self, req: Request, gen, job: Job, engine_s: float = 0.0) -> SentenceResult:
         import torch
@@ -415,15 +427,6 @@ class Studio:
 
 
 # ---------------------------------------------------------------------- helpers
-
-def _stopped(stop, job: Job, done: int, total: int) -> bool:
-    """Whether the caller asked the take to end before its next batch (noted on the take)."""
-    if stop is None or not stop():
-        return False
-    job.warnings.append(f"stopped on request after {done} of {total} sentences")
-    log.info("take stopped on request after %d of %d sentences", done, total)
-    return True
-
 
 def _report(progress, done: int, total: int) -> None:
     if progress is not None:

@@ -396,7 +396,7 @@ def test_a_device_this_torch_cannot_use_stops_the_launch_with_a_message(capsys):
 
 
 def test_ctrl_c_in_say_keeps_the_sentences_made(tiny_models, tmp_path):
-    # the first Ctrl-C stops the take after the sentences being made, and they are still saved
+    # the first Ctrl-C stops the take at once, and the sentences finished by then are still saved
     import re
     import signal
 
@@ -414,7 +414,7 @@ def test_ctrl_c_in_say_keeps_the_sentences_made(tiny_models, tmp_path):
     rest, more = proc.communicate(timeout=300)
     err = "".join(err) + more
     assert proc.returncode == 0, err
-    assert "Stopping after the sentences being made" in err
+    assert "Stopping now; the sentences finished are kept" in err
     made = re.search(r"warning: stopped on request after (\d+) of (\d+) sentences", err)
     assert made and 1 <= int(made[1]) < int(made[2]), err
     assert f"Saved {out}" in rest and sf.info(out).frames > 0

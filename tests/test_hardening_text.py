@@ -115,13 +115,13 @@ class CheckingEngine:
             raise AssertionError(problems)
         self.sentences += 1
 
-    def generate(self, text_ids, text_langs, prompt_text_len=0, prompt_codes=None, sampling=None):
+    def generate(self, text_ids, text_langs, prompt_text_len=0, prompt_codes=None, sampling=None, stop=None):
         self._check(text_ids, text_langs, prompt_text_len, prompt_codes)
         seed = int(getattr(sampling, "seed", 0) or 0)
         codes = torch.tensor([[(seed + 37 * k) % 1024 for k in range(8)]] * 2, dtype=torch.long)
         return Generation(codes, "max_frames", [], seed)
 
-    def generate_batch(self, requests, sampling=None):
+    def generate_batch(self, requests, sampling=None, stop=None):
         base = int(getattr(sampling, "seed", 0) or 0)
         return [self.generate(r.text_ids, r.text_langs, r.prompt_text_len, r.prompt_codes,
                               replace(sampling, seed=base + i) if sampling is not None else None)

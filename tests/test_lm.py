@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from core import native_linear
-from core.errors import StudioError
+from core.errors import Stopped, StudioError
 from core.lm import Generation, LMRequest, VallEX, read_state_dict
 from core.sampling import EOS, Sampling, TokenPicker, filter_logits
 
@@ -134,6 +134,31 @@ def test_batch_sampling_matches_single_with_seeds(golden, tiny_a):
         one = tiny_a.generate(*_args(c), sampling=Sampling(top_k=50, seed=77 + i, max_frames=40))
         assert batch[i].seed == 77 + i
         assert torch.equal(batch[i].codes, one.codes)
+
+
+def test_stop_is_asked_every_step_and_ends_the_generation_at_once(golden, tiny_a, monkeypatch):
+    cases = _cases(golden / "model" / "tiny-a")[:3]
+    reqs = [LMRequest(*_args(c)) for c in cases]
+    asked, nar_from = [], []
+    real_nar = tiny_a._nar
+
+    def nar(*a, **k):
+        nar_from.append(len(asked))
+        return real_nar(*a, **k)
+
+    monkeypatch.setattr(tiny_a, "_nar", nar)
+    out = tiny_a.generate_batch(reqs, Sampling(top_k=1), stop=lambda: asked.append(1) and False)
+    assert [g.codes.tolist() for g in out] == [c["nar_codes"] for c in cases]  # asking changes nothing
+    ar_asks = nar_from[0]
+    assert ar_asks >= max(len(c["ar_codes"]) for c in cases)  # once per AR step
+    assert len(asked) - ar_asks == 7 * sum(1 for c in cases if c["ar_codes"])  # once per NAR pass
+    for when, nar_runs in [(2, 0), (ar_asks + 1, 1), (len(asked), 1)]:  # in the AR, the first and the last NAR pass
+        asked, nar_from = [], []
+        with pytest.raises(Stopped, match="stopped on request"):
+            tiny_a.generate_batch(reqs, Sampling(top_k=1), stop=lambda: asked.append(1) or len(asked) >= when)
+        assert len(asked) == when and len(nar_from) == nar_runs  # nothing computed after the stop
+    with pytest.raises(Stopped):  # one greedy request: the drafted decoding asks too
+        tiny_a.generate(*_args(cases[0]), sampling=Sampling(top_k=1), stop=lambda: True)
 
 
 # ------------------------------------------------------------------------------ reference quirks

@@ -152,7 +152,7 @@ def test_take_headers_stay_small_and_ascii():
 
 
 def test_a_client_that_hangs_up_stops_its_take(app):
-    # a long text, and a client that gives up at once: the studio stops the take at its next batch
+    # a long text, and a client that gives up at once: the studio stops the take at once
     # instead of making (and holding the queue for) the rest of it
     text = " ".join(f"This is sentence number {i} of a very long request." for i in range(70))
     with pytest.raises(requests.exceptions.ReadTimeout):

@@ -44,17 +44,17 @@ class Spy:
         if self.fail_if is not None and self.fail_if(call):
             raise RuntimeError("boom")
 
-    def generate(self, text_ids, text_langs, prompt_text_len=0, prompt_codes=None, sampling=None):
+    def generate(self, text_ids, text_langs, prompt_text_len=0, prompt_codes=None, sampling=None, stop=None):
         self._record(dict(text_ids=text_ids, text_langs=text_langs, prompt_text_len=prompt_text_len,
                           prompt_codes=prompt_codes))
-        return self.lm.generate(text_ids, text_langs, prompt_text_len, prompt_codes, sampling=sampling)
+        return self.lm.generate(text_ids, text_langs, prompt_text_len, prompt_codes, sampling=sampling, stop=stop)
 
-    def generate_batch(self, requests, sampling=None):
+    def generate_batch(self, requests, sampling=None, stop=None):
         self.batches.append(len(requests))
         for r in requests:
             self._record(dict(text_ids=r.text_ids, text_langs=r.text_langs, prompt_text_len=r.prompt_text_len,
                               prompt_codes=r.prompt_codes))
-        return self.lm.generate_batch(requests, sampling)
+        return self.lm.generate_batch(requests, sampling, stop=stop)
 
 
 @pytest.fixture(scope="module")
@@ -361,8 +361,8 @@ class Silent(Spy):
     def generate(self, *args, **kwargs):
         return self._silence([super().generate(*args, **kwargs)])[0]
 
-    def generate_batch(self, requests, sampling=None):
-        return self._silence(super().generate_batch(requests, sampling))
+    def generate_batch(self, requests, sampling=None, stop=None):
+        return self._silence(super().generate_batch(requests, sampling, stop))
 
 
 def test_a_sampled_sentence_that_stops_at_once_is_drawn_again(studio, monkeypatch):
@@ -606,16 +606,21 @@ def test_stop_ends_the_take_before_its_next_sentence(studio, spy):
     assert len(take.audio) == HOP * sum(len(s.codes) for s in made)
 
 
-def test_stop_keeps_the_batch_being_made(studio, spy):
-    # fixed prompt: sentences are made in batches; a stop asked during one keeps all of it
+def test_stop_ends_the_batch_being_made_at_once(studio, spy):
+    # fixed prompt: sentences are made in batches; a stop asked while one is being generated ends
+    # it there (the engine asks between steps), and the sentences finished before it are the take
     text = " ".join(f"Sentence number {i} is here." for i in range(12))
-    asked = []
-    result = studio.synthesize(text, None, replace(GREEDY, max_chars=30),
-                               stop=lambda: asked.append(1) or len(asked) > 2)
-    made = longform.FIRST_GROUP + longform.GROUP_SIZE  # two batches: the first, short, then a full one
-    assert len(asked) == 3 and len(spy.calls) == len(result.sentences) == made < 12
-    assert [s.index for s in result.sentences] == list(range(made))
-    assert any(w.startswith("stopped on request after") for w in result.warnings)
+    asked_in_batch = []
+
+    def stop():
+        if spy.batches:  # the second group (a batch of GROUP_SIZE) is being generated
+            asked_in_batch.append(1)
+        return len(asked_in_batch) >= 3
+
+    result = studio.synthesize(text, None, replace(GREEDY, max_chars=30), stop=stop)
+    assert spy.batches == [longform.GROUP_SIZE] and len(asked_in_batch) == 3  # stopped inside the batch
+    assert [s.index for s in result.sentences] == list(range(longform.FIRST_GROUP))
+    assert any(w.startswith(f"stopped on request after {longform.FIRST_GROUP} of ") for w in result.warnings)
 
 
 def test_a_take_stopped_before_it_began_is_an_error(studio, spy):
