@@ -21,6 +21,7 @@ import logging
 import threading
 from typing import Literal
 
+import anyio.to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -128,16 +129,19 @@ def make_router(studio, gate: Gate, keys: set[str] | None = None) -> APIRouter:
         if body.stream and body.response_format not in ("pcm", "wav"):
             return error(400, "Streaming sends raw audio as it is made: use response_format pcm or wav "
                               "with stream=true.", "invalid_value", "response_format")
+        gone = threading.Event()  # the client hung up: the take stops at its next step
         try:
-            if body.stream:
-                chunks, headers = await run_in_threadpool(stream_request, studio, gate, body)
-                return StreamingResponse(chunks, media_type=MEDIA_TYPES[body.response_format], headers=headers)
-            gone = threading.Event()  # the client hung up: the take stops at its next step
             watcher = asyncio.create_task(_watch_disconnect(request, gone))
-            try:
-                audio, headers = await run_in_threadpool(synthesize_request, studio, gate, body, gone.is_set)
+            try:  # the whole take, or a streamed take's first sentence
+                made = await run_in_threadpool(stream_request if body.stream else synthesize_request,
+                                               studio, gate, body, gone.is_set)
             finally:
                 watcher.cancel()
+            if body.stream:  # from here Starlette notices a hang-up and stops sending
+                chunks, headers = made
+                return StreamingResponse(_until_gone(chunks, gone), media_type=MEDIA_TYPES[body.response_format],
+                                         headers=headers)
+            audio, headers = made
         except StudioError as e:
             return studio_error(e)
         except Exception:
@@ -156,6 +160,22 @@ async def _watch_disconnect(request: Request, gone: threading.Event, every: floa
         await asyncio.sleep(every)
     log.info("the client of a speech request went away: stopping its take")
     gone.set()
+
+
+async def _until_gone(chunks, gone: threading.Event):
+    """A streamed take's chunks, each made in a worker thread. When the client hangs up,
+    Starlette cancels the response: the thread is abandoned at once (not waited for, as
+    Starlette's iterate_in_threadpool would: that is a whole batch of sentences) and `gone`
+    stops its take at the engine's next step."""
+    sent = False
+    try:
+        while (chunk := await anyio.to_thread.run_sync(next, chunks, None, abandon_on_cancel=True)) is not None:
+            yield chunk
+        sent = True
+    finally:
+        if not sent:
+            log.info("the client of a streamed speech request went away: stopping its take")
+            gone.set()
 
 
 def _options(body: SpeechRequest):
@@ -207,15 +227,16 @@ def streaming_wav_header(sample_rate: int) -> bytes:
             + b"data" + struct.pack("<I", 0xFFFFFFFF))
 
 
-def stream_request(studio, gate: Gate, body: SpeechRequest):
+def stream_request(studio, gate: Gate, body: SpeechRequest, stop=None):
     """Runs in a worker thread: make the first sentence (so bad input is still a JSON error), then
-    return an iterator of int16 bytes, one chunk per sentence. The Studio is held per sentence."""
+    return an iterator of int16 bytes, one chunk per sentence. The Studio is held per sentence.
+    stop(): the client is gone (the take ends at once)."""
     from app.format import to_int16
 
     options = _options(body)
     with gate.turn(bounded=True):
         voice = studio.voices.load(body.voice) if body.voice else None
-        sentences = studio.stream(body.input, voice=voice, options=options)
+        sentences = studio.stream(body.input, voice=voice, options=options, stop=stop)
         first = next(sentences, None)
 
     def chunks():

@@ -1,7 +1,8 @@
 """UI event handlers: one short method per event - validate, call the Studio, format.
 
 Per-user data travels in `gr.State` (the prompt being cloned, the last result, the Stop request
-of the take being made); nothing per-user lives in this module. Every handler turns a
+of the take being made); the only per-user thing kept here is a weak map from a visit to its
+take, so that closing the tab stops it. Every handler turns a
 `StudioError` into a `gr.Error` carrying its `user_message()`, and any other failure into a short
 message (the traceback goes to the log).
 """
@@ -13,6 +14,7 @@ import inspect
 import logging
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,6 +152,9 @@ class Handlers:
     def __init__(self, studio, gate: Gate):
         self.studio = studio
         self.gate = gate
+        # a visit (Gradio session) -> its TakeControl, held by the session's gr.State; weak, so
+        # that an ended session leaves nothing behind here
+        self._takes: weakref.WeakValueDictionary[str, TakeControl] = weakref.WeakValueDictionary()
 
     # --- status -----------------------------------------------------------------------------
     def notice(self) -> str:
@@ -211,13 +216,14 @@ class Handlers:
     def speak(self, text, audio=None, prompt=None, transcript=None, language=None, accent=None,
               preset=None, top_k=None, top_p=None, temperature=None, rep_window=None, best_of=None,
               seed=None, speed=None, instruction=None, long_mode=None, instruction_mode=None,
-              control=None, progress=gr.Progress()):
+              control=None, progress=gr.Progress(), request: gr.Request = None):
         """Stream sentence audio as it is made, then the whole take, the table and the state.
         Stop (`control`) ends the take early: what was made is still put together.
 
         Yields (stream chunk, full audio, sentence rows, result state, info markdown,
         prompt state, transcript)."""
         control = control if control is not None else TakeControl()
+        self._track(control, request)
         if control.stopped_in_queue():  # what the user asked for: a note, not an error on every output
             gr.Info("The take was stopped before it started. Press Speak to make it.")
             yield (gr.skip(),) * 7
@@ -260,11 +266,25 @@ class Handlers:
             transcript = voice.transcript if voice is not None else gr.skip()
             yield self._result_outputs(result, stream_chunk=gr.skip(), seconds=seconds) + (prompt, transcript)
 
-    @staticmethod
-    def queue_take(control=None) -> None:
-        """Speak's first step, before the take waits for its turn: from now on Stop applies to it."""
+    def queue_take(self, control=None, request: gr.Request = None) -> None:
+        """Speak's first step, before the take waits for its turn: from now on Stop (and closing
+        the tab) applies to it."""
         if control is not None and not control.running:
             control.queued, control.stop = True, False
+            self._track(control, request)
+
+    def _track(self, control: TakeControl, request) -> None:
+        if request is not None and getattr(request, "session_hash", None):
+            self._takes[request.session_hash] = control
+
+    def leave(self, request: gr.Request = None) -> None:
+        """The visitor closed or reloaded the tab: their take (made for nobody now) stops at once,
+        and frees the studio for the others. (Gradio would otherwise drop it only at its next
+        sentence, after a whole batch.)"""
+        control = self._takes.pop(getattr(request, "session_hash", None) or "", None)
+        if control is not None and control.busy():
+            log.info("a visitor left during a take: stopping it")
+            control.stop = True
 
     def stop(self, control=None) -> None:
         """Stop button: a take waiting for its turn never starts; the take being made ends at once

@@ -62,6 +62,7 @@ def build_ui(studio, gate: Gate | None = None) -> gr.Blocks:
         demo.load(h.preset_values, c.preset, [c.top_k, c.top_p, c.temperature, c.rep_window,
                                               c.best_of], queue=False, **PRIVATE)
         demo.load(vh.list_voices, None, [v.table, v.pick], api_name="list_voices", queue=False)
+        demo.unload(h.leave)
         gr.Timer(10).tick(h.notice, None, notice, queue=False, show_progress="hidden", **PRIVATE)
     return demo
 

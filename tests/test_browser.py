@@ -259,3 +259,19 @@ def test_stop_while_waiting_for_a_turn_cancels_that_take(chrome, app, tab, artif
         assert second.locator("#full_out audio[src]").count() == 0
         expect(second.locator(".error")).to_have_count(0)  # a stop asked for is not an error
         expect(second.locator("#sentences")).not_to_contain_text("stopped before it starts")
+
+
+def test_closing_the_tab_stops_its_take(chrome, app):
+    # a take made for nobody must not hold the studio (and everyone queued behind it)
+    with studio_page(chrome, app) as page:
+        page.locator("#text textarea").fill(" ".join(f"Sentence {i} is for a visitor who leaves." for i in range(150)))
+        page.click("#speak_btn")
+        expect(page.locator("#stream_out audio[src]").first).to_be_attached(timeout=90_000)
+        stops = app.log().count("take stopped on request")
+    deadline = time.monotonic() + 60  # the context is closed: Gradio's unload event
+    while time.monotonic() < deadline and app.log().count("take stopped on request") == stops:
+        time.sleep(0.1)
+    assert "a visitor left during a take: stopping it" in app.log()
+    made = re.findall(r"take stopped on request after (\d+) of (\d+) sentences", app.log())
+    assert len(made) == stops + 1 and int(made[-1][0]) < int(made[-1][1])
+

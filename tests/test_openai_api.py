@@ -2,6 +2,7 @@
 started with a page login and an API key (so auth is on for both)."""
 from __future__ import annotations
 
+import asyncio
 import io
 import re
 import threading
@@ -14,6 +15,7 @@ import requests
 import soundfile as sf
 from gradio_client import Client, handle_file
 
+from app import api
 from tests.app_server import running_app, speech_wav
 
 KEY = "test-key-123"
@@ -165,6 +167,41 @@ def test_a_client_that_hangs_up_stops_its_take(app):
     made = re.findall(r"take stopped on request after (\d+) of (\d+) sentences", app.log())
     assert made and int(made[-1][0]) < int(made[-1][1]), app.log()[-2000:]
     assert post(app, {"input": TEXT, "seed": 1}).status_code == 200  # the studio is free again
+    # streamed: a listener who closes the stream after the first sentence is noticed at once
+    with post(app, {"input": text, "seed": 1, "stream": True, "response_format": "pcm"}, stream=True) as r:
+        assert r.status_code == 200 and next(r.iter_content(4096))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and "streamed speech request went away" not in app.log():
+        time.sleep(0.1)
+    assert "client of a streamed speech request went away" in app.log()
+    assert post(app, {"input": TEXT, "seed": 1}).status_code == 200
+
+
+def test_a_streamed_take_stops_when_its_listener_goes_away():
+    # Starlette cancels a streamed response whose client hung up; the take, busy in a worker
+    # thread making its next sentences, must be told (its next engine step then stops it)
+    gone, waited = threading.Event(), []
+
+    def chunks():  # stands in for api.stream_request's chunks: the engine asks stop() every step
+        yield b"first sentence"
+        waited.append(gone.wait(30))
+        yield b"never sent"
+
+    async def listener():
+        stream = api._until_gone(chunks(), gone)
+        assert await stream.__anext__() == b"first sentence"
+        pending = asyncio.ensure_future(stream.__anext__())
+        await asyncio.sleep(0.2)
+        pending.cancel()  # the client hung up
+        with pytest.raises(asyncio.CancelledError):
+            await pending
+
+    asyncio.run(listener())
+    assert gone.is_set()
+    deadline = time.monotonic() + 30
+    while not waited and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert waited == [True]  # the worker saw the stop
 
 
 def test_bad_requests_are_openai_errors(app, oai):
