@@ -91,8 +91,8 @@ class TakeControl:
 
     def stopped_in_queue(self) -> bool:
         """Whether Stop came while this take waited for its turn (then it is not made)."""
-        stopped, self.queued = self.stop, False
-        self.stop = False
+        stopped = self.stop
+        self.queued = self.stop = False
         return stopped
 
     @contextlib.contextmanager

@@ -280,10 +280,9 @@ class Studio:
     def _run(self, job: Job, progress, stop=None) -> Iterator[SentenceResult]:
         """The take's sentences in order. stop() is asked between decoding steps: True ends the
         take at once; the sentences finished by then are all it has (noted on the take)."""
-        job.stop = stop
         total, done = len(job.requests), 0
         try:
-            for res in self._sentences(job):
+            for res in self._sentences(job, stop):
                 done += 1
                 _report(progress, done, total)
                 yield res
@@ -291,29 +290,30 @@ class Studio:
             job.warnings.append(f"stopped on request after {done} of {total} sentences")
             log.info("take stopped on request after %d of %d sentences", done, total)
 
-    def _sentences(self, job: Job) -> Iterator[SentenceResult]:
+    def _sentences(self, job: Job, stop) -> Iterator[SentenceResult]:
         if job.options.prompt_mode == "sliding":
             prompt, note = job.first_prompt, None
             for req in job.requests:
-                raise_if_stopped(job.stop)
+                raise_if_stopped(stop)
                 req.prompt = prompt
-                res = self._generate_group([req], job)[0]
+                res = self._generate_group([req], job, stop)[0]
                 if note:  # said once the next sentence is really made from the voice prompt
                     job.warnings.append(note)
                 yield res
                 prompt, note = longform.sliding_prompt(job.first_prompt, req, res.codes)
             return
         for group in longform.groups(len(job.requests), job.options.batch):
-            raise_if_stopped(job.stop)
-            yield from self._generate_group([job.requests[i] for i in group], job)
+            raise_if_stopped(stop)
+            yield from self._generate_group([job.requests[i] for i in group], job, stop)
 
-    def _generate_group(self, reqs: list[Request], job: Job) -> list[SentenceResult]:
+    def _generate_group(self, reqs: list[Request], job: Job, stop=None) -> list[SentenceResult]:
         """Generate `reqs` (one batch when the engine can), decode and post-process each.
-        A failed batch is retried one sentence at a time, so one bad sentence loses only itself."""
+        A failed batch is retried one sentence at a time, so one bad sentence loses only itself.
+        stop(): see `_run` (core.errors.Stopped goes through)."""
         m = self._load()
         t0 = time.perf_counter()
         try:
-            gens = self._engine(m.lm, reqs, job.options, job.stop)
+            gens = self._engine(m.lm, reqs, job.options, stop)
         except Stopped:
             raise
         except Exception as e:  # noqa: BLE001 - turned into per-sentence results below
@@ -321,8 +321,8 @@ class Studio:
                 log.warning("sentence %d failed: %s", reqs[0].index, e)
                 return [self._failed(reqs[0], e, job)]
             log.warning("batch of %d failed (%s); retrying one by one", len(reqs), e)
-            return [r for req in reqs for r in self._generate_group([req], job)]
-        gens = [self._reroll_if_silent(m.lm, req, gen, job) for req, gen in zip(reqs, gens)]
+            return [r for req in reqs for r in self._generate_group([req], job, stop)]
+        gens = [self._reroll_if_silent(m.lm, req, gen, job, stop) for req, gen in zip(reqs, gens)]
         share = (time.perf_counter() - t0) / len(reqs)  # a batch's engine time, split evenly
         out = []
         for req, gen in zip(reqs, gens):
@@ -333,7 +333,7 @@ class Studio:
                 out.append(self._failed(req, e, job))
         return out
 
-    def _reroll_if_silent(self, lm, req: Request, gen, job: Job, tries: int = REROLLS):
+    def _reroll_if_silent(self, lm, req: Request, gen, job: Job, stop=None, tries: int = REROLLS):
         """A sampled sentence that stopped at once (EOS on the first step: no audio) is drawn again
         with fresh seeds, up to `tries` times, where the seed was the studio's to choose: a seed the
         user typed must give the same result every time, and greedy decoding would only repeat
@@ -347,7 +347,7 @@ class Studio:
             try:
                 with self._engine_lock:
                     again = lm.generate(**req.engine_args(), sampling=job.options.sampling(seed, req.max_frames()),
-                                        stop=job.stop)
+                                        stop=stop)
             except Stopped:
                 raise
             except Exception as e:  # noqa: BLE001 - the silent take stands (and says so); nothing is lost

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -167,4 +166,3 @@ class Job:
     warnings: list[str]
     voice: object | None
     prompt_audio: np.ndarray | None = None
-    stop: Callable[[], bool] | None = None  # the caller's "stop now?" (Studio.stream)

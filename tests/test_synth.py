@@ -621,6 +621,7 @@ def test_stop_ends_the_batch_being_made_at_once(studio, spy):
     assert spy.batches == [longform.GROUP_SIZE] and len(asked_in_batch) == 3  # stopped inside the batch
     assert [s.index for s in result.sentences] == list(range(longform.FIRST_GROUP))
     assert any(w.startswith(f"stopped on request after {longform.FIRST_GROUP} of ") for w in result.warnings)
+    assert stop() and len(studio.reroll(result, 0).sentences[0].codes)  # a re-roll is not the stopped take
 
 
 def test_a_take_stopped_before_it_began_is_an_error(studio, spy):
