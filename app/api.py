@@ -167,15 +167,13 @@ async def _until_gone(chunks, gone: threading.Event):
     Starlette cancels the response: the thread is abandoned at once (not waited for, as
     Starlette's iterate_in_threadpool would: that is a whole batch of sentences) and `gone`
     stops its take at the engine's next step."""
-    sent = False
     try:
         while (chunk := await anyio.to_thread.run_sync(next, chunks, None, abandon_on_cancel=True)) is not None:
             yield chunk
-        sent = True
-    finally:
-        if not sent:
-            log.info("the client of a streamed speech request went away: stopping its take")
-            gone.set()
+    except (asyncio.CancelledError, GeneratorExit):  # cancelled, or closed before its end
+        log.info("the client of a streamed speech request went away: stopping its take")
+        gone.set()
+        raise
 
 
 def _options(body: SpeechRequest):

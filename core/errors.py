@@ -61,6 +61,13 @@ class Stopped(StudioError):
     code = "stopped"
 
 
+def check_stop(stop) -> None:
+    """Where a `stop` comes in (once, not per step): None or a callable."""
+    if stop is not None and not callable(stop):
+        raise StudioError(f"stop must be a callable that returns True to stop (or None), not {type(stop).__name__}.",
+                          "Pass a function, e.g. a threading.Event's is_set.")
+
+
 def raise_if_stopped(stop) -> None:
     """The engine's loops call this between steps: `stop` is None or a callable (True = stop now)."""
     if stop is not None and stop():

@@ -33,7 +33,7 @@ from core.checkpoint import (N_CODES, _fill_tied_aliases, _reference_tying, chec
                              infer_config, read_state_dict, reference_schema)
 from core.decode_step import TokenIO
 from core.devices import resolve_device
-from core.errors import StudioError
+from core.errors import StudioError, check_stop
 from core.lm_io import MAX_CONTEXT_FRAMES, Generation, LMRequest, Req, codes_1d, prepare, unpack
 from core.nar import decode_nar
 from core.quantize import (DEFAULT_INT8, QUANTIZE_MODES, apply_precision, convert_tensor, release_pages, trim_heap,
@@ -212,6 +212,7 @@ class VallEX:
         `generate` with that seed; greedy gives the same tokens as one-by-one greedy.
         stop() is asked between decoding steps: True raises core.errors.Stopped at once."""
         sampling = sampling or Sampling()
+        check_stop(stop)
         reqs = [self._prepare(*unpack(r)) for r in requests]
         if not reqs:
             return []

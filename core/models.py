@@ -97,11 +97,11 @@ class Models:
         return codec
 
     def preload(self) -> threading.Thread | None:
-        """Load the models (EnCodec included), then the text front-end's dictionaries (3-5 s more), in a background
-        thread, so that the first take does not wait for them. Only when every required model is
-        on disk: nothing is downloaded unasked. A failure is logged and left for the first take
-        to report (`load` tries again there). Returns the thread, or None when there is nothing
-        to do."""
+        """Load the models (EnCodec included), then the text front-end's dictionaries (3-5 s
+        more), in a background thread, so that the first take does not wait for them. Only when
+        every required model is on disk: nothing is downloaded unasked. A failure is logged and
+        left for the first take to report (`load` tries again there). Returns the thread, or None
+        when there is nothing to do."""
         if self.loaded is not None:
             return None
         try:

@@ -25,7 +25,7 @@ import numpy as np
 from core import longform
 from core.audio import SAMPLE_RATE, check_prompt, load_audio, load_mono, to_mono
 from core.convert import EditPlan, apply_plan, change_speed, output_plan, parse_instruction, transform_prompt
-from core.errors import Stopped, StudioError, TextError, VoiceError, loading, raise_if_stopped
+from core.errors import Stopped, StudioError, TextError, VoiceError, check_stop, loading, raise_if_stopped
 from core.longform import Prompt, Request, new_seed
 from core.models import Models
 from core.sampling import check_seed
@@ -157,11 +157,11 @@ class Studio:
         if none was). Raises StudioError for bad input.
         """
         t0 = time.perf_counter()
+        check_stop(stop)
         job = self._prepare(text, voice, options)
         sentences = list(self._run(job, progress, stop))
         if not sentences:
-            raise StudioError("The take was stopped before its first sentence was made.",
-                              "Start it again.")
+            raise Stopped("The take was stopped before its first sentence was made.", "Start it again.")
         return self._assemble(sentences, job, t0)
 
     def stream(self, text: str, voice=None, options: SynthOptions = SynthOptions(),
@@ -170,6 +170,7 @@ class Studio:
         """Yield each sentence's SentenceResult (audio ready to play) in order, as soon as it is
         made. Pass the collected list to `assemble` for the whole take. stop(), as in
         `synthesize`: the stream ends at once (the sentences finished were yielded)."""
+        check_stop(stop)
         job = self._prepare(text, voice, options)
         yield from self._run(job, progress, stop)
 

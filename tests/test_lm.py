@@ -159,6 +159,8 @@ def test_stop_is_asked_every_step_and_ends_the_generation_at_once(golden, tiny_a
         assert len(asked) == when and len(nar_from) == nar_runs  # nothing computed after the stop
     with pytest.raises(Stopped):  # one greedy request: the drafted decoding asks too
         tiny_a.generate(*_args(cases[0]), sampling=Sampling(top_k=1), stop=lambda: True)
+    with pytest.raises(StudioError, match="stop must be a callable .* not bool"):
+        tiny_a.generate_batch(reqs, Sampling(top_k=1), stop=True)
 
 
 # ------------------------------------------------------------------------------ reference quirks

@@ -19,7 +19,7 @@ import torch
 
 from core import longform
 from core.convert import EditPlan, apply_plan
-from core.errors import StudioError, TextError, VoiceError
+from core.errors import Stopped, StudioError, TextError, VoiceError
 from core.sampling import Sampling
 from core.synth import PRESETS, Studio, SynthOptions, SynthResult
 from tests.test_convert import f0_stats, level_db
@@ -625,6 +625,12 @@ def test_stop_ends_the_batch_being_made_at_once(studio, spy):
 
 
 def test_a_take_stopped_before_it_began_is_an_error(studio, spy):
-    with pytest.raises(StudioError, match="stopped before its first sentence"):
+    with pytest.raises(Stopped, match="stopped before its first sentence"):
         studio.synthesize("Hello world.", None, GREEDY, stop=lambda: True)
+    assert spy.calls == []
+    for bad in (True, "yes", 1):  # not a callable: said up front, before any work
+        with pytest.raises(StudioError, match="stop must be a callable"):
+            studio.synthesize("Hello world.", None, GREEDY, stop=bad)
+        with pytest.raises(StudioError, match="stop must be a callable"):
+            list(studio.stream("Hello world.", None, GREEDY, stop=bad))
     assert spy.calls == []
