@@ -24,13 +24,14 @@ import numpy as np
 
 from app import format as fmt
 from app.gate import Gate
-from core.errors import StudioError
+from core.errors import Stopped, StudioError
 
 log = logging.getLogger("vallex.ui")
 
 # One take on the page: ~20k characters is about half an hour of speech. A pasted book would be
 # phonemized for minutes before its first sentence; the CLI's batch mode is made for that.
 MAX_TEXT_CHARS = 20_000
+TAKE_KINDS = ("speak", "translate")  # the events Stop (and closing the tab) applies to, one of each per visit
 
 
 def user_errors(fn):
@@ -273,18 +274,26 @@ class Handlers:
             control.queued, control.stop = True, False
             self._track(control, request)
 
-    def _track(self, control: TakeControl, request) -> None:
+    def queue_translation(self, control=None, request: gr.Request = None) -> None:
+        """Translate's first step: as `queue_take`."""
+        if control is not None and not control.running:
+            control.queued, control.stop = True, False
+            self._track(control, request, "translate")
+
+    def _track(self, control: TakeControl, request, kind: str = "speak") -> None:
         if request is not None and getattr(request, "session_hash", None):
-            self._takes[request.session_hash] = control
+            self._takes[f"{request.session_hash}/{kind}"] = control
 
     def leave(self, request: gr.Request = None) -> None:
         """The visitor closed or reloaded the tab: their take (made for nobody now) stops at once,
         and frees the studio for the others. (Gradio would otherwise drop it only at its next
         sentence, after a whole batch.)"""
-        control = self._takes.pop(getattr(request, "session_hash", None) or "", None)
-        if control is not None and control.busy():
-            log.info("a visitor left during a take: stopping it")
-            control.stop = True
+        visit = getattr(request, "session_hash", None) or ""
+        for kind in TAKE_KINDS:
+            control = self._takes.pop(f"{visit}/{kind}", None)
+            if control is not None and control.busy():
+                log.info("a visitor left during a take (%s): stopping it", kind)
+                control.stop = True
 
     def stop(self, control=None) -> None:
         """Stop button: a take waiting for its turn never starts; the take being made ends at once
@@ -294,9 +303,9 @@ class Handlers:
             return
         control.stop = True
         if control.running:
-            gr.Info("Stopping now: the sentences finished so far are kept as the take.")
+            gr.Info("Stopping now: the sentences finished so far are kept.")
         else:
-            gr.Info("Stopped: the take waiting for its turn will not start.")
+            gr.Info("Stopped: what was waiting for its turn will not start.")
 
     def _loading_message(self) -> str:
         """What the first call is waiting for: loading, or downloading missing weights."""
@@ -336,15 +345,29 @@ class Handlers:
         return (sr, fmt.to_int16(out)), fmt.plan_markdown(plan)
 
     @user_errors
-    def translate(self, audio, progress=gr.Progress()):
-        """Speech in en/zh/ja -> (the same voice speaking the English translation, text)."""
-        sr, wav = _require_audio(audio, "a clip")
-        progress(0.0, desc=self._loading_message())
-        with self.gate.turn(bounded=False):
-            result = self.studio.translate(wav, sample_rate=sr)
+    def translate(self, audio, control=None, progress=gr.Progress(), request: gr.Request = None):
+        """Speech in en/zh/ja -> (the same voice speaking the English translation, text).
+        Stop (`control`): as in `speak`; a translation stopped midway keeps its finished sentences."""
+        control = control if control is not None else TakeControl()
+        self._track(control, request, "translate")
+        if control.stopped_in_queue():
+            gr.Info("The translation was stopped before it started. Press Translate to make it.")
+            return gr.skip(), gr.skip()
+        with control.take():
+            sr, wav = _require_audio(audio, "a clip")
+            report = _progress_reporter(progress)
+            report(0.0, self._loading_message())
+            try:
+                with self.gate.turn(bounded=False):
+                    result = self.studio.translate(wav, sample_rate=sr, progress=report,
+                                                   stop=lambda: control.stop)
+            except Stopped:
+                gr.Info("Stopped before the first sentence was made. Press Translate to start again.")
+                return gr.skip(), gr.skip()
         english = " ".join(s.text for s in result.sentences)
         heard = [w for w in result.warnings if w.startswith("heard")]
-        text = "\n".join(heard + [f"English: {english}"])
+        stopped = [w.capitalize() for w in result.warnings if w.startswith("stopped on request")]
+        text = "\n".join(heard + [f"English: {english}"] + stopped)
         return (result.sample_rate, fmt.to_int16(result.audio)), text
 
 

@@ -57,7 +57,10 @@ def build_ui(studio, gate: Gate | None = None) -> gr.Blocks:
         cv.btn.click(h.convert, [cv.audio, cv.instruction], [cv.out, cv.plan], api_name="convert",
                      **STUDIO)
         cv.instruction.change(h.parse_instruction, cv.instruction, cv.plan, queue=False, **PRIVATE)
-        tr.btn.click(h.translate, tr.audio, [tr.out, tr.text], api_name="translate", **STUDIO)
+        translate_state = gr.State(TakeControl())  # this user's translation in progress
+        tr.btn.click(h.queue_translation, translate_state, None, queue=False, **PRIVATE).then(
+            h.translate, [tr.audio, translate_state], [tr.out, tr.text], api_name="translate", **STUDIO)
+        tr.stop.click(h.stop, translate_state, None, api_name="stop_translation")
         demo.load(h.notice, None, notice, api_name="status", queue=False)
         demo.load(h.preset_values, c.preset, [c.top_k, c.top_p, c.temperature, c.rep_window,
                                               c.best_of], queue=False, **PRIVATE)
@@ -227,7 +230,9 @@ def _translate_tab() -> SimpleNamespace:
         with gr.Column():
             tr.audio = gr.Audio(sources=["microphone", "upload"], type="filepath", label="You",
                                 elem_id="translate_in")
-            tr.btn = gr.Button("Translate", variant="primary", elem_id="translate_btn")
+            with gr.Row():
+                tr.btn = gr.Button("Translate", variant="primary", elem_id="translate_btn", scale=4)
+                tr.stop = gr.Button("Stop", variant="stop", elem_id="translate_stop_btn", scale=1)
         with gr.Column():
             tr.text = gr.Textbox(label="What was heard, and the English", lines=3, interactive=False, elem_id="translate_text")
             tr.out = gr.Audio(label="You, in English", interactive=False, elem_id="translate_out")

@@ -209,16 +209,20 @@ class Studio:
         return self._assemble(sentences, job, t0)
 
     def translate(self, audio, sample_rate: int | None = None, voice_from_input: bool = True,
-                  options: SynthOptions | None = None) -> SynthResult:
-        """Speech (en/zh/ja) -> Whisper translation to English -> spoken in the input's own voice."""
+                  options: SynthOptions | None = None, progress: Callable[[float, str], None] | None = None,
+                  stop: Callable[[], bool] | None = None) -> SynthResult:
+        """Speech (en/zh/ja) -> Whisper translation to English -> spoken in the input's own voice.
+        progress and stop: as in `synthesize` (stop is also asked before the speech is spoken)."""
+        check_stop(stop)
         wav = load_mono(audio, SAMPLE_RATE, sample_rate=sample_rate)
         asr = self._asr()
         english = loading(lambda: asr.translate(wav, SAMPLE_RATE), "Whisper translation").strip()
         if not english:
             raise StudioError("Speech recognition heard nothing to translate.", "Record clearer speech.")
+        raise_if_stopped(stop)
         voice = self.make_voice(wav, SAMPLE_RATE)[0] if voice_from_input else None
         options = replace(options or SynthOptions(), language="en")
-        result = self.synthesize(english, voice, options)
+        result = self.synthesize(english, voice, options, progress, stop)
         if voice is not None:
             result.warnings.insert(0, f"heard ({voice.language}): {voice.transcript}")
         return result

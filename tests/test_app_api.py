@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+import types
 
 import numpy as np
 import pytest
@@ -55,7 +56,7 @@ def test_every_action_is_a_named_endpoint(client):
     api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     for name in ["/check_prompt", "/speak", "/reroll", "/parse_instruction", "/preset_values", "/convert",
                  "/translate", "/save_voice", "/use_voice", "/preview_voice", "/rename_voice", "/delete_voice",
-                 "/import_voice", "/export_voice", "/list_voices", "/status", "/stop"]:
+                 "/import_voice", "/export_voice", "/list_voices", "/status", "/stop", "/stop_translation"]:
         assert name in api, name
 
 
@@ -283,3 +284,91 @@ def test_take_notes_say_how_fast_and_where_a_faster_mode_is():
     assert "--dtype" not in take_markdown(take, 1.0, "cpu", "int8")
     assert "--dtype" not in take_markdown(take, 6.0, "cuda", "fp32")
     assert take_markdown(take, None) == "- sentence 2: cut"  # a re-roll: no timing
+
+
+# ---------------------------------------------------------------- the Translate tab's Stop (handlers)
+
+class _TranslatingStudio:
+    """Stands in for core.synth.Studio.translate: three sentences, stop() asked before each (as
+    the engine asks between steps), a partial take noted as the real one notes it. `press(i)` runs
+    just before sentence i: the user pressing Stop then."""
+
+    sample_rate = 24000
+
+    def __init__(self):
+        self.press, self.asked = (lambda i: None), 0
+
+    def status(self):
+        return {"loaded": True}
+
+    def translate(self, wav, sample_rate=None, progress=None, stop=None):
+        from types import SimpleNamespace
+
+        from core.errors import Stopped
+
+        made = []
+        for i in range(3):
+            self.press(i)
+            self.asked += 1
+            if stop():
+                break
+            made.append(SimpleNamespace(text=f"Sentence {i}."))
+        if not made:
+            raise Stopped("The take was stopped before its first sentence was made.")
+        warnings = ["heard (ja): こんにちは"] + ([f"stopped on request after {len(made)} of 3 sentences"]
+                                                 if len(made) < 3 else [])
+        return SimpleNamespace(sentences=made, warnings=warnings, sample_rate=self.sample_rate,
+                               audio=np.zeros(2400 * len(made), np.float32))
+
+
+def test_the_translate_stop_button_ends_the_translation_and_keeps_what_was_made():
+    import gradio as gr
+
+    from app.gate import Gate
+    from app.handlers import Handlers, TakeControl
+
+    clip, quiet = (16000, np.zeros(16000, np.float32)), (lambda *a, **k: None)
+    control, studio = TakeControl(), _TranslatingStudio()
+    h, visit = Handlers(studio, Gate()), types.SimpleNamespace(session_hash="visit-1")
+
+    def press_at(n):
+        def press(i):
+            if i == n:
+                h.stop(control)
+        return press
+
+    studio.press = press_at(1)  # Stop while the second sentence is being made
+    h.queue_translation(control, visit)
+    assert control.busy()
+    (sr, audio), text = h.translate(clip, control, progress=quiet, request=visit)
+    assert text.splitlines() == ["heard (ja): こんにちは", "English: Sentence 0.",
+                                 "Stopped on request after 1 of 3 sentences"]
+    assert len(audio) == 2400 and not control.busy() and not control.stop  # the next one starts clean
+    # stopped while it waited for its turn: not made at all, and a note rather than an error
+    h.queue_translation(control, visit)
+    h.stop(control)
+    asked = studio.asked
+    assert h.translate(clip, control, progress=quiet, request=visit) == (gr.skip(), gr.skip())
+    assert studio.asked == asked and not control.busy()
+    # stopped while Whisper was listening, before the first sentence: a note too
+    studio.press = press_at(0)
+    h.queue_translation(control, visit)
+    assert h.translate(clip, control, progress=quiet, request=visit) == (gr.skip(), gr.skip())
+    assert studio.asked == asked + 1 and not control.busy()
+    # and without a stop, the whole translation
+    studio.press = press_at(-1)
+    h.queue_translation(control, visit)
+    _, text = h.translate(clip, control, progress=quiet, request=visit)
+    assert text.splitlines()[1:] == ["English: Sentence 0. Sentence 1. Sentence 2."]
+
+
+def test_closing_the_tab_stops_its_translation_too():
+    from app.gate import Gate
+    from app.handlers import Handlers, TakeControl
+
+    h, visit = Handlers(_TranslatingStudio(), Gate()), types.SimpleNamespace(session_hash="visit-2")
+    speak, translate = TakeControl(), TakeControl()
+    h.queue_take(speak, visit)
+    h.queue_translation(translate, visit)
+    h.leave(visit)
+    assert speak.stop and translate.stop

@@ -271,7 +271,7 @@ def test_closing_the_tab_stops_its_take(chrome, app):
     deadline = time.monotonic() + 60  # the context is closed: Gradio's unload event
     while time.monotonic() < deadline and app.log().count("take stopped on request") == stops:
         time.sleep(0.1)
-    assert "a visitor left during a take: stopping it" in app.log()
+    assert "a visitor left during a take (speak): stopping it" in app.log()
     made = re.findall(r"take stopped on request after (\d+) of (\d+) sentences", app.log())
     assert len(made) == stops + 1 and int(made[-1][0]) < int(made[-1][1])
 

@@ -451,6 +451,24 @@ def test_translate_speaks_english_in_the_input_voice(studio, fast_asr, spy, gold
     assert result.warnings[0].startswith("heard (")
 
 
+def test_a_translation_can_be_stopped(studio, fast_asr, spy, golden):
+    wav, sr = sf.read(golden / "prompts" / "ja-1.wav", dtype="float32")
+    opts = replace(GREEDY, prompt_mode="sliding", max_chars=15)  # several short sentences
+    whole = studio.translate(wav, sr, options=opts)
+    assert len(whole.sentences) > 1
+    spy.calls.clear()
+    done = []
+    part = studio.translate(wav, sr, options=opts, progress=lambda f, m: done.append(f), stop=lambda: len(done) >= 1)
+    assert [s.text for s in part.sentences] == [whole.sentences[0].text] and len(spy.calls) == 1
+    assert f"stopped on request after 1 of {len(whole.sentences)} sentences" in part.warnings
+    spy.calls.clear()
+    with pytest.raises(Stopped):  # stopped while Whisper listened: nothing is generated
+        studio.translate(wav, sr, options=opts, stop=lambda: True)
+    with pytest.raises(StudioError, match="stop must be a callable"):
+        studio.translate(wav, sr, options=opts, stop="now")
+    assert spy.calls == []
+
+
 def test_no_asr_model_asks_for_a_transcript(studio, golden, monkeypatch):
     models = studio._load()
     monkeypatch.setattr(models, "paths", replace(models.paths, asr=None))
