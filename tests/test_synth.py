@@ -366,14 +366,14 @@ class Silent(Spy):
 
 
 def test_a_sampled_sentence_that_stops_at_once_is_drawn_again(studio, monkeypatch):
-    import core.synth as synth
+    import core.sentences as sentences
 
     models = studio._load()
     sampled = SynthOptions(max_sentence_s=1.0)  # the balanced preset: sampled, a random seed
     # the studio's "random" seeds made a known sequence: the tiny model itself then never stops at
     # once here, so every silent take is the wrapper's and the call counts are exact
     seeds = itertools.count(1000)
-    for module in (synth, longform):  # the take's base seed (longform), the re-draws (synth)
+    for module in (sentences, longform):  # the take's base seed (longform), the re-draws (sentences)
         monkeypatch.setattr(module, "new_seed", lambda: next(seeds))
     silent = Silent(models.lm, 1)
     monkeypatch.setattr(models, "lm", silent)
@@ -397,7 +397,7 @@ def test_a_sampled_sentence_that_stops_at_once_is_drawn_again(studio, monkeypatc
     # silent every time: REROLLS more draws, then the same warning
     silent.left, silent.calls = 99, []
     s = studio.synthesize("Hello there.", None, sampled).sentences[0]
-    assert len(s.codes) == 0 and len(silent.calls) == 1 + synth.REROLLS
+    assert len(s.codes) == 0 and len(silent.calls) == 1 + sentences.REROLLS
     assert any("produced no audio" in w for w in s.warnings)
     # a draw that fails keeps the silent take (and its warning) instead of losing the take
     silent.left, silent.calls = 1, []
