@@ -36,8 +36,8 @@ from core.devices import resolve_device
 from core.errors import StudioError, check_stop
 from core.lm_io import MAX_CONTEXT_FRAMES, Generation, LMRequest, Req, codes_1d, prepare, unpack
 from core.nar import decode_nar
-from core.quantize import (DEFAULT_INT8, QUANTIZE_MODES, apply_precision, convert_tensor, release_pages, trim_heap,
-                           tune_allocator)
+from core.memory import release_pages, trim_heap, tune_allocator
+from core.quantize import DEFAULT_INT8, QUANTIZE_MODES, apply_precision, convert_tensor
 from core.sampling import Sampling
 from core.transformer import Stack, embed, sinusoid_table
 
