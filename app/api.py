@@ -45,15 +45,16 @@ class SpeechRequest(BaseModel):
     input: str = Field(min_length=1, max_length=MAX_INPUT_CHARS)
     voice: str | None = None
     response_format: Literal["wav", "mp3", "flac", "opus", "pcm"] = "mp3"
-    speed: float = Field(1.0, ge=0.5, le=2.0)
+    # strict: true / "fast" / NaN are mistakes to point out, not values to coerce
+    speed: float = Field(1.0, ge=0.5, le=2.0, strict=True, allow_inf_nan=False)
     language: str = "auto-mix"
     accent: str = "keep"
     preset: str = "balanced"
     instruction: str = ""
     instructions: str = ""  # OpenAI's name for style directions; used when `instruction` is empty
     instruction_mode: Literal["dsp", "prompt"] = "dsp"
-    seed: int | None = None
-    stream: bool = False  # send each sentence as soon as it is made (pcm or wav only)
+    seed: int | None = Field(None, strict=True)
+    stream: bool = Field(False, strict=True)  # send each sentence as soon as it is made (pcm or wav only)
 
 
 def error(status: int, message: str, code: str, param: str | None = None) -> JSONResponse:
@@ -63,7 +64,8 @@ def error(status: int, message: str, code: str, param: str | None = None) -> JSO
     if status == 401:
         kind = "authentication_error"
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status)
+    headers = {"Retry-After": "5"} if status == 429 else None
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def studio_error(e: StudioError) -> JSONResponse:
@@ -78,6 +80,10 @@ def studio_error(e: StudioError) -> JSONResponse:
 def _validation_message(e: ValidationError) -> tuple[str, str | None]:
     first = e.errors()[0]
     param = ".".join(str(p) for p in first.get("loc", ())) or None
+    if param == "input" and first.get("type") == "string_too_long":
+        return (f"The input has {len(first.get('input') or ''):,} characters; one request takes at most "
+                f"{MAX_INPUT_CHARS:,}. Send the text in parts (a sentence boundary is a good place to cut), "
+                "or make long texts with `python launch.py synth --text-file FILE`."), param
     return f"Invalid value for '{param}': {first.get('msg')}.", param
 
 
@@ -89,7 +95,9 @@ def make_router(studio, gate: Gate, keys: set[str] | None = None) -> APIRouter:
         if not keys:
             return True
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and any(hmac.compare_digest(token, k) for k in keys)
+        # as bytes: compare_digest refuses non-ASCII str (a header arrives as Latin-1 text)
+        sent = token.encode("latin-1", "replace")
+        return scheme.lower() == "bearer" and any(hmac.compare_digest(sent, k.encode("utf-8")) for k in keys)
 
     def denied() -> JSONResponse:
         return error(401, "Missing or wrong API key. Send 'Authorization: Bearer KEY' with the "
@@ -120,12 +128,17 @@ def make_router(studio, gate: Gate, keys: set[str] | None = None) -> APIRouter:
         if not authorised(request):
             return denied()
         try:
-            body = SpeechRequest.model_validate(await request.json())
+            data = await request.json()
+        except (ValueError, RecursionError):  # not JSON, or nested too deep to read
+            return error(400, "The body must be a JSON object.", "invalid_json")
+        if not isinstance(data, dict):
+            kind = {list: "an array", str: "a string", bool: "true or false", type(None): "null"}.get(type(data), "a number")
+            return error(400, f'The body must be a JSON object like {{"input": "Hello"}}, not {kind}.', "invalid_json")
+        try:
+            body = SpeechRequest.model_validate(data)
         except ValidationError as e:
             message, param = _validation_message(e)
             return error(400, message, "invalid_value", param)
-        except ValueError:
-            return error(400, "The body must be a JSON object.", "invalid_json")
         if body.stream and body.response_format not in ("pcm", "wav"):
             return error(400, "Streaming sends raw audio as it is made: use response_format pcm or wav "
                               "with stream=true.", "invalid_value", "response_format")
@@ -149,6 +162,15 @@ def make_router(studio, gate: Gate, keys: set[str] | None = None) -> APIRouter:
             return error(500, "Synthesis failed inside the studio; the server log has details.",
                          "internal_error")
         return Response(audio, media_type=MEDIA_TYPES[body.response_format], headers=headers)
+
+    @router.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    def unknown(path: str, request: Request):
+        # after the real routes: an unknown path, or a known one with the wrong method
+        known = {"audio/speech": "POST", "voices": "GET", "models": "GET"}
+        if path in known:
+            return error(405, f"/v1/{path} takes {known[path]}, not {request.method}.", "method_not_allowed")
+        return error(404, f"There is no /v1/{path}. The API has POST /v1/audio/speech, GET /v1/voices and "
+                          "GET /v1/models.", "not_found")
 
     return router
 

@@ -33,7 +33,8 @@ class Gate:
         with self._count_lock:
             if bounded and self._waiting >= self.max_waiting:
                 raise BusyError(
-                    f"The studio is busy: {self._waiting} requests are already waiting.",
+                    f"The studio is busy: {self._waiting} request{'s are' if self._waiting != 1 else ' is'} "
+                    "already waiting.",
                     "Try again in a few seconds.",
                 )
             self._waiting += 1

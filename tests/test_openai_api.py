@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import re
 import threading
 import time
@@ -224,6 +225,44 @@ def test_bad_requests_are_openai_errors(app, oai):
     assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
 
 
+def send(app, data: str | bytes, method="POST", path="v1/audio/speech", headers=None):
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json", **(headers or {})}
+    return requests.request(method, app.url + path, data=data, headers=headers, timeout=30)
+
+
+def test_odd_bodies_and_paths_get_openai_errors_not_500s(app):
+    # nested too deep for the JSON reader: a 400, not an internal error
+    r = send(app, "[" * 3000 + "]" * 3000)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    for data, kind in [("[1, 2]", "an array"), ('"Hello"', "a string"), ("42", "a number"), ("null", "null")]:
+        r = send(app, data)
+        assert r.status_code == 400 and "must be a JSON object like" in r.json()["error"]["message"], data
+        assert kind in r.json()["error"]["message"]
+    # values a lenient parser would coerce are pointed out instead
+    for body, param in [({"input": TEXT, "speed": float("nan")}, "speed"), ({"input": TEXT, "speed": True}, "speed"),
+                        ({"input": TEXT, "seed": True}, "seed"), ({"input": TEXT, "seed": "5"}, "seed"),
+                        ({"input": TEXT, "stream": "yes"}, "stream")]:
+        r = send(app, json.dumps(body))
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, (body, r.text)
+    # too long: how long, the limit, and what to do
+    r = post(app, {"input": "word " * 1000})
+    msg = r.json()["error"]["message"]
+    assert r.status_code == 400 and "5,000 characters" in msg and "4,096" in msg and "launch.py synth" in msg
+    # unknown paths and wrong methods answer in the same shape
+    r = send(app, "", method="GET", path="v1/nothing")
+    assert r.status_code == 404 and "POST /v1/audio/speech" in r.json()["error"]["message"]
+    r = send(app, "", method="GET", path="v1/audio/speech")
+    assert r.status_code == 405 and "takes POST, not GET" in r.json()["error"]["message"]
+
+
+def test_a_non_ascii_key_is_a_401_not_a_crash(app):
+    r = send(app, json.dumps({"input": TEXT}), headers={"Authorization": "Bearer s\u00e9cret".encode().decode("latin-1")})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    r = requests.get(app.url + "v1/models", headers={"Authorization": "Bearer ünïcode".encode().decode("latin-1")},
+                     timeout=10)
+    assert r.status_code == 401
+
+
 def test_auth_on_v1_and_on_the_page(app):
     for key in (None, "wrong"):
         r = post(app, {"input": TEXT}, key=key)
@@ -269,6 +308,7 @@ def test_eight_requests_at_once_and_busy_beyond_the_queue(app):
         codes.append(r.status_code)
         if r.status_code == 429:
             assert r.json()["error"]["code"] == "busy" and "busy" in r.json()["error"]["message"]
+            assert r.headers["Retry-After"] == "5"
 
     threads = [threading.Thread(target=flood) for _ in range(20)]
     for t in threads:
