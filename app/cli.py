@@ -15,7 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from core.errors import StudioError
+from core.errors import Stopped, StudioError
 
 log = logging.getLogger("vallex.cli")
 
@@ -44,7 +44,7 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
     """Shows `(default: X)` only where X says something (not None/False/suppressed)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default in (None, False, argparse.SUPPRESS) or "default" in (action.help or ""):
+        if action.default in (None, False, "", argparse.SUPPRESS) or "default" in (action.help or ""):
             return action.help or ""
         return super()._get_help_string(action)
 
@@ -55,7 +55,8 @@ def _model_args(p: argparse.ArgumentParser, sub: bool) -> None:
     d = (lambda v: argparse.SUPPRESS) if sub else (lambda v: v)
     g = p.add_argument_group("models")
     g.add_argument("--models", metavar="DIR", default=d(None),
-                   help="models folder (vallex/, vocos/, encodec/, asr/); default: the studio cache")
+                   help="models folder (vallex/, vocos/, encodec/, asr/); default: $VALLEX_MODELS, else models/ "
+                        "beside launch.py (files missing there are looked up in the Hugging Face cache)")
     g.add_argument("--device", default=d("cpu"), help="torch device: cpu, cuda, cuda:1, mps")
     g.add_argument("--dtype", choices=["fp32", "bf16", "int8", "int4"], default=d("fp32"),
                    help="weights precision (int8 = dynamic int8 Linear layers; int4 = the AR in 4 bits, "
@@ -193,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         from app import commands
 
         return commands.run(args)
+    except Stopped:  # Ctrl-C before the first sentence was made: what the user asked for
+        print("Stopped before the first sentence was made; nothing was saved.", file=sys.stderr)
+        return 130
     except StudioError as e:
         print(f"error: {e.user_message()}", file=sys.stderr)
         return 2

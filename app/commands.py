@@ -79,12 +79,19 @@ def write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".part", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it private (0600); an output is an ordinary file
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
 
 
 _PART = re.compile(r"\.(.+)\.(\d+)\.[A-Za-z0-9_]+\.part")  # write_atomic's: .NAME.PID.RANDOM.part
@@ -140,10 +147,7 @@ def voice_from(args: argparse.Namespace, studio):
 
 
 def synth(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from app.cli import make_studio
-    from core.audio import encode_audio
 
     jobs = batch_jobs(args)
     out_dir = Path(args.out_dir)
@@ -165,6 +169,26 @@ def synth(args: argparse.Namespace) -> int:
     voice = voice_from(args, studio) if todo else None
     options = options_from(args)
     start = time.perf_counter()
+    try:
+        _synth_jobs(studio, todo, voice, options, args.format, summary)
+    except KeyboardInterrupt:  # the files made are complete (written atomically): say how to go on
+        print(f"\nsynth: interrupted after {summary.done} made ({summary.seconds:.1f} s of audio) -> "
+              f"{args.out_dir}; run the same command again to make the rest.", file=sys.stderr)
+        return 130
+    took = time.perf_counter() - start
+    print(f"synth: {summary.done} made ({summary.seconds:.1f} s of audio in {took:.1f} s), "
+          f"{summary.skipped} already done, {len(summary.failed)} failed -> {args.out_dir}")
+    for out, msg in summary.failed:
+        print(f"  failed {out.name}: {msg}")
+    return 1 if summary.failed else 0
+
+
+def _synth_jobs(studio, todo: list[Job], voice, options, fmt: str, summary: Summary) -> None:
+    """Make `todo` in order, counting into `summary`; a failed text is noted and skipped."""
+    from tqdm import tqdm
+
+    from core.audio import encode_audio
+
     for job in tqdm(todo, desc="synth", unit="utt", disable=None):
         try:
             result = studio.synthesize(job.text, voice=voice, options=options)
@@ -177,19 +201,13 @@ def synth(args: argparse.Namespace) -> int:
         for w in result.warnings:
             log.warning("%s: %s", job.out.name, w)
         try:
-            write_atomic(job.out, encode_audio(result.audio, result.sample_rate, args.format))
+            write_atomic(job.out, encode_audio(result.audio, result.sample_rate, fmt))
         except OSError as e:  # a full disk: every later file would fail the same way
             raise StudioError(f"Cannot write {job.out}: {e.strerror or e}.",
                               "Free some space (or pick another --out-dir) and run the same command "
                               "again: the files already made are kept.") from None
         summary.done += 1
         summary.seconds += len(result.audio) / result.sample_rate
-    took = time.perf_counter() - start
-    print(f"synth: {summary.done} made ({summary.seconds:.1f} s of audio in {took:.1f} s), "
-          f"{summary.skipped} already done, {len(summary.failed)} failed -> {args.out_dir}")
-    for out, msg in summary.failed:
-        print(f"  failed {out.name}: {msg}")
-    return 1 if summary.failed else 0
 
 
 # --- record / say --------------------------------------------------------------------------------
@@ -209,11 +227,12 @@ def _sounddevice(kind: str):
 
 
 def record(args: argparse.Namespace) -> int:
-    from core.audio import SAMPLE_RATE, save_audio
+    from core.audio import SAMPLE_RATE, check_output_path, save_audio
 
-    sd = _sounddevice("input")
     if not 1 <= args.seconds <= 60:
         raise AudioError(f"Cannot record {args.seconds} s.", "Use --seconds between 1 and 60.")
+    check_output_path(args.out)  # before the user speaks for nothing
+    sd = _sounddevice("input")
     print(f"Recording {args.seconds:.0f} s... speak now.")
     wav = sd.rec(int(args.seconds * SAMPLE_RATE), samplerate=SAMPLE_RATE, channels=1,
                  dtype="float32")
@@ -269,6 +288,10 @@ def say(args: argparse.Namespace) -> int:
     from app.cli import make_studio
     from app.format import take_line
 
+    from core.audio import check_output_path, save_audio
+
+    if args.out:
+        check_output_path(args.out)  # a bad --out is said now, not after the take is made
     sd = None if args.out else _sounddevice("output")
     studio = make_studio(args)
     with ctrl_c_finishes() as stop:
@@ -277,9 +300,13 @@ def say(args: argparse.Namespace) -> int:
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
     if args.out:
-        from core.audio import save_audio
-
-        save_audio(args.out, result.audio, result.sample_rate)
+        try:
+            save_audio(args.out, result.audio, result.sample_rate)
+        except AudioError as e:  # the place went away while the take was made: keep the take anyway
+            kept = save_audio(Path(tempfile.mkdtemp(prefix="vallex-say-")) / f"take{Path(args.out).suffix}",
+                              result.audio, result.sample_rate)
+            print(f"error: {e.user_message()} The take is kept at {kept}.", file=sys.stderr)
+            return 1
         print(f"Saved {args.out}: {take_line(result)}")
         try:
             sd = _sounddevice("output")
@@ -295,16 +322,23 @@ def say(args: argparse.Namespace) -> int:
 
 # --- download ------------------------------------------------------------------------------------
 def download(args: argparse.Namespace) -> int:
-    from core.store import download_model, missing_models
+    from core.store import REGISTRY, download_model, is_offline, missing_models
 
-    missing = missing_models(args.models)
-    names = args.names or [m.name for m in missing]
+    unknown = [n for n in args.names if n not in REGISTRY]
+    if unknown:  # before any transfer starts
+        raise StudioError(f"Unknown model{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}.",
+                          f"Choose from: {', '.join(REGISTRY)} (or none: every missing one).")
+    missing = {m.name for m in missing_models(args.models)}
+    names = [n for n in dict.fromkeys(args.names) if n in missing] if args.names else sorted(missing, key=list(REGISTRY).index)
     if not names:
-        print("All model weights are already there.")
+        print("Already there: " + ", ".join(args.names) + "." if args.names else "All model weights are already there.")
         return 0
     if args.offline:
         raise StudioError("--offline was given, so nothing can be downloaded.",
                           "Drop --offline, or copy the files into the folders listed by the app.")
+    if is_offline(None):
+        raise StudioError("HF_HUB_OFFLINE is set in this shell, so nothing can be downloaded.",
+                          "Run `unset HF_HUB_OFFLINE` (or start a new shell), then this command again.")
     from tqdm import tqdm
 
     for name in names:

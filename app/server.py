@@ -82,6 +82,9 @@ def serve(studio, opts: ServerOptions, block: bool = True):
     if opts.host not in ("127.0.0.1", "localhost") and not opts.auth:
         log.warning("Listening on %s without --auth: everyone on your network can use the studio.",
                     opts.host)
+    if opts.api_key and not opts.auth:
+        log.warning("--api-key protects /v1 only: the page and its Gradio endpoints (gradio_client) stay "
+                    "open to whoever can reach this port. Add --auth USER:PASS to require a login for them too.")
     check_address(opts.host, opts.port)
     gate = Gate(max_waiting=opts.max_queue)
     demo = build_ui(studio, gate)

@@ -329,19 +329,37 @@ def encode_audio(wav, sr: int, fmt: str = "wav") -> bytes:
     return buf.getvalue()
 
 
-def save_audio(path: str | os.PathLike, wav, sr: int) -> Path:
-    """Write `wav` ([N] or [N, C] float) to `path`, format from its suffix; atomic (temp + rename)."""
+def check_output_path(path: str | os.PathLike) -> str:
+    """Whether audio can be saved at `path`, checked before the work that makes it (nothing is
+    written): its suffix names a format, it is not a folder, and its folder exists or can be made
+    and is writable. Returns the format; raises AudioError saying what is wrong."""
     path = Path(path)
     fmt = _SUFFIXES.get(path.suffix.lower())
     if fmt is None:
-        raise AudioError(f"cannot tell the audio format from {path.name!r}.",
+        raise AudioError(f"Cannot tell the audio format from {path.name!r}.",
                          f"Use one of the suffixes {', '.join(sorted(_SUFFIXES))}.")
-    data = encode_audio(wav, sr, fmt)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise AudioError(f"{path} is a folder.", f"Give a file name, e.g. {path / ('take' + path.suffix)}.")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:  # the nearest folder that is there
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        why = "is not a folder" if folder.exists() and not folder.is_dir() else "cannot be written to"
+        raise AudioError(f"Cannot save {path}: {folder} {why}.", "Pick a place you can write to.")
+    return fmt
+
+
+def save_audio(path: str | os.PathLike, wav, sr: int) -> Path:
+    """Write `wav` ([N] or [N, C] float) to `path`, format from its suffix; atomic (temp + rename)."""
+    path = Path(path)
+    data = encode_audio(wav, sr, check_output_path(path))
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_bytes(data)
         os.replace(tmp, path)
+    except OSError as e:
+        raise AudioError(f"Cannot save {path}: {e.strerror or e}.", "Pick a place you can write to.") from None
     finally:
         tmp.unlink(missing_ok=True)
     return path

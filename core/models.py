@@ -135,14 +135,22 @@ class Models:
         thread.start()
         return thread
 
-    def asr(self):
-        """Whisper (core.asr.Transcriber), loaded on first need."""
+    def asr(self, purpose: str = "transcribe"):
+        """Whisper (core.asr.Transcriber), loaded on first need. `purpose` ("transcribe" or
+        "translate") words the error when it is not installed, which is said before anything loads."""
+        from core.store import download_command, find_model
+
+        installed = self.loaded.paths.asr if self.loaded is not None else find_model("asr", self.models_dir)
+        if installed is None:
+            get = f"`{download_command('asr', self.models_dir)}` (about 484 MB)"
+            if purpose == "translate":
+                raise VoiceError("Translation needs the Whisper speech-recognition model, which is not installed.",
+                                 f"Download it with {get}.")
+            raise VoiceError("No transcript was given and no speech-recognition model (Whisper) is installed.",
+                             f"Type what the recording says, or download Whisper with {get}.")
         m = self.load()
         with self._lock:
             if m.asr is None:
-                if m.paths.asr is None:
-                    raise VoiceError("No transcript was given and no speech-recognition model is installed.",
-                                     "Type what the recording says, or download the ASR model.")
                 from core.asr import Transcriber
 
                 m.asr = loading(lambda: Transcriber.from_pretrained(m.paths.asr, device=self.device), "Whisper")

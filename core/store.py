@@ -156,8 +156,12 @@ def find_model(name: str, models_dir: str | Path | None = None) -> Path | None:
     return _local_path(spec, models_folder(models_dir)) or _cached_path(spec)
 
 
-def _command(name: str) -> str:
-    return f"{DOWNLOAD_COMMAND} {name}"
+def download_command(name: str = "", models_dir: str | Path | None = None) -> str:
+    """The command that downloads `name` (every missing model when empty) into `models_dir`."""
+    import shlex
+
+    where = f" --models {shlex.quote(str(models_dir))}" if models_dir is not None else ""
+    return f"{DOWNLOAD_COMMAND}{' ' + name if name else ''}{where}"
 
 
 def missing_models(models_dir: str | Path | None = None, *, include_optional: bool = True) -> list[MissingModel]:
@@ -168,16 +172,23 @@ def missing_models(models_dir: str | Path | None = None, *, include_optional: bo
         if (spec.optional and not include_optional) or find_model(name, models_dir) is not None:
             continue
         out.append(MissingModel(name, spec.title, spec.repo, ", ".join(f.filename for f in spec.files),
-                                spec.approx_bytes, folder / name, _command(name), spec.optional))
+                                spec.approx_bytes, folder / name, download_command(name, models_dir),
+                                spec.optional))
     return out
 
 
-def missing_error(missing: list[MissingModel], offline: bool) -> ModelMissingError:
+def missing_error(missing: list[MissingModel], offline: bool,
+                  models_dir: str | Path | None = None) -> ModelMissingError:
     """One error naming every missing model, its size, the command and the folder."""
     total = sum(m.size_bytes for m in missing)
-    why = " (offline: HF_HUB_OFFLINE is set or --offline was given)" if offline else ""
+    why = ""
+    if offline:
+        env = is_offline(None)
+        why = " (offline: HF_HUB_OFFLINE is set)" if env else " (offline: --offline was given)"
     msg = f"Model weights missing{why}: " + "; ".join(m.describe() for m in missing) + "."
-    hint = (f"Download them ({_human(total)} in all) with `{DOWNLOAD_COMMAND}` while online "
+    online = ("unset HF_HUB_OFFLINE, then " if offline and is_offline(None) else
+              "drop --offline, then " if offline else "")
+    hint = (f"To download them ({_human(total)} in all), {online}run `{download_command('', models_dir)}` "
             f"(set HF_ENDPOINT to use a mirror), or copy the files into those folders.")
     return ModelMissingError(msg, hint)
 
@@ -195,7 +206,7 @@ def resolve_model(name: str, models_dir: str | Path | None = None, *, offline: b
     off = is_offline(offline)
     if off or not download:
         missing = [m for m in missing_models(models_dir) if m.name == name]
-        raise missing_error(missing, off)
+        raise missing_error(missing, off, models_dir)
     return download_model(name, progress=progress)
 
 
@@ -209,7 +220,7 @@ def resolve_models(models_dir: str | Path | None = None, *, offline: bool | None
     names = list(REQUIRED) + (["asr"] if asr else [])
     missing = [m for m in missing_models(models_dir) if m.name in names]
     if missing and (off or not download):
-        raise missing_error(missing, off)
+        raise missing_error(missing, off, models_dir)
     total = sum(m.size_bytes for m in missing) or 1
     done = 0
     for m in missing:
@@ -218,7 +229,7 @@ def resolve_models(models_dir: str | Path | None = None, *, offline: bool | None
         done += m.size_bytes
     paths = {name: find_model(name, models_dir) for name in REGISTRY}
     if any(paths[n] is None for n in names):  # e.g. files vanished meanwhile
-        raise missing_error([m for m in missing_models(models_dir) if m.name in names], off)
+        raise missing_error([m for m in missing_models(models_dir) if m.name in names], off, models_dir)
     return ModelPaths(paths["vallex"], paths["vocos"], paths["encodec"], paths["asr"])
 
 
@@ -256,7 +267,7 @@ def download_model(name: str, models_dir: str | Path | None = None, *, progress:
         cached = None if force else _cached_path(spec)
         if cached:
             return cached
-        raise missing_error([m for m in missing_models(models_dir) if m.name == name], True)
+        raise missing_error([m for m in missing_models(models_dir) if m.name == name], True, models_dir)
     endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None
     total = sum(f.approx_bytes for f in spec.files)
     done, folder = 0, None

@@ -93,8 +93,8 @@ class Studio:
         """Models.preload: load the models and warm the text front-end in a background thread."""
         return self.models.preload()
 
-    def _asr(self):
-        return self.models.asr()
+    def _asr(self, purpose: str = "transcribe"):
+        return self.models.asr(purpose)
 
     def status(self) -> dict:
         """What is loaded and where (cheap; never loads or downloads)."""
@@ -216,7 +216,7 @@ class Studio:
         progress and stop: as in `synthesize` (stop is also asked before the speech is spoken)."""
         check_stop(stop)
         wav = load_mono(audio, SAMPLE_RATE, sample_rate=sample_rate)
-        asr = self._asr()
+        asr = self._asr("translate")
         english = loading(lambda: asr.translate(wav, SAMPLE_RATE), "Whisper translation").strip()
         if not english:
             raise StudioError("Speech recognition heard nothing to translate.", "Record clearer speech.")

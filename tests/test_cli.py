@@ -374,13 +374,92 @@ def test_synth_output_problems_are_messages_and_keep_finished_files(tiny_models,
     assert cli.main(base + ["--out-dir", str(out)]) == 0  # the same command finishes the batch
     assert "1 made" in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == ["0001.wav", "0002.wav"]
+    # ordinary files, readable as the umask allows (not mkstemp's private 0600)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert {(p.stat().st_mode & 0o777) for p in out.iterdir()} == {0o666 & ~mask}
+
+    # Ctrl-C in a batch: the files made are complete, and the summary says how to go on
+    def interrupted(path, data):  # Ctrl-C while the second file is on its way
+        if path.name == "0002.wav":
+            raise KeyboardInterrupt
+        real(path, data)
+
+    monkeypatch.setattr(commands, "write_atomic", interrupted)
+    assert cli.main(base + ["--out-dir", str(tmp_path / "o2")]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted after 1 made" in err and "run the same command again" in err
+    assert [p.name for p in (tmp_path / "o2").iterdir()] == ["0001.wav"]
 
 
-def test_download_command_messages(tiny_models, tmp_path, capsys):
+def test_say_checks_out_before_the_take_and_never_loses_it(tiny_models, tmp_path, capsys, monkeypatch):
+    import core.audio
+
+    base = ["say", "Hello there.", "--models", str(tiny_models), "--voices", str(tmp_path / "v"), "--offline",
+            "--seed", "1"]
+    loads = []
+    monkeypatch.setattr(cli, "make_studio", lambda args, real=cli.make_studio: loads.append(1) or real(args))
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    (tmp_path / "folder.wav").mkdir()
+    for out, words in [(a_file / "x.wav", "is not a folder"), (tmp_path / "folder.wav", "is a folder"),
+                       (tmp_path / "x.xyz", "Cannot tell the audio format")]:
+        assert cli.main(base + ["--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err, err
+    assert loads == []  # said before any model loaded
+    # the place fails only when the take is done: the take is kept elsewhere, and said where
+    real, calls = core.audio.save_audio, []
+
+    def fails_once(path, wav, sr):
+        calls.append(path)
+        if len(calls) == 1:
+            raise core.audio.AudioError(f"Cannot save {path}: Read-only file system.", "Pick a place you can write to.")
+        return real(path, wav, sr)
+
+    monkeypatch.setattr(core.audio, "save_audio", fails_once)
+    assert cli.main(base + ["--out", str(tmp_path / "take.wav")]) == 1
+    err = capsys.readouterr().err
+    kept = err.split("The take is kept at ")[1].strip().rstrip(".")
+    assert "Read-only file system" in err and sf.info(kept).frames > 0
+
+
+def test_a_stop_before_the_first_sentence_exits_130(tiny_models, tmp_path, capsys, monkeypatch):
+    from contextlib import contextmanager
+
+    @contextmanager
+    def pressed_at_once():
+        yield lambda: True
+
+    monkeypatch.setattr(commands, "ctrl_c_finishes", pressed_at_once)
+    assert cli.main(["say", "Hello there.", "--models", str(tiny_models), "--offline", "--voices", str(tmp_path / "v"),
+                     "--out", str(tmp_path / "x.wav")]) == 130
+    err = capsys.readouterr().err
+    assert "Stopped before the first sentence was made; nothing was saved." in err and "error" not in err
+    assert not (tmp_path / "x.wav").exists()
+
+
+def test_download_command_messages(tiny_models, tmp_path, capsys, monkeypatch):
     assert cli.main(["download", "--models", str(tiny_models)]) == 0
     assert "already there" in capsys.readouterr().out
+    assert cli.main(["download", "vallex", "vocos", "--models", str(tiny_models), "--offline"]) == 0
+    assert "Already there: vallex, vocos." in capsys.readouterr().out  # nothing to fetch: not an error
     assert cli.main(["download", "--models", str(tmp_path), "--offline"]) == 2
     assert "--offline" in capsys.readouterr().err
+    # a misspelt name is refused before anything starts, with the names there are
+    assert cli.main(["download", "vocos", "bogus", "--models", str(tmp_path)]) == 2
+    out, err = capsys.readouterr()
+    assert "Unknown model: bogus" in err and "vallex, vocos, encodec" in err and "vocos" not in out
+    # HF_HUB_OFFLINE in the shell: say to unset it, not to run the command just run
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert cli.main(["download", "asr", "--models", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "HF_HUB_OFFLINE is set" in err and "unset HF_HUB_OFFLINE" in err
+    # the missing-weights message names the models folder in its command
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    assert cli.main(["say", "Hello.", "--models", str(tmp_path / "m"), "--out", str(tmp_path / "x.wav")]) == 2
+    err = capsys.readouterr().err
+    assert f"python launch.py download vallex --models {tmp_path / 'm'}" in err and "unset HF_HUB_OFFLINE" in err
 
 
 def test_a_device_this_torch_cannot_use_stops_the_launch_with_a_message(capsys):
@@ -418,3 +497,32 @@ def test_ctrl_c_in_say_keeps_the_sentences_made(tiny_models, tmp_path):
     made = re.search(r"warning: stopped on request after (\d+) of (\d+) sentences", err)
     assert made and 1 <= int(made[1]) < int(made[2]), err
     assert f"Saved {out}" in rest and sf.info(out).frames > 0
+
+
+def test_an_api_key_without_a_login_warns_that_the_page_stays_open(caplog):
+    from app.server import ServerOptions, serve
+
+    with socket.socket() as busy:  # the port is taken: serve stops right after its warnings
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        opts = ServerOptions(port=busy.getsockname()[1], api_key="k")
+        with caplog.at_level("WARNING"), pytest.raises(StudioError, match="already in use"):
+            serve(None, opts)
+    assert "--api-key protects /v1 only" in caplog.text and "--auth" in caplog.text
+    caplog.clear()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises(StudioError):
+            serve(None, ServerOptions(port=busy.getsockname()[1], api_key="k", auth=[("a", "b")]))
+    assert "--api-key protects" not in caplog.text
+
+
+def test_help_shows_only_defaults_that_say_something(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["say", "--help"])
+    out = capsys.readouterr().out
+    assert "(default: )" not in out and "--instruction" in out
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    assert "models/ beside launch.py" in " ".join(capsys.readouterr().out.split())

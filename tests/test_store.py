@@ -317,7 +317,7 @@ def test_offline_with_nothing_cached_says_what_and_where(tmp_path, monkeypatch):
     missing = store.missing_models(models)
     assert {m.name for m in missing} == {"vallex", "vocos", "encodec", "asr"}
     assert [m.optional for m in missing if m.name == "asr"] == [True]
-    assert all(m.size_bytes > 0 and m.command.endswith(m.name) for m in missing)
+    assert all(m.size_bytes > 0 and m.command.endswith(f"download {m.name} --models {models}") for m in missing)
 
 
 def test_local_folder_override(tiny_models, monkeypatch, tmp_path):

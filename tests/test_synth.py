@@ -473,8 +473,25 @@ def test_no_asr_model_asks_for_a_transcript(studio, golden, monkeypatch):
     models = studio._load()
     monkeypatch.setattr(models, "paths", replace(models.paths, asr=None))
     monkeypatch.setattr(models, "asr", None)
-    with pytest.raises(VoiceError, match="transcript"):
+    with pytest.raises(VoiceError, match="transcript") as e:
         studio.make_voice(golden / "prompts" / "zh-1.wav")
+    assert f"python launch.py download asr --models {studio.models_dir}" in e.value.user_message()
+    # Translate has no transcript to type: it says what it needs
+    with pytest.raises(VoiceError, match="Translation needs the Whisper") as e:
+        studio.translate(golden / "prompts" / "zh-1.wav")
+    assert "transcript" not in e.value.user_message()
+
+
+def test_no_asr_model_is_said_before_the_models_load(tiny_models, tmp_path, golden, monkeypatch):
+    import shutil
+
+    folder = tmp_path / "models"
+    shutil.copytree(tiny_models, folder, ignore=shutil.ignore_patterns("asr"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    s = Studio(folder, offline=True)
+    with pytest.raises(VoiceError, match="no speech-recognition model"):
+        s.make_voice(golden / "prompts" / "zh-1.wav")
+    assert not s.status()["loaded"]  # nothing was loaded just to find that out
 
 
 def test_readme_example_runs(tiny_models, golden, tmp_path, monkeypatch):
