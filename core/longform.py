@@ -128,21 +128,27 @@ def sentence_requests(text: str, options, prompt: Prompt, warnings: list[str]) -
     sentence the front-end cannot read is skipped with a note in `warnings`."""
     from core.errors import TextError
     from core.text import phonemize, split_sentences
+    from core.text.scripts import screen
 
     kwargs = {"max_chars": options.max_chars} if options.max_chars else {}
     accent = None if options.accent == "keep" else options.accent
     base_seed = new_seed()
     requests: list[Request] = []
     for sentence in split_sentences(text, language=options.language, **kwargs):
+        screened = screen(sentence)  # letters the model cannot say are left out, not read as noise
+        notes = [screened.note()] if screened.dropped else []
+        if not screened.has_words():
+            warnings.append(f"skipped {sentence[:40]!r}: " + (screened.reason() if notes else "nothing to say"))
+            continue
         try:
-            ph = phonemize(sentence, language=options.language, accent=accent, normalize=True)
+            ph = phonemize(screened.text, language=options.language, accent=accent, normalize=True)
         except TextError as e:
             warnings.append(f"skipped {sentence[:40]!r}: {e.message}")
             continue
         n = len(requests)
         requests.append(Request(n, sentence, list(ph.ids), list(ph.langs), ph.phonemes, prompt,
-                                sentence_seed(options.seed, n, base_seed), cap_s=options.max_sentence_s,
-                                seed_given=options.seed is not None))
+                                sentence_seed(options.seed, n, base_seed), warnings=notes,
+                                cap_s=options.max_sentence_s, seed_given=options.seed is not None))
     return requests
 
 

@@ -35,6 +35,7 @@ from core.synth_types import ACCENTS, LANGUAGES, PRESETS, Job, SentenceResult, S
 log = logging.getLogger(__name__)
 
 PROMPT_MAX_S = 15.0  # the reference refuses longer prompt recordings
+TRANSCRIPT_SLACK_S = 1.5  # a typed transcript with more of the recording than this left out gets a note
 
 __all__ = ["Studio", "SynthOptions", "SynthResult", "SentenceResult", "PRESETS", "LANGUAGES", "ACCENTS",
            "load_presets"]
@@ -108,13 +109,22 @@ class Studio:
         audio: path, bytes, file object, (sr, ndarray) or ndarray with `sample_rate`. The prompt
         checker picks the best 3-10 s window; the transcript comes from Whisper when not given.
         """
-        from core.voices import Voice
         from core.text import detect_language, phonemize
+        from core.text.scripts import screen
+        from core.vad import PromptLimits
+        from core.voices import Voice
 
         wav = load_mono(audio, SAMPLE_RATE, sample_rate=sample_rate)
         report = check_prompt(wav, SAMPLE_RATE)
         window = report.wav[: int(PROMPT_MAX_S * SAMPLE_RATE)]
         transcript = (transcript or "").strip()
+        # a recording longer than the longest window had speech cut away (a shorter one only silence)
+        if transcript and report.duration > PromptLimits().max_window_s and \
+                report.duration - report.window_s > TRANSCRIPT_SLACK_S:
+            report.advice.append(f"The transcript you typed goes with the {report.window_s:.1f} s chosen from "
+                                 f"{report.start_s:.1f} s to {report.end_s:.1f} s of the {report.duration:.1f} s "
+                                 "recording: if it says more than that part, trim the recording to what it says "
+                                 "(or leave the transcript empty for Whisper to write it).")
         if not transcript:
             asr = self._asr()
             heard = loading(lambda: asr.transcribe(window, SAMPLE_RATE, language=language), "speech recognition")
@@ -122,6 +132,14 @@ class Studio:
             if not transcript:
                 raise VoiceError("Speech recognition heard no words in the recording.",
                                  "Type the transcript yourself, or record clearer speech.")
+        screened = screen(transcript)
+        if not screened.has_words():
+            raise VoiceError(f"The transcript {transcript[:40]!r} has no English, Chinese or Japanese words"
+                             + (f" ({screened.reason()})." if screened.dropped else "."),
+                             "Type what the recording says in English, Chinese or Japanese.")
+        if screened.dropped:
+            report.advice.append(f"The transcript's {screened.note()}.")
+            transcript = screened.text.strip()
         language = language or detect_language(transcript)
         if language not in longform.LANG_IDS:
             raise VoiceError(f"Voice language {language!r} is not en, zh or ja.", "Pick en, zh or ja.")
@@ -201,7 +219,7 @@ class Studio:
             prev = result.sentences[index - 1]
             prev_req = next(r for r in job.requests if r.index == prev.index)
             prompt, _ = longform.sliding_prompt(job.first_prompt, prev_req, prev.codes)
-        req = replace(req, prompt=prompt, seed=new_seed() if seed is None else int(seed), warnings=[],
+        req = replace(req, prompt=prompt, seed=new_seed() if seed is None else int(seed),
                       seed_given=seed is not None)
         t0 = time.perf_counter()
         new = self._maker.make([req], job)[0]
@@ -248,7 +266,11 @@ class Studio:
             self._plan_instruction(job)
         job.requests = longform.sentence_requests(text, options, job.first_prompt, warnings)
         if not job.requests:
-            raise TextError(f"Nothing pronounceable in {text[:40]!r}.", "Write words in English, Chinese or Japanese.")
+            scripts = [w.split(": ", 1)[1] for w in warnings if w.endswith("not English, Chinese or Japanese")]
+            hint = ("In 'mix (tagged)' mode every word goes inside [EN]..[EN], [ZH]..[ZH] or [JA]..[JA] tags "
+                    "(or pick an auto language)." if options.language == "mix" else
+                    "Write words in English, Chinese or Japanese.")
+            raise TextError(f"Nothing pronounceable in {text[:40]!r}" + (f": {scripts[0]}." if scripts else "."), hint)
         return job
 
     def _plan_instruction(self, job: Job) -> None:

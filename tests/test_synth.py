@@ -669,3 +669,48 @@ def test_a_take_stopped_before_it_began_is_an_error(studio, spy):
         with pytest.raises(StudioError, match="stop must be a callable"):
             list(studio.stream("Hello world.", None, GREEDY, stop=bad))
     assert spy.calls == []
+
+
+# ---------------------------------------------------------------- letters the model cannot say
+
+def test_letters_of_other_scripts_are_left_out_with_a_note_not_spoken_as_noise(studio, spy):
+    from core.text import phonemize
+
+    result = studio.synthesize("Hello мир there.", None, GREEDY)
+    assert spy.calls[0]["text_ids"].tolist() == phonemize("Hello  there.", language="auto-mix", normalize=True).ids
+    assert "sentence 1: left out 'мир' (Cyrillic: not English, Chinese or Japanese)" in result.warnings
+    # a re-roll keeps the note: it is about the text
+    assert "sentence 1: left out 'мир' (Cyrillic: not English, Chinese or Japanese)" in studio.reroll(result, 0).warnings
+    spy.calls.clear()
+    for text, words in [("안녕하세요", "Hangul is not English"), ("مرحبا بالعالم", "Arabic is not English"),
+                        ("Γεια σου, Привет", "Greek and Cyrillic are not English"), ("\u200b\u200c\u200d", None),
+                        ("\ufeff", None)]:
+        with pytest.raises(TextError, match="Nothing pronounceable") as e:
+            studio.synthesize(text, None, GREEDY)
+        if words:
+            assert words in e.value.user_message(), e.value.user_message()
+    assert spy.calls == []  # nothing was generated for any of them
+    # a sentence of another script among good ones is skipped, and said
+    result = studio.synthesize("Good morning. 안녕하세요 여러분 반갑습니다 오늘은. Good night.",
+                               None, replace(GREEDY, max_chars=20))
+    assert any("Hangul is not English" in w for w in result.warnings), result.warnings
+
+
+def test_mix_mode_without_tags_says_how_to_tag():
+    from core.synth import Studio as S
+
+    with pytest.raises(TextError) as e:
+        S(offline=True)._prepare("Hello there.", None, SynthOptions(language="mix"))
+    assert "[EN]..[EN]" in e.value.user_message()
+
+
+def test_a_transcript_is_screened_and_a_long_recording_gets_a_note(studio, golden):
+    wav, sr = sf.read(golden / "prompts" / "en-1.wav", dtype="float32")
+    with pytest.raises(VoiceError, match="no English, Chinese or Japanese words.*Hangul"):
+        studio.make_voice(wav, sr, transcript="안녕하세요")
+    voice, report = studio.make_voice(wav, sr, transcript="Hello there мир.")
+    assert voice.transcript == "Hello there ." and any("left out 'мир'" in a for a in report.advice)
+    assert not any("typed goes with" in a for a in report.advice)  # the whole recording is the window
+    long = np.concatenate([wav, wav, wav])  # 20 s: a 10 s window is cut out of it
+    voice, report = studio.make_voice(long, sr, transcript="Hello there.")
+    assert any("The transcript you typed goes with the" in a and "trim the recording" in a for a in report.advice)
