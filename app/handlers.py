@@ -175,6 +175,8 @@ class Handlers:
         """Prompt audio (+ optional transcript; empty = ASR) -> (report markdown, chosen window,
         transcript, Prompt state)."""
         sr, wav = _require_audio(audio)
+        if not (transcript or "").strip() and "asr" in (self.studio.status().get("missing") or []):
+            return self._report_without_asr(sr, wav)
         progress(0.0, desc=self._loading_message())
         lang = None if language in (None, "", "auto", "auto-mix", "mix") else language
         with self.gate.turn(bounded=False):
@@ -182,6 +184,18 @@ class Handlers:
                                                    transcript=(transcript or "").strip() or None)
         window = (report.sample_rate, fmt.to_int16(report.wav))
         return fmt.report_markdown(report), window, voice.transcript, Prompt((sr, wav), voice, report)
+
+    def _report_without_asr(self, sr: int, wav):
+        """No Whisper to write the transcript: the recording is still checked (level, window), and
+        the user is asked to type what it says; the voice is made when they do."""
+        from core.audio import SAMPLE_RATE, check_prompt, load_mono
+
+        report = check_prompt(load_mono(wav, SAMPLE_RATE, sample_rate=sr), SAMPLE_RATE)
+        report.advice.append("Type what the recording says in the transcript box, then press Check prompt "
+                             "(no speech recognition is installed to write it).")
+        gr.Info("Type what the recording says in the transcript box (speech recognition is not installed).")
+        window = (report.sample_rate, fmt.to_int16(report.wav))
+        return fmt.report_markdown(report), window, "", None
 
     def _voice_for(self, audio, prompt: Prompt | None, transcript: str) -> Prompt | None:
         """The prompt to clone: the state's, remade if the recording changed since it was
@@ -323,16 +337,36 @@ class Handlers:
         return stream_chunk, path, fmt.sentence_rows(result), result, info
 
     @user_errors
-    def reroll(self, result, index=None, seed=None):
-        """Make one sentence again (new seed unless given) -> same outputs as `speak`."""
-        if result is None:
-            raise gr.Error("Generate something first, then re-roll one of its sentences.")
-        n = len(result.sentences)
-        if index is None or not 0 <= int(index) < n:
-            raise gr.Error(f"Pick a sentence number between 0 and {n - 1}.")
-        with self.gate.turn(bounded=False):
-            new = self.studio.reroll(result, int(index), seed=parse_seed(seed))
-        return self._result_outputs(new, stream_chunk=None)
+    def reroll(self, result, index=None, seed=None, control=None, request: gr.Request = None):
+        """Make one sentence again (new seed unless given) -> same outputs as `speak` (its first
+        five). Stop (`control`, the take's) applies as to a take; a stopped re-roll changes nothing."""
+        control = control if control is not None else TakeControl()
+        self._track(control, request)
+        if control.stopped_in_queue():
+            gr.Info("The re-roll was stopped before it started; the take is unchanged.")
+            return (gr.skip(),) * 5
+        with control.take():
+            if result is None:
+                raise gr.Error("Generate something first, then re-roll one of its sentences.")
+            n = len(result.sentences)
+            try:
+                i = float(index)
+            except (TypeError, ValueError):
+                i = -1.0
+            if not (i.is_integer() and 0 <= i < n):
+                raise gr.Error(f"Pick a sentence number from 0 to {n - 1} (the # column), not {index!r}."
+                               if n > 1 else "This take has one sentence: its number is 0.")
+            t0 = time.perf_counter()
+            try:
+                with self.gate.turn(bounded=False):
+                    new = self.studio.reroll(result, int(i), seed=parse_seed(seed), stop=lambda: control.stop)
+            except Stopped:
+                gr.Info("The re-roll was stopped; the take is unchanged.")
+                return (gr.skip(),) * 5
+        outputs = self._result_outputs(new, stream_chunk=None)
+        made = new.sentences[int(i)]
+        note = f"Re-rolled sentence {int(i)} (seed {made.seed}) in {time.perf_counter() - t0:.1f} s."
+        return outputs[:4] + ("\n\n".join(filter(None, [note, outputs[4]])),)
 
     # --- convert / translate ------------------------------------------------------------------
     @user_errors

@@ -100,13 +100,15 @@ def _clone_tab() -> SimpleNamespace:
             c.plan = gr.Markdown(elem_id="plan", label="plan")
             with gr.Accordion("Advanced sampling (set by the preset; change to override)", open=False):
                 with gr.Row():
-                    c.top_k = gr.Number(None, label="top-k (0 = off)", precision=0, minimum=0)
-                    c.top_p = gr.Number(None, label="top-p", minimum=0, maximum=1)
-                    c.temperature = gr.Number(None, label="temperature", minimum=0.05, maximum=3)
+                    # no minimum / maximum / precision here: Gradio's own refusal ("Value 100 is
+                    # greater than maximum value 8.") does not say which box, and precision=0
+                    # rounds 2.5 silently; core.synth.SynthOptions checks them and names the knob
+                    c.top_k = gr.Number(None, label="top-k (0 = off)")
+                    c.top_p = gr.Number(None, label="top-p (0-1]")
+                    c.temperature = gr.Number(None, label="temperature")
                 with gr.Row():
-                    c.rep_window = gr.Number(None, label="repetition-aware window (0 = off)",
-                                             precision=0, minimum=0)
-                    c.best_of = gr.Number(None, label="best of", precision=0, minimum=1, maximum=8)
+                    c.rep_window = gr.Number(None, label="repetition-aware window (0 = off)")
+                    c.best_of = gr.Number(None, label="best of")
                     # a Textbox, not a Number: a Number shows and sends 0 when left empty
                     c.seed = gr.Textbox("", label="seed (empty = random)", placeholder="random",
                                         elem_id="seed")
@@ -124,7 +126,7 @@ def _clone_tab() -> SimpleNamespace:
                                        label="Sentences", elem_id="sentences",
                                        column_widths=["5%", "42%", "9%", "13%", "7%", "24%"])
             with gr.Row():
-                c.reroll_index = gr.Number(0, label="sentence #", precision=0, minimum=0)
+                c.reroll_index = gr.Number(0, label="sentence #")
                 c.reroll_seed = gr.Textbox("", label="seed (empty = a new one)", placeholder="new",
                                            elem_id="reroll_seed")
                 c.reroll = gr.Button("Re-roll this sentence", elem_id="reroll_btn")
@@ -154,8 +156,9 @@ def _wire_clone(h: Handlers, c, prompt_state, result_state, take_state) -> None:
     c.stop.click(h.stop, take_state, None, api_name="stop")
     knobs = [c.top_k, c.top_p, c.temperature, c.rep_window, c.best_of]
     c.preset.change(h.preset_values, c.preset, knobs, api_name="preset_values", queue=False)
-    c.reroll.click(h.reroll, [result_state, c.reroll_index, c.reroll_seed], take[:5],
-                   api_name="reroll", **STUDIO)
+    # a re-roll is the take's too: Stop and closing the tab apply to it
+    c.reroll.click(h.queue_take, take_state, None, queue=False, **PRIVATE).then(
+        h.reroll, [result_state, c.reroll_index, c.reroll_seed, take_state], take[:5], api_name="reroll", **STUDIO)
 
 
 def _reset():
@@ -198,7 +201,7 @@ def _wire_voices(vh: VoiceHandlers, v, c, prompt_state) -> None:
     listing = [v.table, v.pick]
     v.save.click(vh.save_voice, [prompt_state, v.name, c.transcript], listing,
                  api_name="save_voice", **STUDIO)
-    v.use.click(vh.use_voice, v.pick, [prompt_state, c.transcript, v.message, c.audio],
+    v.use.click(vh.use_voice, v.pick, [prompt_state, c.transcript, v.message, c.audio, c.report, c.window],
                 api_name="use_voice")
     v.preview.click(vh.preview_voice, v.pick, v.preview_audio, api_name="preview_voice", **STUDIO)
     v.rename.click(vh.rename_voice, [v.pick, v.new_name], listing, api_name="rename_voice")

@@ -26,11 +26,13 @@ class VoiceHandlers:
         self.studio = studio
         self.gate = gate
 
-    def _listing(self, selected: str | None = None):
+    def _listing(self, selected: str | None = None, pick_first: bool = True):
+        """-> (table rows, dropdown update). After a delete nothing is picked (`pick_first=False`),
+        so a second press of Delete cannot remove the next voice in the list."""
         voices = self.studio.voices.list()
         names = [v.name for v in voices]
         if selected not in names:
-            selected = names[0] if names else None
+            selected = names[0] if names and pick_first else None
         return fmt.voice_rows(voices), gr.update(choices=names, value=selected)
 
     @user_errors
@@ -53,17 +55,18 @@ class VoiceHandlers:
             with self.gate.turn(bounded=False):
                 voice, _ = self.studio.make_voice(prompt.audio[1], sample_rate=prompt.audio[0],
                                                   transcript=transcript)
-        self.studio.voices.save(dataclasses.replace(voice, name=name))
+        self.studio.voices.save(dataclasses.replace(voice, name=name), overwrite=False)
         gr.Info(f"Saved voice '{name}'.")
         return self._listing(name)
 
     @user_errors
     def use_voice(self, name: str):
         """Load a saved voice as the current prompt -> (Prompt state, transcript, message, prompt
-        audio cleared so that Speak uses this voice)."""
+        audio cleared so that Speak uses this voice, prompt report, chosen window cleared)."""
         voice = self.studio.voices.load(self._name(name))
-        return (Prompt(None, voice), voice.transcript,
-                f"Using saved voice **{voice.name}** - go to Clone & speak and press Speak.", None)
+        using = f"Using saved voice **{voice.name}** - go to Clone & speak and press Speak."
+        # the Clone & speak tab's report and window were the recording's: they go with it
+        return Prompt(None, voice), voice.transcript, using, None, using, None
 
     @user_errors
     def preview_voice(self, name: str):
@@ -81,14 +84,15 @@ class VoiceHandlers:
         new_name = (new_name or "").strip()
         if not new_name:
             raise gr.Error("Type the new name.")
-        self.studio.voices.rename(self._name(name), new_name)
-        return self._listing(new_name)
+        voice = self.studio.voices.rename(self._name(name), new_name)
+        gr.Info(f"Renamed '{name}' to '{voice.name}'.")
+        return self._listing(voice.name)
 
     @user_errors
     def delete_voice(self, name: str):
         self.studio.voices.delete(self._name(name))
         gr.Info(f"Deleted voice '{name}'.")
-        return self._listing()
+        return self._listing(pick_first=False)
 
     @user_errors
     def import_voice(self, file, name: str | None = None):
@@ -97,7 +101,8 @@ class VoiceHandlers:
         path = file if isinstance(file, str) else file.name
         name = (name or "").strip() or None
         voice = self.studio.voices.import_npz(path, name)
-        return self._listing(getattr(voice, "name", name))
+        gr.Info(f"Imported voice '{voice.name}'.")
+        return self._listing(voice.name)
 
     @user_errors
     def export_voice(self, name: str) -> str:

@@ -18,7 +18,10 @@ class StudioError(ValueError):
         self.hint = hint
 
     def user_message(self) -> str:
-        return f"{self.message} {self.hint}" if self.hint else self.message
+        if not self.hint:
+            return self.message
+        ends = "" if self.message.rstrip().endswith((".", "!", "?")) else "."
+        return f"{self.message}{ends} {self.hint}"
 
 
 class AudioError(StudioError):

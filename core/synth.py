@@ -202,8 +202,11 @@ class Studio:
             job = replace(job, options=options)
         return self._assemble(sentences, job, time.perf_counter())
 
-    def reroll(self, result: SynthResult, index: int, seed: int | None = None) -> SynthResult:
-        """Make sentence `index` again with a new seed (or `seed`), keeping every other sentence."""
+    def reroll(self, result: SynthResult, index: int, seed: int | None = None,
+               stop: Callable[[], bool] | None = None) -> SynthResult:
+        """Make sentence `index` again with a new seed (or `seed`), keeping every other sentence.
+        stop(): as in `synthesize`; a re-roll stopped raises core.errors.Stopped (`result` stands)."""
+        check_stop(stop)
         if not 0 <= index < len(result.sentences):
             raise StudioError(f"There is no sentence {index} (the take has {len(result.sentences)}).",
                               f"Pick 0-{len(result.sentences) - 1}.")
@@ -222,7 +225,7 @@ class Studio:
         req = replace(req, prompt=prompt, seed=new_seed() if seed is None else int(seed),
                       seed_given=seed is not None)
         t0 = time.perf_counter()
-        new = self._maker.make([req], job)[0]
+        new = self._maker.make([req], job, stop)[0]
         sentences = list(result.sentences)
         sentences[index] = new
         return self._assemble(sentences, job, t0)

@@ -245,6 +245,7 @@ class VoiceLibrary:
         name = check_name(voice.name)
         _check_voice(voice)
         npz = self._npz(name)
+        self._not_a_preset(name)
         if npz.exists() and not overwrite:
             raise VoiceError(f"A voice called {name!r} already exists.", "Pick another name, or delete the old voice first.")
         self.root.mkdir(parents=True, exist_ok=True)
@@ -270,11 +271,17 @@ class VoiceLibrary:
                              "Import or save it under a new name, then change that copy.")
         raise VoiceError(f"No saved voice called {name!r}.", "Pick one from the list.")
 
+    def _not_a_preset(self, name: str) -> None:
+        """A user voice may not take a bundled voice's name: it would hide the bundled one."""
+        if self._preset(name) is not None:
+            raise VoiceError(f"{name!r} is the name of a bundled voice.", "Pick another name.")
+
     def rename(self, old: str, new: str) -> Voice:
         npz = self._require_user(old)
         new = check_name(new)
         if new == check_name(old):
             return self.load(new)
+        self._not_a_preset(new)
         if self._npz(new).exists():
             raise VoiceError(f"A voice called {new!r} already exists.", "Pick another name.")
         voice = self.load(old)

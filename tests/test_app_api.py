@@ -101,7 +101,8 @@ def test_speak_same_seed_same_audio_and_reroll(client, wav):
     assert sr == 24000 and len(first) > 0
     again, _ = sf.read(client.predict(LONG_TEXT, seed=11, api_name="/speak")[1])
     np.testing.assert_array_equal(first, again)
-    _, rerolled, table2, _ = client.predict(0, 99, api_name="/reroll")
+    _, rerolled, table2, notes = client.predict(0, 99, api_name="/reroll")
+    assert re.match(r"Re-rolled sentence 0 \(seed 99\) in [\d.]+ s\.", notes), notes
     data2 = rows(table2)
     assert data2[0][3] == 99 and data2[1][3] == 12 and data2[1][1] == data[1][1]
     assert sf.read(rerolled)[0].shape != first.shape or not np.array_equal(sf.read(rerolled)[0], first)
@@ -109,6 +110,14 @@ def test_speak_same_seed_same_audio_and_reroll(client, wav):
     assert fresh_seed not in (0, 12)
     with pytest.raises(AppError, match="whole number"):
         client.predict(0, "abc", api_name="/reroll")
+    for index in (0.5, -1, 2):  # not rounded or wrapped: said
+        with pytest.raises(AppError, match=r"Pick a sentence number from 0 to 1 \(the # column\)"):
+            client.predict(index, api_name="/reroll")
+    # the sampling boxes name the knob that is wrong (Gradio's own range checks did not)
+    for knobs, words in [({"best_of": 100}, "best_of"), ({"top_p": 0}, "top_p"), ({"top_k": 2.5}, "top_k"),
+                         ({"rep_window": -1}, "repetition_window")]:
+        with pytest.raises(AppError, match=words):
+            client.predict("Hello there.", **knobs, api_name="/speak")
 
 
 def test_speak_streams_chunks_before_the_end(client):
@@ -234,13 +243,19 @@ def test_voice_library_round_trip(client, wav, tmp_path):
     preview = client.predict("renamed-voice", api_name="/preview_voice")
     assert duration(preview) > 0
 
-    transcript, message, _ = client.predict("renamed-voice", api_name="/use_voice")
+    transcript, message, _, report, window = client.predict("renamed-voice", api_name="/use_voice")
     assert transcript == TRANSCRIPT and "renamed-voice" in message
+    assert "renamed-voice" in report and window is None  # the old recording's report and window went
+    with pytest.raises(AppError, match="already exists"):  # saving over a voice is refused, not silent
+        client.predict("renamed-voice", api_name="/save_voice")
+    with pytest.raises(AppError, match="bundled voice"):
+        client.predict("paimon", api_name="/save_voice")
     _, full, _, _, used = client.predict("Speaking with my saved voice now.", seed=1, api_name="/speak")
     assert used == TRANSCRIPT and duration(full) > 0
 
     for name in ("renamed-voice", "imported-voice"):
-        client.predict(name, api_name="/delete_voice")
+        _, pick = client.predict(name, api_name="/delete_voice")
+        assert value(pick) is None  # nothing picked: a second Delete cannot remove the next voice
     table, _ = client.predict(api_name="/list_voices")
     assert not {"renamed-voice", "imported-voice"} & {r[0] for r in rows(table)}
     with pytest.raises(AppError, match="No saved voice"):

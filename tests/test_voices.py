@@ -170,3 +170,19 @@ def test_kill_mid_save_loses_nothing(lib):
     value = int(v.audio_tokens[0, 0])
     assert (v.audio_tokens == value).all() and all(t == value % 70 for t in v.text_ids)
     assert [x.name for x in lib.list()] == ["big"]
+
+
+def test_a_user_voice_cannot_take_a_bundled_voice_name(tmp_path):
+    from core.voices import PRESETS_DIR
+
+    lib = VoiceLibrary(tmp_path / "voices")  # with the bundled presets
+    for attempt in (lambda: lib.save(_voice("paimon")), lambda: lib.save(_voice("paimon"), overwrite=False),
+                    lambda: lib.import_npz(PRESETS_DIR / "alan.npz")):
+        with pytest.raises(VoiceError, match="is the name of a bundled voice"):
+            attempt()
+    lib.save(_voice("mine"))
+    with pytest.raises(VoiceError, match="is the name of a bundled voice"):
+        lib.rename("mine", "cafe")
+    assert lib.load("paimon").preset and lib.load("cafe").preset and lib.load("mine").name == "mine"
+    with pytest.raises(VoiceError, match="already exists"):  # and an existing user voice is kept
+        lib.save(_voice("mine", seed=5), overwrite=False)
