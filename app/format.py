@@ -35,7 +35,8 @@ def missing_notice(missing: list, folder=None) -> str:
                   "folder shown; models load on first use, no restart needed."]
     else:
         lines += ["#### Optional model missing",
-                  "Everything works; without speech recognition, type the prompt's transcript yourself."]
+                  "Cloning and speaking work: type the prompt's transcript yourself. The Translate tab "
+                  "needs speech recognition."]
     lines += ["", "| model | size | files | folder | command |", "|---|---|---|---|---|"]
     for m in required + optional:
         tag = " (optional)" if getattr(m, "optional", False) else ""

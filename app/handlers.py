@@ -40,12 +40,14 @@ def user_errors(fn):
     def convert(e: Exception) -> gr.Error:
         # The user sees the message in a toast; the log keeps it too, so that an operator (or a
         # failing browser test) can tell what the page showed.
+        # A refusal is one log line, not Gradio's traceback (that is kept for real failures).
         if isinstance(e, gr.Error):
             log.warning("%s refused: %s", fn.__name__, e.message)
+            e.print_exception = False
             return e
         if isinstance(e, StudioError):
             log.warning("%s refused: %s", fn.__name__, e.user_message())
-            return gr.Error(e.user_message())
+            return gr.Error(e.user_message(), print_exception=False)
         log.exception("handler %s failed", fn.__name__)
         return gr.Error(f"Something went wrong inside the studio ({type(e).__name__}: {e}). "
                         "The server log has the details.")
@@ -254,6 +256,8 @@ class Handlers:
                                    best_of, seed, speed, instruction, long_mode, instruction_mode)
             report = _progress_reporter(progress)
             report(0.0, self._loading_message())
+            # the last take leaves the page now: its audio and rows beside the new one's would mislead
+            yield gr.skip(), None, [], None, "Making a new take…", gr.skip(), gr.skip()
             # The gate is held per sentence, not across yields: a listener who goes away mid-stream
             # cannot keep the models locked, and other users' requests interleave fairly.
             with self.gate.turn(bounded=False):
@@ -273,7 +277,7 @@ class Handlers:
                     yield ((self.studio.sample_rate, fmt.to_int16(sent.audio)),) + (gr.skip(),) * 6
             if not sentences:  # Stop came while the prompt was being checked
                 gr.Info("Stopped before the first sentence was made. Press Speak to start again.")
-                yield (gr.skip(),) * 7
+                yield (gr.skip(),) * 4 + ("Stopped before the first sentence was made.", gr.skip(), gr.skip())
                 return
             with self.gate.turn(bounded=False):
                 result = self.studio.assemble(sentences, options=options)

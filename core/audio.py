@@ -187,7 +187,8 @@ def _probe_ffmpeg(path: Path, name: str) -> AudioInfo:
     streams = meta.get("streams") or []
     if done.returncode != 0 or not streams:
         why = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no audio stream"]
-        raise AudioError(f"{name} is not a readable audio file ({why[0][:160]}).", _FORMAT_HINT)
+        why = why[0].replace(f"{path.resolve()}: ", "")  # ffprobe names the (server's temp) path
+        raise AudioError(f"{name} is not a readable audio file ({why[:160]}).", _FORMAT_HINT)
     st = streams[0]
     dur = st.get("duration") or (meta.get("format") or {}).get("duration")
     try:

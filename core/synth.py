@@ -251,8 +251,12 @@ class Studio:
 
     def convert(self, audio, sample_rate: int | None, instruction: str) -> tuple[np.ndarray, EditPlan]:
         """Apply an instruction to any clip, no model needed -> (float32 [M] at the clip's rate, plan)."""
-        x, sr = load_audio(audio, sample_rate=sample_rate)
         plan = parse_instruction(instruction)
+        if plan.is_empty():  # said before the clip is decoded, rather than an unchanged copy
+            unknown = f" (not understood: {', '.join(plan.unknown_words)})" if plan.unknown_words else ""
+            raise StudioError(f"The instruction {instruction[:60]!r} asks for no change{unknown}.",
+                              'Try e.g. "deeper", "higher by 3 semitones", "faster", "louder", "robot", "echo".')
+        x, sr = load_audio(audio, sample_rate=sample_rate)
         return apply_plan(to_mono(x), sr, plan), plan
 
     # ------------------------------------------------------------------ internals

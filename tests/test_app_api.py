@@ -123,6 +123,9 @@ def test_speak_same_seed_same_audio_and_reroll(client, wav):
 def test_speak_streams_chunks_before_the_end(client):
     job = client.submit(LONG_TEXT, None, seed=3, api_name="/speak")
     outputs = list(job)
+    _, full, table, info, _ = outputs[0]  # the last take leaves the page as the new one starts
+    assert full is None and rows(table) == [] and info == "Making a new take…"
+    outputs = outputs[1:]  # the first clears the last take away
     assert len(outputs) >= 3  # two sentence chunks, then the whole take
     streamed = [o[0] for o in outputs[:-1]]
     assert all(isinstance(p, str) and p.endswith(".m3u8") for p in streamed), streamed
@@ -134,9 +137,9 @@ def test_stop_ends_the_take_and_keeps_what_was_made(client):
     text = " ".join(f"This is sentence number {i} of the long take." for i in range(150))
     job = client.submit(text, None, seed=5, long_mode="sliding", api_name="/speak")
     deadline = time.monotonic() + 300
-    while not job.outputs() and not job.done() and time.monotonic() < deadline:
+    while not [o for o in job.outputs() if o[0]] and not job.done() and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert job.outputs(), "no sentence was streamed"
+    assert [o for o in job.outputs() if o[0]], "no sentence was streamed"
     client.predict(api_name="/stop")
     _, full, table, info, _ = job.result()
     made = re.search(r"stopped on request after (\d+) of (\d+) sentences", info)
@@ -213,6 +216,8 @@ def test_convert(client, wav):
     assert duration(out) == pytest.approx(duration(wav) / 2, rel=0.1)
     with pytest.raises(AppError, match="instruction"):
         client.predict(handle_file(str(wav)), "", api_name="/convert")
+    with pytest.raises(AppError, match=r"asks for no change \(not understood: blorp\)"):
+        client.predict(handle_file(str(wav)), "blorp", api_name="/convert")
 
 
 def test_translate(client, wav):

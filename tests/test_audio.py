@@ -152,6 +152,7 @@ def test_empty_missing_and_not_audio(tmp_path):
     (tmp_path / "notes.wav").write_text("these are my meeting notes, not audio\n" * 20)
     e = err(load_audio, tmp_path / "notes.wav")
     assert "not a readable audio file" in str(e) and "WAV" in e.hint
+    assert str(tmp_path) not in str(e)  # the file's name, not the (server's temp) path
     (tmp_path / "header.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt ")  # a header and nothing else
     err(load_audio, tmp_path / "header.wav")
 

@@ -275,3 +275,21 @@ def test_closing_the_tab_stops_its_take(chrome, app):
     made = re.findall(r"take stopped on request after (\d+) of (\d+) sentences", app.log())
     assert len(made) == stops + 1 and int(made[-1][0]) < int(made[-1][1])
 
+
+
+def test_a_refused_action_leaves_its_outputs_usable(app, tab, artifacts):
+    # Gradio lays an "Error" badge over every output of a failed event; the studio hides it (the
+    # toast says what was wrong), so the transcript box, a next step's input, can still be typed in
+    page = tab
+    tracebacks = app.log().count("Traceback")
+    page.click("#speak_btn")  # no text
+    expect(page.locator(".toast-body").filter(has_text="Type the text to speak first")).to_be_visible(timeout=30_000)
+    expect(page.locator("#speak_info span.error")).to_have_count(1)  # the event did fail...
+    expect(page.locator(".wrap span.error:visible")).to_have_count(0)  # ...and no badge is shown
+    page.locator("#transcript textarea").click(timeout=5_000)  # nothing lies over it
+    page.keyboard.type("typed after the refusal")
+    expect(page.locator("#transcript textarea")).to_have_value("typed after the refusal")
+    page.screenshot(path=str(artifacts / "browser_refused.png"), full_page=True)
+    # the server's log says it in one line: a user's mistake is not a traceback
+    assert "speak refused: Type the text to speak first." in app.log()
+    assert app.log().count("Traceback") == tracebacks
