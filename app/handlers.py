@@ -2,21 +2,17 @@
 
 Per-user data travels in `gr.State` (the prompt being cloned, the last result, the Stop request
 of the take being made); the only per-user thing kept here is a weak map from a visit to its
-take, so that closing the tab stops it. Every handler turns a
-`StudioError` into a `gr.Error` carrying its `user_message()`, and any other failure into a short
+take, so that closing the tab stops it. Every handler is wrapped in `app.inputs.user_errors`: a
+`StudioError` becomes a `gr.Error` carrying its `user_message()`, any other failure a short
 message (the traceback goes to the log).
 """
 from __future__ import annotations
 
 import contextlib
-import functools
-import inspect
 import logging
-import tempfile
 import time
 import weakref
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -24,6 +20,7 @@ import numpy as np
 
 from app import format as fmt
 from app.gate import Gate
+from app.inputs import make_options, parse_seed, require_audio, same_audio, user_errors, write_temp
 from core.errors import Stopped, StudioError
 
 log = logging.getLogger("vallex.ui")
@@ -32,42 +29,6 @@ log = logging.getLogger("vallex.ui")
 # phonemized for minutes before its first sentence; the CLI's batch mode is made for that.
 MAX_TEXT_CHARS = 20_000
 TAKE_KINDS = ("speak", "translate")  # the events Stop (and closing the tab) applies to, one of each per visit
-
-
-def user_errors(fn):
-    """Show `StudioError`s as their user message and hide tracebacks of anything else."""
-
-    def convert(e: Exception) -> gr.Error:
-        # The user sees the message in a toast; the log keeps it too, so that an operator (or a
-        # failing browser test) can tell what the page showed.
-        # A refusal is one log line, not Gradio's traceback (that is kept for real failures).
-        if isinstance(e, gr.Error):
-            log.warning("%s refused: %s", fn.__name__, e.message)
-            e.print_exception = False
-            return e
-        if isinstance(e, StudioError):
-            log.warning("%s refused: %s", fn.__name__, e.user_message())
-            return gr.Error(e.user_message(), print_exception=False)
-        log.exception("handler %s failed", fn.__name__)
-        return gr.Error(f"Something went wrong inside the studio ({type(e).__name__}: {e}). "
-                        "The server log has the details.")
-
-    if inspect.isgeneratorfunction(fn):
-        @functools.wraps(fn)
-        def gen_wrapper(*args, **kwargs):
-            try:
-                yield from fn(*args, **kwargs)
-            except Exception as e:
-                raise convert(e) from e
-        return gen_wrapper
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as e:
-            raise convert(e) from e
-    return wrapper
 
 
 @dataclass
@@ -108,40 +69,6 @@ class TakeControl:
             self.running = self.stop = False
 
 
-def _require_audio(audio, what: str = "a prompt") -> tuple[int, np.ndarray]:
-    """A gr.Audio value (a file path, or Gradio's (sr, array)) -> (sr, float32 [N, C] or array)."""
-    if audio is None:
-        raise gr.Error(f"Record or upload {what} first.")
-    if isinstance(audio, (str, Path)):
-        # The page hands over the uploaded file (type="filepath"): core.audio decodes it, with its
-        # size/length limits checked before decoding and a clear AudioError for damaged files.
-        from core.audio import load_audio
-
-        wav, sr = load_audio(audio)
-        return int(sr), wav
-    sr, wav = audio
-    if wav is None or len(wav) == 0:
-        raise gr.Error(f"The recording is empty: record or upload {what} again.")
-    return int(sr), np.asarray(wav)
-
-
-def write_temp(wav: np.ndarray, sr: int, fmt_name: str = "wav", stem: str = "vallex") -> str:
-    """Encode audio into a temp file Gradio may serve; returns its path."""
-    from core.audio import encode_audio
-
-    folder = Path(tempfile.mkdtemp(prefix="vallex-"))
-    path = folder / f"{stem}.{fmt_name}"
-    path.write_bytes(encode_audio(wav, sr, fmt_name))
-    return str(path)
-
-
-def _same_audio(a, b) -> bool:
-    """Are two Gradio (sr, array) tuples the same recording?"""
-    if a is None or b is None:
-        return a is b
-    return int(a[0]) == int(b[0]) and np.array_equal(np.asarray(a[1]), np.asarray(b[1]))
-
-
 def _progress_reporter(progress):
     """core's progress(fraction, message) -> Gradio's progress bar."""
     def report(fraction: float, message: str) -> None:
@@ -176,7 +103,7 @@ class Handlers:
                      progress=gr.Progress()):
         """Prompt audio (+ optional transcript; empty = ASR) -> (report markdown, chosen window,
         transcript, Prompt state)."""
-        sr, wav = _require_audio(audio)
+        sr, wav = require_audio(audio)
         if not (transcript or "").strip() and "asr" in (self.studio.status().get("missing") or []):
             return self._report_without_asr(sr, wav)
         progress(0.0, desc=self._loading_message())
@@ -203,8 +130,8 @@ class Handlers:
         """The prompt to clone: the state's, remade if the recording changed since it was
         checked or the user edited the transcript (empty transcript = ASR). None = no prompt."""
         transcript = (transcript or "").strip()
-        audio = _require_audio(audio) if audio is not None else None
-        if audio is not None and (prompt is None or not _same_audio(audio, prompt.audio)):
+        audio = require_audio(audio) if audio is not None else None
+        if audio is not None and (prompt is None or not same_audio(audio, prompt.audio)):
             sr, wav = audio
             voice, report = self.studio.make_voice(wav, sample_rate=sr, transcript=transcript or None)
             return Prompt((sr, wav), voice, report)
@@ -375,7 +302,7 @@ class Handlers:
     # --- convert / translate ------------------------------------------------------------------
     @user_errors
     def convert(self, audio, instruction: str | None = None):
-        sr, wav = _require_audio(audio, "a clip")
+        sr, wav = require_audio(audio, "a clip")
         if not (instruction or "").strip():
             raise gr.Error('Type an instruction first, e.g. "deeper and slower".')
         with self.gate.turn(bounded=False):
@@ -392,7 +319,7 @@ class Handlers:
             gr.Info("The translation was stopped before it started. Press Translate to make it.")
             return gr.skip(), gr.skip()
         with control.take():
-            sr, wav = _require_audio(audio, "a clip")
+            sr, wav = require_audio(audio, "a clip")
             report = _progress_reporter(progress)
             report(0.0, self._loading_message())
             try:
@@ -407,41 +334,3 @@ class Handlers:
         stopped = [w.capitalize() for w in result.warnings if w.startswith("stopped on request")]
         text = "\n".join(heard + [f"English: {english}"] + stopped)
         return (result.sample_rate, fmt.to_int16(result.audio)), text
-
-
-def parse_seed(seed) -> int | None:
-    """A seed from a text box or an API number: empty -> None (random)."""
-    if seed is None or str(seed).strip() == "":
-        return None
-    try:
-        return int(str(seed).strip())
-    except ValueError:
-        raise gr.Error(f"The seed must be a whole number, not {str(seed)[:20]!r} (or empty for random).") from None
-
-
-def make_options(language, accent, preset, top_k, top_p, temperature, rep_window, best_of, seed,
-                 speed, instruction, long_mode, instruction_mode=None):
-    """UI values -> `SynthOptions`; empty advanced fields mean "the preset's value"."""
-    from core.synth import SynthOptions
-
-    def opt(v, cast, name):
-        if v is None or str(v).strip() == "":
-            return None
-        try:
-            number = float(v)
-        except (TypeError, ValueError):
-            number = None
-        if number is None or (cast is int and not number.is_integer()):
-            kind = "a whole number" if cast is int else "a number"
-            raise gr.Error(f"{name} must be {kind}, not {str(v)[:20]!r} (or empty for the preset's value).")
-        return cast(number)
-
-    speed = opt(speed, float, "speed")
-    return SynthOptions(
-        language=language or "auto-mix", accent=accent or "keep", preset=preset or "balanced",
-        top_k=opt(top_k, int, "top_k"), top_p=opt(top_p, float, "top_p"),
-        temperature=opt(temperature, float, "temperature"),
-        repetition_window=opt(rep_window, int, "repetition window"), best_of=opt(best_of, int, "best of"),
-        seed=parse_seed(seed), speed=1.0 if speed is None else speed, instruction=instruction or "",
-        prompt_mode=long_mode or "fixed", instruction_mode=instruction_mode or "dsp",
-    )

@@ -10,7 +10,8 @@ import gradio as gr
 
 from app import format as fmt
 from app.gate import Gate
-from app.handlers import Prompt, user_errors
+from app.handlers import Prompt
+from app.inputs import user_errors
 
 PREVIEW_TEXT = {
     "en": "Hello! This is how I sound in the studio.",
