@@ -215,15 +215,16 @@ class Handlers:
     def queue_take(self, control=None, request: gr.Request = None) -> None:
         """Speak's first step, before the take waits for its turn: from now on Stop (and closing
         the tab) applies to it."""
-        if control is not None and not control.running:
-            control.queued, control.stop = True, False
-            self._track(control, request)
+        self._queue(control, request, "speak")
 
     def queue_translation(self, control=None, request: gr.Request = None) -> None:
         """Translate's first step: as `queue_take`."""
+        self._queue(control, request, "translate")
+
+    def _queue(self, control: TakeControl | None, request, kind: str) -> None:
         if control is not None and not control.running:
             control.queued, control.stop = True, False
-            self._track(control, request, "translate")
+            self._track(control, request, kind)
 
     def _track(self, control: TakeControl, request, kind: str = "speak") -> None:
         if request is not None and getattr(request, "session_hash", None):

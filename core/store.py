@@ -181,13 +181,10 @@ def missing_error(missing: list[MissingModel], offline: bool,
                   models_dir: str | Path | None = None) -> ModelMissingError:
     """One error naming every missing model, its size, the command and the folder."""
     total = sum(m.size_bytes for m in missing)
-    why = ""
-    if offline:
-        env = is_offline(None)
-        why = " (offline: HF_HUB_OFFLINE is set)" if env else " (offline: --offline was given)"
+    env = offline and is_offline(None)  # the shell's HF_HUB_OFFLINE, not --offline / offline=True
+    why = " (offline: HF_HUB_OFFLINE is set)" if env else " (offline: --offline was given)" if offline else ""
     msg = f"Model weights missing{why}: " + "; ".join(m.describe() for m in missing) + "."
-    online = ("unset HF_HUB_OFFLINE, then " if offline and is_offline(None) else
-              "drop --offline, then " if offline else "")
+    online = "unset HF_HUB_OFFLINE, then " if env else "drop --offline, then " if offline else ""
     hint = (f"To download them ({_human(total)} in all), {online}run `{download_command('', models_dir)}` "
             f"(set HF_ENDPOINT to use a mirror), or copy the files into those folders.")
     return ModelMissingError(msg, hint)

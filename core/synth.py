@@ -28,8 +28,8 @@ from core.convert import EditPlan, apply_plan, output_plan, parse_instruction, t
 from core.errors import Stopped, StudioError, TextError, VoiceError, check_stop, loading, raise_if_stopped
 from core.longform import Prompt, new_seed
 from core.models import Models
-from core.sentences import SentenceMaker
 from core.sampling import check_seed
+from core.sentences import SentenceMaker
 from core.synth_types import ACCENTS, LANGUAGES, PRESETS, Job, SentenceResult, SynthOptions, SynthResult, load_presets
 
 log = logging.getLogger(__name__)

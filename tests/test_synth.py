@@ -657,6 +657,13 @@ def test_stop_ends_the_batch_being_made_at_once(studio, spy):
     assert [s.index for s in result.sentences] == list(range(longform.FIRST_GROUP))
     assert any(w.startswith(f"stopped on request after {longform.FIRST_GROUP} of ") for w in result.warnings)
     assert stop() and len(studio.reroll(result, 0).sentences[0].codes)  # a re-roll is not the stopped take
+    # a re-roll takes its own stop: stopped, it raises and the take given stands
+    calls = len(spy.calls)
+    with pytest.raises(Stopped):
+        studio.reroll(result, 0, stop=lambda: True)
+    assert len(spy.calls) == calls + 1 and [s.index for s in result.sentences] == list(range(longform.FIRST_GROUP))
+    with pytest.raises(StudioError, match="stop must be a callable"):
+        studio.reroll(result, 0, stop="now")
 
 
 def test_a_take_stopped_before_it_began_is_an_error(studio, spy):
