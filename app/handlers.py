@@ -9,12 +9,15 @@ message (the traceback goes to the log).
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import logging
 import time
 import weakref
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import gradio as gr
 import numpy as np
 
@@ -67,6 +70,55 @@ class TakeControl:
             yield
         finally:
             self.running = self.stop = False
+
+
+_DONE = object()
+
+
+def stop_when_cancelled(handler):
+    """`handler` (a take's: its arguments carry a TakeControl) as Gradio should run it so that a
+    cancelled event stops the engine. Gradio cancels an event (gradio_client's `job.cancel()`) by
+    cancelling its asyncio task; a plain handler runs in a worker thread that would go on to the end
+    of the take. Here each step runs in a worker thread awaited by an async wrapper: the cancel
+    reaches the wrapper at once, which asks the take to stop (the engine checks between steps).
+    The handler itself stays a plain function, which the tests call directly."""
+
+    def control_of(args, kwargs) -> TakeControl | None:
+        return next((a for a in (*args, *kwargs.values()) if isinstance(a, TakeControl)), None)
+
+    def stop(control: TakeControl | None) -> None:
+        if control is not None and control.busy():
+            log.info("%s was cancelled by its caller: stopping it", handler.__name__)
+            control.stop = True
+
+    async def in_thread(fn, *args):
+        # abandon_on_cancel: the await ends at the cancel; the thread ends at the engine's next step
+        return await anyio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
+
+    if inspect.isgeneratorfunction(handler):
+        @functools.wraps(handler)
+        async def steps(*args, **kwargs):
+            control, made, finished = control_of(args, kwargs), handler(*args, **kwargs), False
+            try:
+                while (item := await in_thread(next, made, _DONE)) is not _DONE:
+                    yield item
+                finished = True
+            finally:
+                if not finished:  # cancelled (or failed: then the take is over and this does nothing)
+                    stop(control)
+                    if not made.gi_running:
+                        made.close()
+        return steps
+
+    @functools.wraps(handler)
+    async def call(*args, **kwargs):
+        control = control_of(args, kwargs)
+        try:
+            return await in_thread(functools.partial(handler, *args, **kwargs))
+        except BaseException:
+            stop(control)
+            raise
+    return call
 
 
 def _progress_reporter(progress):

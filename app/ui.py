@@ -13,7 +13,7 @@ import gradio as gr
 
 from app.format import SENTENCE_HEADERS, VOICE_HEADERS
 from app.gate import Gate
-from app.handlers import Handlers, TakeControl
+from app.handlers import Handlers, TakeControl, stop_when_cancelled
 from app.voice_handlers import VoiceHandlers
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -59,7 +59,8 @@ def build_ui(studio, gate: Gate | None = None) -> gr.Blocks:
         cv.instruction.change(h.parse_instruction, cv.instruction, cv.plan, queue=False, **PRIVATE)
         translate_state = gr.State(TakeControl())  # this user's translation in progress
         tr.btn.click(h.queue_translation, translate_state, None, queue=False, **PRIVATE).then(
-            h.translate, [tr.audio, translate_state], [tr.out, tr.text], api_name="translate", **STUDIO)
+            stop_when_cancelled(h.translate), [tr.audio, translate_state], [tr.out, tr.text],
+            api_name="translate", **STUDIO)
         tr.stop.click(h.stop, translate_state, None, api_name="stop_translation")
         demo.load(h.notice, None, notice, api_name="status", queue=False)
         demo.load(h.preset_values, c.preset, [c.top_k, c.top_p, c.temperature, c.rep_window,
@@ -151,14 +152,15 @@ def _wire_clone(h: Handlers, c, prompt_state, result_state, take_state) -> None:
                 c.temperature, c.rep_window, c.best_of, c.seed, c.speed, c.instruction, c.long_mode,
                 c.instruction_mode, take_state]
     c.speak.click(h.queue_take, take_state, None, queue=False, **PRIVATE).then(
-        h.speak, speak_in, take, api_name="speak", **STUDIO)
+        stop_when_cancelled(h.speak), speak_in, take, api_name="speak", **STUDIO)
     # Its own concurrency group, not the studio's: it must run while the take it stops holds that one.
     c.stop.click(h.stop, take_state, None, api_name="stop")
     knobs = [c.top_k, c.top_p, c.temperature, c.rep_window, c.best_of]
     c.preset.change(h.preset_values, c.preset, knobs, api_name="preset_values", queue=False)
     # a re-roll is the take's too: Stop and closing the tab apply to it
     c.reroll.click(h.queue_take, take_state, None, queue=False, **PRIVATE).then(
-        h.reroll, [result_state, c.reroll_index, c.reroll_seed, take_state], take[:5], api_name="reroll", **STUDIO)
+        stop_when_cancelled(h.reroll), [result_state, c.reroll_index, c.reroll_seed, take_state], take[:5],
+        api_name="reroll", **STUDIO)
 
 
 def _reset():

@@ -155,6 +155,56 @@ def test_stop_ends_the_take_and_keeps_what_was_made(client):
     assert "stopped" not in info and len(rows(table)) >= 1
 
 
+def test_a_cancelled_call_stops_its_take(app, client):
+    """gradio_client's job.cancel() (Gradio cancelling the event) stops the engine at once: it does
+    not go on making a take nobody will get, holding the studio for everyone else."""
+    text = " ".join(f"This is sentence number {i} of a take that is cancelled." for i in range(150))
+    before = len(app.log())  # what earlier tests left in the server's log
+    job = client.submit(text, None, seed=7, long_mode="sliding", api_name="/speak")
+    deadline = time.monotonic() + 300
+    while not any(isinstance(o[0], str) for o in job.outputs()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    job.cancel()
+    deadline = time.monotonic() + 60
+    while "speak was cancelled by its caller" not in app.log()[before:] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "speak was cancelled by its caller: stopping it" in app.log()[before:], app.log()[-3000:]
+    # Cancelled mid-sentence, the engine stops at its next step (and says so); cancelled between two
+    # sentences, the take's generator is closed and makes no more
+    made = re.search(r"take stopped on request after (\d+) of (\d+) sentences", app.log()[before:])
+    assert made is None or 1 <= int(made[1]) < int(made[2]), app.log()[-3000:]
+    # the same session makes its next take as usual: the cancelled one left no stop behind
+    _, full, table, info, _ = client.predict(TEXT, seed=5, api_name="/speak")
+    assert "stopped" not in info and len(rows(table)) >= 1
+
+
+def test_a_cancelled_translation_or_reroll_stops_too():
+    """The same for the handlers that return once (translate, reroll): the cancel reaches the take."""
+    import asyncio
+
+    from app.handlers import TakeControl, stop_when_cancelled
+
+    control, ended = TakeControl(), threading.Event()
+
+    def translate(audio, control):
+        with control.take():
+            while not control.stop:  # the engine, asking between its steps
+                time.sleep(0.01)
+            ended.set()
+            return "stopped"
+
+    async def cancel_it():
+        task = asyncio.ensure_future(stop_when_cancelled(translate)(None, control))
+        await asyncio.sleep(0.2)
+        assert control.running and not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancel_it())
+    assert ended.wait(5) and not control.busy()
+
+
 def test_speak_errors_are_messages(client):
     with pytest.raises(AppError, match="Type the text to speak"):
         client.predict("   ", api_name="/speak")
