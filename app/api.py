@@ -139,6 +139,9 @@ def make_router(studio, gate: Gate, keys: set[str] | None = None) -> APIRouter:
         except ValidationError as e:
             message, param = _validation_message(e)
             return error(400, message, "invalid_value", param)
+        if body.voice is not None and not body.voice.strip():  # a blank form field, or a template gone wrong
+            return error(400, "The voice is empty. Name a saved or bundled voice (GET /v1/voices lists them), "
+                              "or leave 'voice' out for a voice the model makes up.", "invalid_value", "voice")
         if body.stream and body.response_format not in ("pcm", "wav"):
             return error(400, "Streaming sends raw audio as it is made: use response_format pcm or wav "
                               "with stream=true.", "invalid_value", "response_format")

@@ -133,6 +133,9 @@ def voice_from(args: argparse.Namespace, studio):
     if args.transcript and not args.prompt:
         raise StudioError("--transcript is what is said in --prompt, and no --prompt was given.",
                           "Add --prompt AUDIO, or leave --transcript out (a saved --voice has its own).")
+    if args.voice is not None and not args.voice.strip():  # e.g. --voice "$VOICE" with VOICE unset
+        raise StudioError("--voice is empty.", "Name a saved voice (the page's Voices tab lists them), or "
+                          "leave --voice out for a voice the model makes up.")
     if args.voice:
         return studio.voices.load(args.voice)
     if args.prompt:

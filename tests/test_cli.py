@@ -329,6 +329,9 @@ def test_say_reports_the_take_its_warnings_and_the_seed_that_remakes_it(tiny_mod
     assert m, out
     assert cli.main(base + ["--out", str(tmp_path / "b.wav"), "--seed", m.group(1)]) == 0
     assert sf.read(tmp_path / "a.wav")[0].tolist() == sf.read(tmp_path / "b.wav")[0].tolist()
+    # an empty --voice (a shell variable left unset) is pointed out, not taken as "no voice"
+    assert cli.main(base + ["--out", str(tmp_path / "c.wav"), "--voice", ""]) != 0
+    assert "--voice is empty" in capsys.readouterr().err and not (tmp_path / "c.wav").exists()
 
 
 def test_synth_batch_logs_each_files_warnings(tiny_models, tmp_path, caplog):

@@ -116,6 +116,9 @@ def test_extras_speed_language_instruction(app):
     assert seconds(instruction="much slower")[0] > base * 1.2
     r = post(app, {"input": "Hi there.", "language": "en", "seed": 2})  # no voice: the model invents one
     assert r.status_code == 200 and len(r.content) > 0
+    r = post(app, {"input": "Hi there.", "voice": "  "})  # blank is a mistake to point out, not "no voice"
+    assert r.status_code == 400 and r.json()["error"]["param"] == "voice", r.text
+    assert "The voice is empty" in r.json()["error"]["message"]
 
 
 def test_the_take_comes_with_its_seed_and_warnings(app):
