@@ -6,6 +6,8 @@ The UI, the HTTP API and the CLI show `err.user_message()`.
 """
 from __future__ import annotations
 
+import re
+
 
 class StudioError(ValueError):
     """Base class: a problem the user can fix. `hint` says how."""
@@ -18,10 +20,15 @@ class StudioError(ValueError):
         self.hint = hint
 
     def user_message(self) -> str:
+        """The message as a sentence (core's messages may start lower-case, as exceptions do;
+        a leading identifier such as `text_ids` or `--voice` keeps its case), then the hint."""
+        message = self.message
+        if re.match(r"[a-z]+[ ,:]", message):
+            message = message[0].upper() + message[1:]
         if not self.hint:
-            return self.message
-        ends = "" if self.message.rstrip().endswith((".", "!", "?")) else "."
-        return f"{self.message}{ends} {self.hint}"
+            return message
+        ends = "" if message.rstrip().endswith((".", "!", "?")) else "."
+        return f"{message}{ends} {self.hint}"
 
 
 class AudioError(StudioError):
