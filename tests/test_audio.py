@@ -147,7 +147,9 @@ def err(fn, *args, **kwargs) -> AudioError:
 def test_empty_missing_and_not_audio(tmp_path):
     (tmp_path / "empty.wav").write_bytes(b"")
     assert "empty" in str(err(load_audio, tmp_path / "empty.wav"))
-    assert "empty" in str(err(load_audio, b""))
+    e = err(load_audio, b"")
+    assert "empty" in str(e) and e.user_message().startswith("The uploaded audio is empty (0 bytes). Record")
+    assert StudioError("text_ids out of range", "Fix them.").user_message() == "text_ids out of range. Fix them."
     assert "not found" in str(err(load_audio, tmp_path / "nope.wav"))
     (tmp_path / "notes.wav").write_text("these are my meeting notes, not audio\n" * 20)
     e = err(load_audio, tmp_path / "notes.wav")
