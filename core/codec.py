@@ -7,6 +7,7 @@ the reference prompt path exactly: channel mean, peak > 1 normalised, one pass (
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Protocol
@@ -65,6 +66,40 @@ def _as_mono_float32(wav, sample_rate: int) -> torch.Tensor:
     return x.mean(dim=0) if x.ndim == 2 else x
 
 
+@contextlib.contextmanager
+def _quiet_transformers():
+    """transformers prints a progress bar and a load report on every load: the report says what
+    `_check_loading_info` turns into an error, and the bar clutters the CLI and the server log."""
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _check_loading_info(info: dict, folder: Path) -> None:
+    """Strict, like the VALL-E X loader: transformers would fill missing or misshaped weights with
+    random numbers and go on, and every voice encoded with them would be noise."""
+    missing, mismatched = sorted(info.get("missing_keys") or ()), list(info.get("mismatched_keys") or ())
+    if missing or mismatched:
+        named = missing[:5] + [str(m[0]) if isinstance(m, tuple) else str(m) for m in mismatched[:5]]
+        more = len(missing) + len(mismatched) - len(named)
+        what = ", ".join(named) + (f" and {more} more" if more > 0 else "")
+        kind = "is missing weights" if missing else "has weights of the wrong shape"
+        raise CheckpointError(f"EnCodec in {folder} {kind} ({what}); it is damaged or another model.",
+                              f"Delete that folder's model.safetensors and download {ENCODEC_REPO} again "
+                              "(`python launch.py download encodec`).")
+    if info.get("unexpected_keys"):
+        log.warning("EnCodec in %s has %d weights this model does not use (ignored): %s", folder,
+                    len(info["unexpected_keys"]), ", ".join(sorted(info["unexpected_keys"])[:5]))
+
+
 class Codec:
     """EnCodec 24 kHz codec. `Codec.from_pretrained(folder).encode(wav, sr) -> LongTensor [T, 8]`."""
 
@@ -93,10 +128,15 @@ class Codec:
             raise ModelMissingError(f"EnCodec config.json not found in {folder}.",
                                     f"Download {ENCODEC_REPO} (config.json and model.safetensors) into it.")
         try:
-            model = EncodecModel.from_pretrained(folder, local_files_only=True)
+            with _quiet_transformers():
+                model, info = EncodecModel.from_pretrained(folder, local_files_only=True, output_loading_info=True)
         except (OSError, ValueError, RuntimeError, SafetensorError) as e:  # corrupt/pickled weights
-            raise CheckpointError(f"Cannot load EnCodec from {folder}: {str(e)[:300]}",
-                                  f"Download {ENCODEC_REPO} again into that folder.") from e
+            why = ("some weights have the wrong shape (it is damaged or another model)"
+                   if "mismatched" in str(e) else str(e)[:300])
+            raise CheckpointError(f"Cannot load EnCodec from {folder}: {why}",
+                                  f"Delete that folder's model.safetensors and download {ENCODEC_REPO} again "
+                                  "(`python launch.py download encodec`).") from e
+        _check_loading_info(info, folder)
         if model.config.audio_channels != 1 or model.config.normalize or model.config.chunk_length_s:
             raise CheckpointError("This EnCodec config is not the mono 24 kHz model VALL-E X uses.",
                                   f"Use {ENCODEC_REPO}.")
