@@ -11,7 +11,7 @@ comes with headers: `X-Vallex-Seed` (the seed that makes it again: pass it back 
 same input), `X-Vallex-Warnings` (a JSON list, ASCII-escaped: sentences skipped, instruction words
 not understood, ...) and `X-Vallex-Audio-Seconds`. Errors come back
 in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, with 400 for bad input,
-401 for a wrong key, 429 when the queue is full and 503 when the weights are missing.
+401 for a wrong key, 429 when the queue is full and 503 when the weights are missing or damaged.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from app.gate import Gate
-from core.errors import BusyError, DownloadError, ModelMissingError, StudioError
+from core.errors import BusyError, CheckpointError, DownloadError, ModelMissingError, StudioError
 
 log = logging.getLogger("vallex.api")
 
@@ -72,7 +72,7 @@ def studio_error(e: StudioError) -> JSONResponse:
     status = 400
     if isinstance(e, BusyError):
         status = 429
-    elif isinstance(e, (ModelMissingError, DownloadError)):
+    elif isinstance(e, (ModelMissingError, DownloadError, CheckpointError)):  # the server's models, not the request
         status = 503
     return error(status, e.user_message(), e.code)
 

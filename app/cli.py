@@ -145,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sp.add_parser("download", help="download the model weights that are missing",
                       formatter_class=_Help)
     d.add_argument("names", nargs="*", help="models to fetch (default: every missing one)")
+    d.add_argument("--force", action="store_true",
+                   help="download again into the Hugging Face cache, though the model is there (a damaged copy)")
     _model_args(d, sub=True)
     return p
 

@@ -325,16 +325,25 @@ def say(args: argparse.Namespace) -> int:
 
 # --- download ------------------------------------------------------------------------------------
 def download(args: argparse.Namespace) -> int:
-    from core.store import REGISTRY, download_model, is_offline, missing_models
+    from core.store import (REGISTRY, REQUIRED, download_command, download_model, is_offline, local_model,
+                            missing_models)
 
     unknown = [n for n in args.names if n not in REGISTRY]
     if unknown:  # before any transfer starts
         raise StudioError(f"Unknown model{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}.",
                           f"Choose from: {', '.join(REGISTRY)} (or none: every missing one).")
+    asked = list(dict.fromkeys(args.names))
     missing = {m.name for m in missing_models(args.models)}
-    names = [n for n in dict.fromkeys(args.names) if n in missing] if args.names else sorted(missing, key=list(REGISTRY).index)
+    if args.force:  # a damaged copy: fetch it again, though it is "there"
+        names = asked or list(REQUIRED)
+        for name in names:
+            if (here := local_model(name, args.models)) is not None:
+                raise StudioError(f"The {name} model is in the models folder ({here}), which is used before any download.",
+                                  "Delete or move that copy, then run this command again (without --force).")
+    else:
+        names = [n for n in asked if n in missing] if asked else sorted(missing, key=list(REGISTRY).index)
     if not names:
-        print("Already there: " + ", ".join(args.names) + "." if args.names else "All model weights are already there.")
+        print("Already there: " + ", ".join(asked) + "." if asked else "All model weights are already there.")
         return 0
     if args.offline:
         raise StudioError("--offline was given, so nothing can be downloaded.",
@@ -350,10 +359,18 @@ def download(args: argparse.Namespace) -> int:
                 bar.n = round(100 * fraction, 1)
                 bar.set_postfix_str(desc[-40:], refresh=True)
 
-            download_model(name, models_dir=args.models, progress=progress)
+            download_model(name, models_dir=args.models, progress=progress, force=args.force)
+    # Done when what was asked for is there (all the required models when nothing was named); the
+    # optional ones still missing are mentioned, not a failure
     left = missing_models(args.models)
-    print("Done." if not left else f"Still missing: {', '.join(m.name for m in left)}")
-    return 0 if not left else 1
+    failed = [m.name for m in left if (m.name in asked if asked else not m.optional)]
+    others = [m.name for m in left if m.name not in failed]
+    print("Done." if not failed else f"Still missing: {', '.join(failed)}.")
+    if others:
+        named = ", ".join(f"{n} (optional)" if REGISTRY[n].optional else n for n in others)
+        print(f"Also missing: {named}; `{download_command(' '.join(others), args.models)}` fetches "
+              f"{'them' if len(others) > 1 else 'it'}.")
+    return 0 if not failed else 1
 
 
 if __name__ == "__main__":

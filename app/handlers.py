@@ -145,9 +145,13 @@ class Handlers:
 
         try:
             folder = models_folder(self.studio.models_dir)
-            return fmt.missing_notice(missing_models(self.studio.models_dir), folder)
+            notice = fmt.missing_notice(missing_models(self.studio.models_dir), folder)
         except StudioError as e:
             return f"### ⚠️ {e.user_message()}"
+        damaged = self.studio.status().get("load_errors") or []
+        if damaged:  # on disk, but a file could not be loaded: every take would fail until it is replaced
+            notice = "\n\n".join(["### ⚠️ Model weights damaged", *damaged] + ([notice] if notice else []))
+        return notice
 
     # --- clone & speak ----------------------------------------------------------------------
     @user_errors

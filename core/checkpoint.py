@@ -110,6 +110,31 @@ def _list(keys, n=8) -> str:
     return ", ".join(keys[:n]) + more
 
 
+def why_unloadable(path: Path, e: Exception, approx_bytes: int | None = None) -> str:
+    """Why torch.load refused `path`, in the user's terms: what the file really is where that can
+    be told from its first bytes (a download gone wrong saves a Git LFS pointer or an HTML page),
+    truncated, or holding objects. Not torch's own advice, which suggests weights_only=False: that
+    is the unsafe load of a file that may run code."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+    except OSError as err:
+        return f"it cannot be read ({err.strerror})"
+    text = head.lstrip().lower()
+    if size == 0:
+        return "the file is empty (0 bytes)"
+    if text.startswith(b"version https://git-lfs"):
+        return "it is a Git LFS pointer (a small text file), not the weights: the repository was cloned without LFS"
+    if text.startswith((b"<!doctype html", b"<html", b"<?xml")):
+        return "it is a web page (HTML), not the weights: the download saved an error or login page"
+    if "global" in str(e).lower():  # torch's "unsupported GLOBAL module.name": an object, not a tensor
+        return "it holds Python objects, not only weights (a pickle that could run code), so it was refused"
+    if approx_bytes and size < approx_bytes // 2:
+        return f"it is {size:,} bytes where the weights are about {approx_bytes:,}: the file is truncated"
+    return f"its contents are not a PyTorch checkpoint's ({type(e).__name__})"
+
+
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], bool]:
     """Read a reference checkpoint safely: weights-only torch.load (mmap when possible) for .pt,
     safetensors for .safetensors. Returns (state dict, mmapped). Never unpickles objects."""
@@ -131,9 +156,8 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], bool]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmapped)
     except Exception as e:  # UnpicklingError (refused object), RuntimeError (not a torch file), ...
-        msg = str(e).split("\n")[0][:200]
-        raise CheckpointError(f"{path}: not a weights-only PyTorch checkpoint; refused to load it "
-                              f"({type(e).__name__}: {msg})", hint=hint) from None
+        raise CheckpointError(f"{path} is not a usable PyTorch checkpoint: {why_unloadable(path, e, 1_482_200_000)}.",
+                              hint=hint) from None
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
         obj = obj["model"]
     if not isinstance(obj, dict) or not obj:

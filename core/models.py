@@ -58,6 +58,7 @@ class Models:
         self.loaded: Loaded | None = None
         self._lock = threading.RLock()  # the LM and Vocos, Whisper
         self.load_seconds: float | None = None
+        self.load_errors: dict[str, str] = {}  # model name -> why its file could not be loaded (last try)
         self.ready_at: float | None = None  # time.perf_counter() when the models became ready
 
     def load(self) -> Loaded:
@@ -78,21 +79,37 @@ class Models:
             kwargs = {} if self.offline is None else {"offline": self.offline}
             paths = resolve_models(self.models_dir, **kwargs)
             quantize = self.dtype if self.dtype in ("int8", "int4") else None
-            lm = loading(lambda: VallEX.from_checkpoint(
+            lm = self._loading("vallex", paths.vallex, lambda: VallEX.from_checkpoint(
                 paths.vallex, n_heads=head_count(paths.vallex), device=self.device,
                 dtype=getattr(torch, DTYPES[self.dtype]), quantize=quantize), "the VALL-E X checkpoint")
-            vocos = loading(lambda: Vocos.from_pretrained(paths.vocos, device=self.device), "Vocos")
+            vocos = self._loading("vocos", paths.vocos,
+                                  lambda: Vocos.from_pretrained(paths.vocos, device=self.device), "Vocos")
             self.loaded = Loaded(lm, vocos, paths, lambda: self._load_codec(paths))
             self.ready_at = time.perf_counter()
             self.load_seconds = self.ready_at - t0
             log.info("models loaded in %.1f s from %s", self.load_seconds, paths.vallex.parent.parent)
             return self.loaded
 
+    def _loading(self, name: str, path: Path, load, what: str):
+        """`core.errors.loading`; a damaged file's error says how to repair that copy."""
+        from core.errors import CheckpointError
+        from core.store import repair_hint
+
+        try:
+            loaded = loading(load, what)
+        except CheckpointError as e:
+            damaged = CheckpointError(e.message, repair_hint(name, path, self.models_dir))
+            self.load_errors[name] = damaged.user_message()  # for the page's notice, before any take
+            raise damaged from e
+        self.load_errors.pop(name, None)
+        return loaded
+
     def _load_codec(self, paths):
         from core.codec import Codec
 
         t0 = time.perf_counter()
-        codec = loading(lambda: Codec.from_pretrained(paths.encodec, device=self.device), "EnCodec")
+        codec = self._loading("encodec", paths.encodec,
+                              lambda: Codec.from_pretrained(paths.encodec, device=self.device), "EnCodec")
         log.info("EnCodec loaded in %.1f s", time.perf_counter() - t0)
         return codec
 
@@ -160,7 +177,7 @@ class Models:
         """What is loaded and where (cheap; never loads or downloads)."""
         info = {"loaded": self.loaded is not None, "device": self.device, "dtype": self.dtype,
                 "models_dir": str(self.models_dir) if self.models_dir else None, "load_seconds": self.load_seconds,
-                "asr_loaded": bool(self.loaded and self.loaded.asr)}
+                "asr_loaded": bool(self.loaded and self.loaded.asr), "load_errors": list(self.load_errors.values())}
         try:
             from core.store import missing_models
 

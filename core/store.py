@@ -120,10 +120,17 @@ def _result_path(spec: ModelSpec, folder: Path) -> Path:
 
 def _local_path(spec: ModelSpec, models_dir: Path) -> Path | None:
     folder = models_dir / spec.name
-    if spec.name == "asr":  # any faster-whisper folder will do (other sizes too)
-        return folder if (folder / "model.bin").is_file() and (folder / "config.json").is_file() else None
-    if all((folder / f.filename).is_file() for f in spec.files):
-        return _result_path(spec, folder)
+    names = ("model.bin", "config.json") if spec.name == "asr" else [f.filename for f in spec.files]
+    try:  # asr: any faster-whisper folder will do (other sizes too)
+        if models_dir.exists() and not models_dir.is_dir():
+            raise ModelMissingError(f"The models folder {models_dir} is a file, not a folder.",
+                                    "Give --models (or VALLEX_MODELS) a folder.")
+        if all((folder / name).is_file() for name in names):
+            return folder if spec.name == "asr" else _result_path(spec, folder)
+    except PermissionError as e:  # Path.is_file() raises on a folder we may not enter
+        raise ModelMissingError(f"Cannot read the models folder {models_dir}: permission denied "
+                                f"({e.filename}).", "Make it readable (chmod), or choose another with "
+                                "--models.") from None
     return None
 
 
@@ -150,6 +157,11 @@ def _cached_path(spec: ModelSpec) -> Path | None:
     return _result_path(spec, folders.pop())
 
 
+def local_model(name: str, models_dir: str | Path | None = None) -> Path | None:
+    """Model `name` in the local models folder (not the hub cache), or None."""
+    return _local_path(_spec(name), models_folder(models_dir))
+
+
 def find_model(name: str, models_dir: str | Path | None = None) -> Path | None:
     """Where model `name` is on disk now (local folder first, then the hub cache), or None."""
     spec = _spec(name)
@@ -162,6 +174,17 @@ def download_command(name: str = "", models_dir: str | Path | None = None) -> st
 
     where = f" --models {shlex.quote(str(models_dir))}" if models_dir is not None else ""
     return f"{DOWNLOAD_COMMAND}{' ' + name if name else ''}{where}"
+
+
+def repair_hint(name: str, path: str | Path, models_dir: str | Path | None = None) -> str:
+    """What fixes a damaged copy of model `name` found at `path`: fetch it again into the hub
+    cache, or (a copy in the models folder, which is used first) replace that copy."""
+    path = Path(path)
+    command = download_command(name, models_dir)
+    if any(part.startswith("models--") for part in path.parts):
+        return f"Run `{command} --force` to download it again."
+    folder = path if path.is_dir() else path.parent
+    return f"Replace the files in {folder} with good copies, or delete them and run `{command}`."
 
 
 def missing_models(models_dir: str | Path | None = None, *, include_optional: bool = True) -> list[MissingModel]:
@@ -222,7 +245,7 @@ def resolve_models(models_dir: str | Path | None = None, *, offline: bool | None
     done = 0
     for m in missing:
         sub = _sub_progress(progress, done / total, m.size_bytes / total)
-        download_model(m.name, progress=sub)
+        download_model(m.name, models_dir, progress=sub)
         done += m.size_bytes
     paths = {name: find_model(name, models_dir) for name in REGISTRY}
     if any(paths[n] is None for n in names):  # e.g. files vanished meanwhile

@@ -218,7 +218,9 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise ModelMissingError(f"Vocos weights not found: {path}.",
                                 f"Download pytorch_model.bin from {VOCOS_REPO}.") from e
     except Exception as e:  # unpickling refused or a corrupt zip: both mean a bad file
-        raise CheckpointError(f"{path} is not a loadable Vocos checkpoint ({type(e).__name__}: {e}).",
+        from core.checkpoint import why_unloadable
+
+        raise CheckpointError(f"{path} is not a loadable Vocos checkpoint: {why_unloadable(path, e, 40_400_000)}.",
                               f"Download pytorch_model.bin from {VOCOS_REPO} again.") from e
     if not isinstance(sd, dict):
         raise CheckpointError(f"{path} does not hold a state dict.",

@@ -144,7 +144,8 @@ def test_download_cut_midway_resumes(hub, artifacts):  # noqa: F811 - the fixtur
 def _broken_copies(tiny_models: Path, tmp_path: Path) -> dict[str, Path]:
     """name -> a models folder with one fault."""
     cases = {}
-    for name in ("missing-vallex", "truncated-vallex", "garbage-vocos-config", "empty-encodec-weights"):
+    for name in ("missing-vallex", "truncated-vallex", "garbage-vocos-config", "empty-encodec-weights",
+                 "lfs-pointer-vallex", "html-vocos", "encodec-missing-weights"):
         folder = tmp_path / name
         shutil.copytree(tiny_models, folder)
         cases[name] = folder
@@ -153,6 +154,15 @@ def _broken_copies(tiny_models: Path, tmp_path: Path) -> dict[str, Path]:
     ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
     (cases["garbage-vocos-config"] / "vocos" / "config.yaml").write_text("feature_extractor: [unclosed\n\t:")
     (cases["empty-encodec-weights"] / "encodec" / "model.safetensors").write_bytes(b"")
+    # what a download gone wrong leaves: a clone without git-lfs, an error page saved as the file
+    (cases["lfs-pointer-vallex"] / "vallex" / "vallex-checkpoint.pt").write_text(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 1482200000\n")
+    (cases["html-vocos"] / "vocos" / "pytorch_model.bin").write_text("<!DOCTYPE html><html>502 Bad Gateway</html>")
+    from safetensors.torch import load_file, save_file
+
+    weights = cases["encodec-missing-weights"] / "encodec" / "model.safetensors"
+    tensors = load_file(str(weights))
+    save_file({k: v for k, v in tensors.items() if not k.startswith("quantizer.layers.0.")}, str(weights))
     return cases
 
 
@@ -162,19 +172,29 @@ def test_missing_or_corrupt_models_give_a_clear_message(tiny_models, tmp_path, a
     messages = {}
     for name, folder in _broken_copies(tiny_models, tmp_path).items():
         studio = Studio(folder, offline=True, voices_dir=tmp_path / "voices")
-        if name == "empty-encodec-weights":
+        encodec = name.startswith(("empty-encodec", "encodec-"))
+        if encodec:
             # EnCodec loads where audio is encoded: a take without a recording does not need it
             assert len(studio.synthesize("Hello there.").audio)
         with pytest.raises(StudioError) as err:
-            if name == "empty-encodec-weights":
+            if encodec:
                 studio.make_voice(golden / "prompts" / "en-1.wav", transcript="I know, I know. It's just.")
             else:
                 studio.synthesize("Hello there.")
         msg = err.value.user_message()
-        messages[name] = msg[:200]
+        messages[name] = msg[:300]
         assert err.value.hint and len(msg) > 30, msg
         if name == "missing-vallex":
             assert isinstance(err.value, ModelMissingError) and "vallex" in msg.lower()
+        else:  # which copy is damaged, and the command that replaces it
+            model = next(m for m in ("vallex", "vocos", "encodec") if m in name)
+            assert f"`python launch.py download {model} --models {folder}`" in msg, msg
+        if name == "lfs-pointer-vallex":
+            assert "Git LFS pointer" in msg
+        if name == "html-vocos":
+            assert "web page (HTML)" in msg and "weights_only" not in msg
+        if name == "encodec-missing-weights":  # not filled with random numbers by transformers
+            assert "missing weights (quantizer.layers.0.codebook" in msg
     record(artifacts, "fault_models", {"cases": len(messages), "messages": messages})
 
 
@@ -194,7 +214,10 @@ def test_corrupt_model_through_the_app(tiny_models, tmp_path, artifacts):
             ui_message = None
         except Exception as e:  # noqa: BLE001
             ui_message = str(e)
+        # the page's notice says so too (once a load has failed), so that nobody else presses Speak in vain
+        notice = client.predict(api_name="/status")
     record(artifacts, "fault_models_app", {"v1_status": r.status_code, "v1_message": r.text[:200],
                                            "ui_message": (ui_message or "")[:200]})
-    assert r.status_code in (400, 503) and "checkpoint" in r.json()["error"]["message"].lower()
+    assert r.status_code == 503 and "checkpoint" in r.json()["error"]["message"].lower()  # the server's fault
     assert ui_message and "verbose error reporting" not in ui_message and "checkpoint" in ui_message.lower()
+    assert "Model weights damaged" in notice and "vallex-checkpoint.pt" in notice, notice

@@ -290,6 +290,37 @@ def test_registry_size_and_sha_are_checked(hub, monkeypatch):
         store.download_model("vocos", attempts=1)
 
 
+def test_download_command_repairs_a_damaged_copy_and_counts_only_what_was_asked(hub, tmp_path, capsys):
+    from app import cli
+
+    files = _add(hub, "vocos")
+    assert cli.main(["download", "vocos"]) == 0  # the others are missing too, but were not asked for
+    out = capsys.readouterr().out
+    assert "Done." in out and "Also missing: vallex, encodec, asr (optional)" in out
+    assert "python launch.py download vallex encodec asr" in out
+    weights = store.find_model("vocos") / "pytorch_model.bin"
+    weights.resolve().write_bytes(b"garbage")  # damaged on disk after the download
+    assert cli.main(["download", "vocos"]) == 0 and "Already there: vocos." in capsys.readouterr().out
+    assert cli.main(["download", "vocos", "--force"]) == 0
+    assert weights.read_bytes() == files["pytorch_model.bin"]  # fetched again
+    # a copy in the models folder shadows any download: --force says so instead of fetching in vain
+    local = tmp_path / "models" / "vocos"
+    local.mkdir(parents=True)
+    for name, data in files.items():
+        (local / name).write_bytes(data)
+    assert cli.main(["download", "vocos", "--force"]) == 2
+    err = capsys.readouterr().err
+    assert f"The vocos model is in the models folder ({local})" in " ".join(err.split()), err[-600:]
+
+
+def test_unreadable_or_file_models_folder_is_a_message(tmp_path):
+    from core.errors import ModelMissingError
+
+    (tmp_path / "afile").write_text("not a folder")
+    with pytest.raises(ModelMissingError, match="is a file, not a folder"):
+        store.missing_models(tmp_path / "afile")
+
+
 def test_unknown_repo_file_is_a_download_error(hub):
     with pytest.raises(DownloadError):  # nothing served: 404
         store.download_model("asr", attempts=1)
