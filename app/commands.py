@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.errors import AudioError, StudioError, TextError
+from core.errors import AudioError, StudioError, TextError, VoiceError
 
 log = logging.getLogger("vallex.cli")
 
@@ -235,6 +235,13 @@ def record(args: argparse.Namespace) -> int:
     if not 1 <= args.seconds <= 60:
         raise AudioError(f"Cannot record {args.seconds} s.", "Use --seconds between 1 and 60.")
     check_output_path(args.out)  # before the user speaks for nothing
+    if args.save_voice:  # the name too: a voice is never saved over
+        from core.voices import VoiceLibrary, check_name
+
+        library = VoiceLibrary(args.voices)
+        if library.exists(check_name(args.save_voice)):
+            raise VoiceError(f"A voice called {args.save_voice.strip()!r} already exists.",
+                             "Pick another --save-voice name, or delete the old voice first (the page's Voices tab).")
     sd = _sounddevice("input")
     print(f"Recording {args.seconds:.0f} s... speak now.")
     wav = sd.rec(int(args.seconds * SAMPLE_RATE), samplerate=SAMPLE_RATE, channels=1,
@@ -250,7 +257,7 @@ def record(args: argparse.Namespace) -> int:
                                           transcript=args.transcript, name=args.save_voice)
         for advice in report.advice:
             print(f"  prompt: {advice}")
-        studio.voices.save(voice)
+        studio.voices.save(voice, overwrite=False)
         print(f"Saved voice '{args.save_voice}' ({voice.transcript!r})")
     return 0
 

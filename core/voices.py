@@ -15,6 +15,7 @@ renamed over the old one, so a crash mid-save leaves the previous version intact
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -39,6 +40,7 @@ CODEBOOK_SIZE = 1024
 N_PHONEME_IDS = 70  # phoneme symbol table (ids 0..69)
 MAX_FRAMES = 75 * 120  # 2 minutes of prompt: far beyond any useful voice prompt
 MAX_NAME = 100
+MAX_NAME_BYTES = 200  # in UTF-8; with the temp file's prefix and suffix, well under the 255 a file name may have
 NPZ_KEYS = ("audio_tokens", "text_tokens", "lang_code")
 
 
@@ -67,6 +69,10 @@ def check_name(name: object) -> str:
     name = name.strip()
     if len(name) > MAX_NAME:
         raise VoiceError(f"Voice name is {len(name)} characters long (at most {MAX_NAME}).", "Use a shorter name.")
+    if len(name.encode("utf-8")) > MAX_NAME_BYTES:  # a file name holds 255 bytes, and CJK takes 3 each
+        raise VoiceError(f"Voice name is {len(name.encode('utf-8'))} bytes long as a file name (at most "
+                         f"{MAX_NAME_BYTES}: about {MAX_NAME_BYTES // 3} Chinese or Japanese characters).",
+                         "Use a shorter name.")
     bad = [c for c in name if c in '/\\:*?"<>|' or ord(c) < 32 or ord(c) == 127]
     if bad or name.startswith(".") or os.path.isabs(name) or ".." in name:
         raise VoiceError(f"Voice name {name!r} has characters that are not allowed in a file name.",
@@ -133,15 +139,21 @@ def _check_voice(voice: Voice) -> None:
     _validate(arrays, f"voice {voice.name!r}", "Make the voice again from a recording and its transcript.")
 
 
-def _atomic_write(path: Path, write) -> None:
-    """write(fileobj) into a temp file beside `path`, fsync, then rename over `path`."""
+def _atomic_write(path: Path, write, overwrite: bool = True) -> None:
+    """write(fileobj) into a temp file beside `path`, fsync, then rename over `path`. Without
+    `overwrite`, the temp file is hard-linked to `path` instead, which fails (FileExistsError) when
+    `path` exists: a check-then-write would let two savers of one name both succeed."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+            os.unlink(tmp)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -158,13 +170,14 @@ def _atomic_write(path: Path, write) -> None:
         pass
 
 
-def write_npz(path: Path, voice: Voice) -> None:
-    """Write `voice` in the reference prompt format, atomically."""
+def write_npz(path: Path, voice: Voice, overwrite: bool = True) -> None:
+    """Write `voice` in the reference prompt format, atomically (FileExistsError: `path` exists and
+    not `overwrite`)."""
     tokens = np.asarray(voice.audio_tokens, dtype=np.int64)
     arrays = {"audio_tokens": tokens[None] if tokens.ndim == 2 else tokens,
               "text_tokens": np.asarray(voice.text_ids, dtype=np.int64)[None],
               "lang_code": np.asarray(PROMPT_LANG_CODE[voice.language], dtype=np.int64)}
-    _atomic_write(path, lambda fh: np.savez(fh, **arrays))
+    _atomic_write(path, lambda fh: np.savez(fh, **arrays), overwrite)
 
 
 # ---------------------------------------------------------------------------------- library
@@ -180,6 +193,19 @@ class VoiceLibrary:
             root = os.environ.get("VALLEX_VOICES") or ROOT / "voices"
         self.root = Path(root).expanduser()
         self.presets_dir = Path(presets_dir) if presets_dir is not None else None
+
+    @contextlib.contextmanager
+    def _folder(self, doing: str):
+        """OS errors of the voices folder (not writable, not a folder, full) as a VoiceError."""
+        try:
+            yield
+        except OSError as e:
+            if isinstance(e, FileExistsError) and not self.root.is_dir():
+                why = "it is a file, not a folder"
+            else:
+                why = e.strerror or str(e) or type(e).__name__
+            raise VoiceError(f"Cannot {doing}: the voices folder {self.root} failed ({why}).",
+                             "Make it writable, or choose another folder with --voices (or VALLEX_VOICES).") from e
 
     # -- paths
     def _npz(self, name: str) -> Path:
@@ -215,8 +241,14 @@ class VoiceLibrary:
     def load(self, name: str) -> Voice:
         """The voice called `name` (user voices first, then presets). Raises VoiceError."""
         npz = self._npz(name)
-        if npz.is_file():
-            return self._read(npz, check_name(name), preset=False)
+        with self._folder(f"read the voice {name!r}"):
+            here = npz.is_file()
+        if here:
+            try:
+                return self._read(npz, check_name(name), preset=False)
+            except VoiceError as e:
+                raise VoiceError(f"The voice {name!r} is damaged: {e.message}",
+                                 f"Delete {npz} (or import a good copy under another name).") from e
         preset = self._preset(name)
         if preset is not None:
             return self._read(preset, check_name(name), preset=True)
@@ -226,9 +258,9 @@ class VoiceLibrary:
         """User voices (newest first), then presets (by name). Unreadable files are skipped."""
         user, presets = [], []
         for folder, bucket, preset in ((self.root, user, False), (self.presets_dir, presets, True)):
-            if folder is None or not folder.is_dir():
-                continue
-            for npz in sorted(folder.glob("*.npz")):
+            with self._folder("list the voices"):
+                files = sorted(folder.glob("*.npz")) if folder is not None and folder.is_dir() else []
+            for npz in files:
                 if npz.name.startswith("."):
                     continue
                 try:
@@ -246,15 +278,28 @@ class VoiceLibrary:
         _check_voice(voice)
         npz = self._npz(name)
         self._not_a_preset(name)
-        if npz.exists() and not overwrite:
-            raise VoiceError(f"A voice called {name!r} already exists.", "Pick another name, or delete the old voice first.")
-        self.root.mkdir(parents=True, exist_ok=True)
         saved = Voice(name=name, audio_tokens=np.asarray(voice.audio_tokens, dtype=np.int64),
                       text_ids=[int(t) for t in voice.text_ids], language=voice.language,
                       transcript=voice.transcript or "", created=voice.created, preset=False)
-        write_npz(npz, saved)
-        self._write_meta(saved)
+        try:
+            with self._folder(f"save the voice {name!r}"):
+                self.root.mkdir(parents=True, exist_ok=True)
+                write_npz(npz, saved, overwrite)
+                self._write_meta(saved)
+        except VoiceError as e:
+            if isinstance(e.__cause__, FileExistsError) and self.root.is_dir():
+                raise self._taken(name) from None
+            raise
         return saved
+
+    def _taken(self, name: str) -> VoiceError:
+        """The name is taken: by a voice in the list, or by a damaged file the list leaves out."""
+        try:
+            self._read(self._npz(name), name, preset=False)
+        except VoiceError:
+            return VoiceError(f"The name {name!r} is taken by a damaged voice file, {self._npz(name)}.",
+                              "Delete that file to free the name, or pick another name.")
+        return VoiceError(f"A voice called {name!r} already exists.", "Pick another name, or delete the old voice first.")
 
     def _write_meta(self, voice: Voice) -> None:
         meta = {"name": voice.name, "transcript": voice.transcript, "language": voice.language,
@@ -264,7 +309,9 @@ class VoiceLibrary:
 
     def _require_user(self, name: str) -> Path:
         npz = self._npz(name)
-        if npz.is_file():
+        with self._folder(f"change the voice {name!r}"):
+            here = npz.is_file()
+        if here:
             return npz
         if self._preset(name) is not None:
             raise VoiceError(f"{name!r} is a bundled preset and cannot be changed.",
@@ -282,25 +329,27 @@ class VoiceLibrary:
         if new == check_name(old):
             return self.load(new)
         self._not_a_preset(new)
-        if self._npz(new).exists():
-            raise VoiceError(f"A voice called {new!r} already exists.", "Pick another name.")
         voice = self.load(old)
         voice.name = new
-        os.replace(npz, self._npz(new))
-        self._write_meta(voice)
-        try:
-            self._meta(old).unlink()
-        except FileNotFoundError:
-            pass
+        with self._folder(f"rename the voice {old!r}"):
+            try:  # claim the new name (fails if taken), then describe it, and only then let go of the old
+                os.link(npz, self._npz(new))
+            except FileExistsError:
+                raise self._taken(new) from None
+            try:
+                self._write_meta(voice)
+            except BaseException:
+                self._npz(new).unlink()
+                raise
+            npz.unlink()
+            self._meta(old).unlink(missing_ok=True)
         return voice
 
     def delete(self, name: str) -> None:
         npz = self._require_user(name)
-        npz.unlink()
-        try:
-            self._meta(name).unlink()
-        except FileNotFoundError:
-            pass
+        with self._folder(f"delete the voice {name!r}"):
+            npz.unlink()
+            self._meta(name).unlink(missing_ok=True)
 
     def import_npz(self, path: str | Path, name: str | None = None, transcript: str = "") -> Voice:
         """Copy a reference `.npz` prompt into the library (validated; pickles refused)."""

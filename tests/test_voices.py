@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -135,7 +136,7 @@ def test_failed_write_keeps_the_old_version(lib, monkeypatch):
         raise OSError("disk unplugged")
 
     monkeypatch.setattr(os, "replace", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(VoiceError, match=r"Cannot save the voice 'alice': the voices folder .* failed \(disk unplugged\)"):
         lib.save(_voice(seed=2))
     monkeypatch.undo()
     assert (lib.root / "alice.npz").read_bytes() == before
@@ -186,3 +187,70 @@ def test_a_user_voice_cannot_take_a_bundled_voice_name(tmp_path):
     assert lib.load("paimon").preset and lib.load("cafe").preset and lib.load("mine").name == "mine"
     with pytest.raises(VoiceError, match="already exists"):  # and an existing user voice is kept
         lib.save(_voice("mine", seed=5), overwrite=False)
+
+
+def test_folder_problems_and_damaged_files_are_voice_errors(lib, tmp_path):
+    # a name's length is counted in bytes too: 80 CJK characters would not fit in a file name
+    with pytest.raises(VoiceError, match="240 bytes long as a file name"):
+        lib.save(_voice(name="中" * 80))
+    lib.save(_voice(name="中" * 60))
+    # a damaged file is left out of the list, but it holds its name: saving over it says which file to delete
+    (lib.root / "broken.npz").write_bytes(b"PK not really a zip")
+    assert "broken" not in [v.name for v in lib.list()]
+    with pytest.raises(VoiceError, match=r"taken by a damaged voice file, .*broken\.npz") as e:
+        lib.save(_voice(name="broken"), overwrite=False)
+    assert "Delete that file" in e.value.user_message()
+    with pytest.raises(VoiceError, match=r"The voice 'broken' is damaged") as e:
+        lib.load("broken")
+    assert str(lib.root / "broken.npz") in e.value.user_message()
+    # the voices folder is a file: said so, for saving and for listing
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    bad = VoiceLibrary(afile, presets_dir=None)
+    with pytest.raises(VoiceError, match="it is a file, not a folder") as e:
+        bad.save(_voice())
+    assert "--voices" in e.value.user_message()
+    assert bad.list() == []
+
+
+def test_a_rename_onto_a_taken_name_changes_nothing(lib):
+    lib.save(_voice("alice", seed=1))
+    lib.save(_voice("bob", seed=2))
+    with pytest.raises(VoiceError, match="already exists"):
+        lib.rename("alice", "bob")
+    assert sorted(p.name for p in lib.root.iterdir()) == ["alice.json", "alice.npz", "bob.json", "bob.npz"]
+    assert lib.rename("alice", "carol").name == "carol"
+    assert sorted(p.name for p in lib.root.iterdir()) == ["bob.json", "bob.npz", "carol.json", "carol.npz"]
+    assert lib.load("carol").transcript == "hello there"
+
+
+def test_two_processes_saving_one_new_name_at_once_one_is_refused(tmp_path):
+    """overwrite=False claims the name atomically: of two savers racing for it, exactly one wins."""
+    from pathlib import Path
+
+    script = textwrap.dedent("""
+        import sys, time, numpy as np
+        sys.path.insert(0, sys.argv[1])
+        from core.errors import VoiceError
+        from core.voices import Voice, VoiceLibrary
+        lib = VoiceLibrary(sys.argv[2], presets_dir=None)
+        start = float(sys.argv[3])
+        while time.time() < start:
+            pass
+        v = Voice("same", np.full((50, 8), int(sys.argv[4])), [1, 2, 3], "en", transcript=sys.argv[4])
+        try:
+            lib.save(v, overwrite=False)
+            print("saved")
+        except VoiceError:
+            print("refused")
+    """)
+    root = Path(__file__).resolve().parent.parent
+    for attempt in range(3):
+        voices = tmp_path / f"v{attempt}"
+        start = time.time() + 1.5
+        procs = [subprocess.Popen([sys.executable, "-c", script, str(root), str(voices), str(start), str(k)],
+                                  stdout=subprocess.PIPE, text=True) for k in (1, 2)]
+        outs = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
+        assert outs == ["refused", "saved"], outs
+        saved = VoiceLibrary(voices, presets_dir=None).load("same")
+        assert saved.transcript == str(int(saved.audio_tokens[0, 0]))  # the npz and its metadata agree
