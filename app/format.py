@@ -108,7 +108,8 @@ def sentence_rows(result) -> list[list]:
     rows = []
     for s in result.sentences:
         secs = len(s.audio) / result.sample_rate
-        rows.append([s.index, s.text, round(secs, 2), s.seed, s.stop_reason, "; ".join(s.warnings)])
+        # numbered from 1, as the notes ("sentence 2: ...") and the re-roll box count
+        rows.append([s.index + 1, s.text, round(secs, 2), s.seed, s.stop_reason, "; ".join(s.warnings)])
     return rows
 
 

@@ -341,9 +341,10 @@ class Handlers:
                 i = float(index)
             except (TypeError, ValueError):
                 i = -1.0
-            if not (i.is_integer() and 0 <= i < n):
-                raise gr.Error(f"Pick a sentence number from 0 to {n - 1} (the # column), not {index!r}."
-                               if n > 1 else "This take has one sentence: its number is 0.")
+            if not (i.is_integer() and 1 <= i <= n):  # the page counts from 1, Studio.reroll from 0
+                raise gr.Error(f"Pick a sentence number from 1 to {n} (the # column), not {index!r}."
+                               if n > 1 else "This take has one sentence: its number is 1.")
+            i -= 1
             t0 = time.perf_counter()
             try:
                 with self.gate.turn(bounded=False):
@@ -353,7 +354,7 @@ class Handlers:
                 return (gr.skip(),) * 5
         outputs = self._result_outputs(new, stream_chunk=None)
         made = new.sentences[int(i)]
-        note = f"Re-rolled sentence {int(i)} (seed {made.seed}) in {time.perf_counter() - t0:.1f} s."
+        note = f"Re-rolled sentence {int(i) + 1} (seed {made.seed}) in {time.perf_counter() - t0:.1f} s."
         return outputs[:4] + ("\n\n".join(filter(None, [note, outputs[4]])),)
 
     # --- convert / translate ------------------------------------------------------------------

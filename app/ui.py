@@ -127,7 +127,7 @@ def _clone_tab() -> SimpleNamespace:
                                        label="Sentences", elem_id="sentences",
                                        column_widths=["5%", "42%", "9%", "13%", "7%", "24%"])
             with gr.Row():
-                c.reroll_index = gr.Number(0, label="sentence #")
+                c.reroll_index = gr.Number(1, label="sentence #")
                 c.reroll_seed = gr.Textbox("", label="seed (empty = a new one)", placeholder="new",
                                            elem_id="reroll_seed")
                 c.reroll = gr.Button("Re-roll this sentence", elem_id="reroll_btn")

@@ -107,6 +107,10 @@ class SentenceMaker:
         warnings = list(req.warnings) + list(getattr(gen, "warnings", []) or [])
         if len(codes) == 0:
             warnings.append("the model produced no audio for this sentence; try a re-roll")
+        elif gen.stop_reason in ("max_frames", "limit"):  # it never said "done": the end may be missing
+            cap = "the length cap" if gen.stop_reason == "max_frames" else "the model's length limit for its text"
+            warnings.append(f"stopped at {cap} after {len(codes) / 75:.1f} s, before the sentence ended: its end "
+                            "may be cut off; try a re-roll, or split the sentence")
         t0 = time.perf_counter()
         audio = self.post(wav, job)
         timings = {"engine_s": round(engine_s, 4), "post_s": round(time.perf_counter() - t0, 4)}

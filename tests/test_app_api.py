@@ -101,17 +101,18 @@ def test_speak_same_seed_same_audio_and_reroll(client, wav):
     assert sr == 24000 and len(first) > 0
     again, _ = sf.read(client.predict(LONG_TEXT, seed=11, api_name="/speak")[1])
     np.testing.assert_array_equal(first, again)
-    _, rerolled, table2, notes = client.predict(0, 99, api_name="/reroll")
-    assert re.match(r"Re-rolled sentence 0 \(seed 99\) in [\d.]+ s\.", notes), notes
+    assert [r[0] for r in data] == [1, 2]  # counted from 1, as the notes and the re-roll box count
+    _, rerolled, table2, notes = client.predict(1, 99, api_name="/reroll")
+    assert re.match(r"Re-rolled sentence 1 \(seed 99\) in [\d.]+ s\.", notes), notes
     data2 = rows(table2)
     assert data2[0][3] == 99 and data2[1][3] == 12 and data2[1][1] == data[1][1]
     assert sf.read(rerolled)[0].shape != first.shape or not np.array_equal(sf.read(rerolled)[0], first)
-    fresh_seed = rows(client.predict(1, api_name="/reroll")[2])[1][3]  # no seed: a new random one
+    fresh_seed = rows(client.predict(2, api_name="/reroll")[2])[1][3]  # no seed: a new random one
     assert fresh_seed not in (0, 12)
     with pytest.raises(AppError, match="whole number"):
-        client.predict(0, "abc", api_name="/reroll")
-    for index in (0.5, -1, 2):  # not rounded or wrapped: said
-        with pytest.raises(AppError, match=r"Pick a sentence number from 0 to 1 \(the # column\)"):
+        client.predict(1, "abc", api_name="/reroll")
+    for index in (1.5, 0, -1, 3):  # not rounded or wrapped: said
+        with pytest.raises(AppError, match=r"Pick a sentence number from 1 to 2 \(the # column\)"):
             client.predict(index, api_name="/reroll")
     # the sampling boxes name the knob that is wrong (Gradio's own range checks did not)
     for knobs, words in [({"best_of": 100}, "best_of"), ({"top_p": 0}, "top_p"), ({"top_k": 2.5}, "top_k"),

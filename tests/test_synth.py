@@ -195,6 +195,13 @@ def test_a_one_sentence_take_is_decoded_once(studio, monkeypatch):
     assert len(calls) == 2 and len(slower.audio) > 1.4 * len(result.audio)
 
 
+def test_a_sentence_cut_by_the_length_cap_says_so(studio):
+    result = studio.synthesize("This is a fairly long sentence that will not fit in the cap.", None,
+                               SynthOptions(seed=1, max_sentence_s=0.3))
+    assert result.sentences[0].stop_reason == "max_frames"  # (seed 1 on the tiny model: it does not end by itself)
+    assert any(w.startswith("sentence 1: stopped at the length cap after 0.3 s") for w in result.warnings)
+
+
 def test_reroll_changes_only_that_sentence(studio):
     result = studio.synthesize(LONG, None, SynthOptions(seed=3, max_chars=20, max_sentence_s=1.0))
     new = studio.reroll(result, 1)
