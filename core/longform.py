@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,9 +17,17 @@ import torch
 from core.audio import FRAME_RATE, N_CODEBOOKS
 from core.sampling import SEED_MAX
 
+if TYPE_CHECKING:
+    from core.text import Phonemes
+
 MAX_CONTEXT_S = 22.0  # prompt + generated audio, seconds (training clips were at most 22 s)
 MIN_OUTPUT_S = 4.0  # never cap a sentence below this, however long its prompt
 SLIDING_MAX_PROMPT_S = 10.0  # a longer previous sentence is not used as the next prompt
+# Phoneme ids per English-equivalent character of the splitter's budget that one sentence may
+# reach: ordinary chunks stay under ~2 (Mandarin ~2, numbers read out ~2-4 over short spans), while
+# a run the splitter had to cut blindly ("9" * 68 in Chinese: 567 ids) is split again.
+MAX_IDS_PER_CHAR = 3.0
+MIN_SPLIT_CHARS = 8.0  # below this budget a chunk that still has too many ids is left out
 FIRST_GROUP = 1  # stream: the first sentence alone so that audio starts early
 GROUP_SIZE = 8  # then up to this many sentences per batch
 
@@ -126,30 +135,54 @@ def new_seed() -> int:
 def sentence_requests(text: str, options, prompt: Prompt, warnings: list[str]) -> list[Request]:
     """`text` (options: a core.synth.SynthOptions) -> one Request per sentence, all on `prompt`. A
     sentence the front-end cannot read is skipped with a note in `warnings`."""
+    from core.text import split_sentences
+    from core.text.split import DEFAULT_BUDGET
+
+    budget = float(options.max_chars or DEFAULT_BUDGET)
+    # a small budget the user picked makes chunks shorter, not the id cap stricter
+    max_ids = int(MAX_IDS_PER_CHAR * max(budget, DEFAULT_BUDGET))
+    accent = None if options.accent == "keep" else options.accent
+    base_seed = new_seed()
+    requests: list[Request] = []
+    for chunk in split_sentences(text, language=options.language, max_chars=budget):
+        for sentence, ph, notes in _phonemized(chunk, options.language, accent, budget, max_ids, warnings):
+            n = len(requests)
+            requests.append(Request(n, sentence, list(ph.ids), list(ph.langs), ph.phonemes, prompt,
+                                    sentence_seed(options.seed, n, base_seed), warnings=notes,
+                                    cap_s=options.max_sentence_s, seed_given=options.seed is not None))
+    return requests
+
+
+def _phonemized(sentence: str, language: str, accent, budget: float, max_ids: int,
+                warnings: list[str]) -> list[tuple[str, Phonemes, list[str]]]:
+    """One splitter chunk -> [(text, Phonemes, notes)] of at most `max_ids` ids each. A chunk over
+    the cap (a long run without spaces or punctuation, read out in many phonemes) is split again
+    with half the budget (or less); one that cannot be split is left out with a note."""
     from core.errors import TextError
     from core.text import phonemize, split_sentences
     from core.text.scripts import screen
 
-    kwargs = {"max_chars": options.max_chars} if options.max_chars else {}
-    accent = None if options.accent == "keep" else options.accent
-    base_seed = new_seed()
-    requests: list[Request] = []
-    for sentence in split_sentences(text, language=options.language, **kwargs):
-        screened = screen(sentence)  # letters the model cannot say are left out, not read as noise
-        notes = [screened.note()] if screened.dropped else []
-        if not screened.has_words():
-            warnings.append(f"skipped {sentence[:40]!r}: " + (screened.reason() if notes else "nothing to say"))
-            continue
-        try:
-            ph = phonemize(screened.text, language=options.language, accent=accent, normalize=True)
-        except TextError as e:
-            warnings.append(f"skipped {sentence[:40]!r}: {e.message}")
-            continue
-        n = len(requests)
-        requests.append(Request(n, sentence, list(ph.ids), list(ph.langs), ph.phonemes, prompt,
-                                sentence_seed(options.seed, n, base_seed), warnings=notes,
-                                cap_s=options.max_sentence_s, seed_given=options.seed is not None))
-    return requests
+    screened = screen(sentence)  # letters the model cannot say are left out, not read as noise
+    notes = [screened.note()] if screened.dropped else []
+    if not screened.has_words():
+        warnings.append(f"skipped {sentence[:40]!r}: " + (screened.reason() if notes else "nothing to say"))
+        return []
+    try:
+        ph = phonemize(screened.text, language=language, accent=accent, normalize=True)
+    except TextError as e:
+        warnings.append(f"skipped {sentence[:40]!r}: {e.message}")
+        return []
+    if len(ph.ids) <= max_ids:
+        return [(sentence, ph, notes)]
+    pieces, half = [sentence], budget
+    while len(pieces) < 2 and half / 2 >= MIN_SPLIT_CHARS:  # a short chunk may need a much smaller budget
+        half /= 2
+        pieces = split_sentences(sentence, language=language, max_chars=half)
+    if len(pieces) < 2:
+        warnings.append(f"skipped {sentence[:40]!r}: {len(ph.ids)} phonemes, more than the {max_ids} one "
+                        "sentence may have; add spaces or punctuation")
+        return []
+    return [out for piece in pieces for out in _phonemized(piece, language, accent, half, max_ids, warnings)]
 
 
 def sentence_seed(seed: int | None, index: int, base: int) -> int:

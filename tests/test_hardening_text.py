@@ -30,6 +30,7 @@ from core.synth import PRESETS, Studio, SynthOptions
 from tests.figures import record
 
 N_STRINGS = int(__import__("os").environ.get("HARDENING_N_STRINGS", "10000"))
+MAX_TEXT_IDS = int(longform.MAX_IDS_PER_CHAR * 170)  # one sentence's ids at the default budget
 HANG_S = 120.0  # a call still running after this long is a hang (generous: 2 shared cores)
 
 _SCRIPTS = {
@@ -108,6 +109,8 @@ class CheckingEngine:
             problems.append(f"shapes ids {tuple(ids.shape)} langs {tuple(langs.shape)} prompt {prompt_text_len}")
         elif ids.min() < 0 or ids.max() >= 70 or langs.min() < 0 or langs.max() > 2:
             problems.append(f"ids {ids.min()}..{ids.max()} langs {langs.min()}..{langs.max()}")
+        elif len(ids) - prompt_text_len > MAX_TEXT_IDS:
+            problems.append(f"{len(ids) - prompt_text_len} text ids, over the sentence cap {MAX_TEXT_IDS}")
         if prompt_codes is not None and (prompt_codes.ndim != 2 or prompt_codes.shape[-1] != 8):
             problems.append(f"prompt codes {tuple(prompt_codes.shape)}")
         if problems:
@@ -126,6 +129,27 @@ class CheckingEngine:
         return [self.generate(r.text_ids, r.text_langs, r.prompt_text_len, r.prompt_codes,
                               replace(sampling, seed=base + i) if sampling is not None else None)
                 for i, r in enumerate(requests)]
+
+
+@pytest.mark.parametrize("text, language", [
+    ("9" * 5000, "auto-mix"), ("9" * 5000, "zh"), ("9" * 5000, "ja"), ("x" * 2000, "auto-mix"),
+    ("1.5" * 700, "auto-mix"), ("1.5" * 700, "ja"), ("１２３４５６７８９０" * 100, "zh"),
+])
+def test_no_sentence_reaches_the_model_over_the_id_cap(text, language):
+    # a run without spaces used to be one sentence: "9" * 5000 -> 25,000 ids, 41,667 in Chinese
+    warnings: list[str] = []
+    requests = longform.sentence_requests(text, SynthOptions(language=language), longform.Prompt.empty(), warnings)
+    assert requests and not warnings
+    assert max(len(r.ids) for r in requests) <= MAX_TEXT_IDS
+    assert "".join(r.text for r in requests) == text
+
+
+def test_a_chunk_that_cannot_be_split_is_left_out_with_a_note(monkeypatch):
+    monkeypatch.setattr(longform, "MAX_IDS_PER_CHAR", 0.01)  # every chunk is over the cap
+    warnings: list[str] = []
+    assert longform.sentence_requests("Hello there.", SynthOptions(language="en"), longform.Prompt.empty(),
+                                      warnings) == []
+    assert warnings and all("add spaces or punctuation" in w for w in warnings)
 
 
 @pytest.fixture(scope="module")

@@ -148,6 +148,61 @@ def test_normalize_chinese_and_japanese():
     assert 0 in phonemize("销售额增长了12%。", language="zh").ids
 
 
+@pytest.mark.parametrize("text, language", [
+    ("价格是1,000元。", "zh"), ("10,000人", "zh"), ("1,000円です", "ja"), ("価格は¥1,000です。", "ja"),
+    ("1,000 people", "en"), ("2,500,000人", "zh"),
+])
+def test_thousands_separators_before_cjk(text, language):
+    # a Han/kana character right after "1,000" used to keep the comma: 一,零元 / ichi, zero
+    p = phonemize(text, language=language, normalize=True)
+    assert p.ids == phonemize(text.replace(",", ""), language=language, normalize=True).ids
+    assert "," not in p.phonemes
+
+
+@pytest.mark.parametrize("text, language, same_as", [
+    ("ｱｲｳｴｵ", "ja", "アイウエオ"), ("ｺﾝﾆﾁﾊ、ｾｶｲ。", "ja", "コンニチハ、セカイ。"), ("ｶﾞｷﾞｸﾞ", "ja", "ガギグ"),
+    ("ｶﾞｷﾞｸﾞ", "auto-mix", "ガギグ"), ("ﾊﾟﾝ｡", "auto-mix", "パン。"), ("ｈｅｌｌｏ", "zh", "hello"),
+    ("ＡＢＣ１２３", "zh", "ABC123"), ("今年是二〇二四年。", "zh", "今年是二零二四年。"),
+    ("二〇二四年です。", "ja", "2024年です。"), ("ｈｅｌｌｏ", "auto-mix", "hello"),
+])
+def test_width_forms_and_ideographic_zero(text, language, same_as):
+    # these were [UNK] ids (ﾞ, full-width Latin in Mandarin, 〇) or split off as English (ﾞ)
+    p = phonemize(text, language=language, normalize=True)
+    expected = phonemize(same_as, language=language, normalize=True)
+    assert (p.ids, p.language) == (expected.ids, expected.language) and 0 not in p.ids
+
+
+def test_width_forms_keep_cjk_punctuation():
+    from core.text.normalize import normalize_text
+
+    # NFKC on everything would turn ：；！ into ASCII, and `:` / `;` are [UNK] in Mandarin
+    assert normalize_text("注意：第一；第二！", "zh") == "注意：第一；第二！"
+    assert 0 not in phonemize("注意：第一；第二！", language="zh", normalize=True).ids
+
+
+@pytest.mark.parametrize("text, language, expect", [
+    ("In the 1990s.", "en", "In the nineteen nineties."),  # was "nineteen ninety seconds"
+    ("the 80s and mid-2000s", "en", "the eighties and mid two thousands"),
+    ("in the '80s, 747s", "en", "in the eighties, seven hundred forty sevens"),
+    ("wait 30s", "en", "wait thirty seconds"),  # a bare s after a short number stays seconds
+    ("5G and 4G", "en", "five G and four G"),  # was "five grams"
+    ("5 g of salt, 2L", "en", "five grams of salt, two liters"),
+    ("MP3 A4 F1 Q3", "en", "MP three A four F one Q three"),  # was "MPthree"
+    ("at 3pm", "en", "at three pee em"), ("COVID-19", "en", "COVID nineteen"),
+    ("5G网络", "zh", "5G网络"), ("5g盐", "zh", "5克盐"), ("5Gネットワーク", "ja", "5Gネットワーク"),
+])
+def test_normalize_plurals_letters_and_units(text, language, expect):
+    from core.text.normalize import normalize_text
+
+    assert normalize_text(text, language) == expect
+
+
+def test_normalized_5g_is_not_grams():
+    assert "gɹæmz" not in phonemize("5G phones", language="en", normalize=True).phonemes
+    zh = phonemize("5G网络", language="zh", normalize=True).phonemes
+    assert zh == phonemize("五G网络", language="zh").phonemes  # not 五克
+
+
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
 def test_espeak_fallback_sounds_out_unknown_words():
     plain = phonemize("Llewellyn bought a quokka.", language="en")
@@ -189,8 +244,22 @@ def test_split_sentences_cjk():
 def test_split_sentences_edge_cases():
     assert split_sentences("") == [] and split_sentences(" \n ") == []
     assert split_sentences("Hello.") == ["Hello."]
-    assert split_sentences("x" * 500) == ["x" * 500]  # one word is never cut
+    assert split_sentences("x" * 500) == ["x" * 170, "x" * 170, "x" * 160]  # no word is that long
+    word = "Pneumonoultramicroscopicsilicovolcanoconiosis"  # 45 letters: a real word stays whole
+    assert word in split_sentences(f"The {word} case.", max_chars=10)
     assert split_sentences("line one\nline two", max_chars=10) == ["line one", "line two"]
+
+
+@pytest.mark.parametrize("text, language", [
+    ("9" * 5000, "auto-mix"), ("9" * 5000, "zh"), ("x" * 2000, "auto-mix"), ("1.5" * 700, "en"),
+    ("你" * 4096, "zh"), ("あ" * 4096, "ja"),
+])
+def test_runs_without_spaces_are_cut_to_the_budget(text, language):
+    # kept whole, "9" * 5000 was one sentence of 25,000 phoneme ids (minutes of compute)
+    chunks = split_sentences(text, language=language)
+    assert "".join(chunks) == text and len(chunks) > 5
+    assert all(len(c) <= 170 for c in chunks)
+    assert max(len(phonemize(c, language=language, normalize=True).ids) for c in chunks[:3]) < 600
 
 
 def test_a_long_decimal_is_read_to_16_places_without_a_warning():

@@ -45,24 +45,42 @@ def test_runs(text, runs):
     assert "".join(t for _, t in p.segments).replace(" ", "") == text.replace(" ", "")
 
 
-def test_single_language_text_equals_auto(golden):
-    """On one-language text auto-mix gives exactly what auto gives (including langid's choice)."""
+def test_single_language_text(golden):
+    """On one-language text auto-mix says it in the language its letters show (alphabetic ->
+    English, kana -> Japanese), exactly as that fixed language would; Han-only and letterless
+    text gives exactly what auto gives (including langid's choice)."""
     texts = [json.loads(line)["text"] for line in (golden / "text" / "cases.jsonl").read_text().splitlines()]
     texts += ["東京", "寿司", "123", "3.14", "カラオケ", "Merci beaucoup."]
     checked = 0
     for text in texts:
-        if "[" in text or len({lang for lang, _ in split_languages(text)}) > 1:
+        found = {lang for lang, _ in split_languages(text)}
+        if "[" in text or len(found) > 1:
             continue
+        same_as = found.pop() if found in ({"en"}, {"ja"}) else "auto"
         try:
-            auto = phonemize(text, language="auto")
+            expected = phonemize(text, language=same_as)
         except ValueError:
             with pytest.raises(ValueError):
                 phonemize(text, language="auto-mix")
             continue
         mixed = phonemize(text, language="auto-mix")
-        assert (mixed.ids, mixed.langs, mixed.language) == (auto.ids, auto.langs, auto.language), text
+        assert (mixed.ids, mixed.langs, mixed.language) == (expected.ids, expected.langs, expected.language), text
         checked += 1
     assert checked > 150
+
+
+@pytest.mark.parametrize("text, language", [
+    ("Don’t stop — keep going…", "en"), ("Love you ❤️", "en"), ("Happy birthday 🎂🎈", "en"),
+    ("• item one • item two", "en"), ("© 2024 Acme Inc.", "en"), ("Beijing", "en"), ("ok 👍", "en"),
+    ("→ next step", "en"), ("Price: 5€ ™", "en"), ("カラオケ🎤", "ja"), ("ok カラオケ", "mix"),
+])
+def test_letters_decide_over_langid(text, language):
+    # langid alone picks zh or ja for the Latin ones, which would be spelled letter by letter
+    p = phonemize(text, language="auto-mix", normalize=True)
+    assert p.language == language
+    if language != "mix":
+        assert set(p.langs) == {LANG_IDS[language]}
+        assert p.ids == phonemize(text, language=language, normalize=True).ids
 
 
 def test_user_tags_are_honoured_in_auto_mix():

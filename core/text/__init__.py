@@ -121,9 +121,15 @@ def _tagged_text(text: str, language: str) -> tuple[str, str]:
     if language == "auto-mix":
         if mix.has_tags(text):
             return text, "mix"
-        runs = mix.split_languages(mix.strip_stray_tags(text))
-        if len({lang for lang, _ in runs}) > 1:
+        text = mix.strip_stray_tags(text)
+        runs = mix.split_languages(text)
+        found = {lang for lang, _ in runs}
+        if len(found) > 1:
             return mix.tag(runs), "mix"
+        if found in ({"en"}, {"ja"}):
+            # The letters already say which language: langid guesses zh or ja for short Latin text
+            # with symbols ("Love you ❤️", "ok 👍"), which would then be spelled letter by letter.
+            return mix.tag([(found.pop(), text)]), runs[0][0]
     detected = mix.langid_detect(text)
     return mix.tag([(detected, text)]), detected
 
@@ -141,7 +147,8 @@ def phonemize(
         text: the text to say.
         language: "en" | "zh" | "ja" | "mix" (user-written `[EN]..[EN]` tags) | "auto" (one
             language for the whole text, langid) | "auto-mix" (same-language runs, tagged
-            automatically; exactly "auto" on one-language text).
+            automatically; text whose letters are all alphabetic is English, with kana Japanese,
+            Han-only or letterless text as "auto").
         accent: None/"keep" keeps each segment's language id; "en" | "zh" | "ja" forces one.
         normalize: expand numbers, dates, times, money, percentages and units first (not in the
             reference, so off by default).

@@ -9,8 +9,9 @@ first (ZH, then JA, then EN), as the reference does.
 Auto-mix (ours) splits untagged text into same-language runs by script: Latin and other
 alphabets -> English; kana -> Japanese; Han next to kana (same clause) -> Japanese; Han-only
 clauses -> langid restricted to zh/ja (almost always zh). Digits, punctuation and symbols join
-the run before them. If only one language results, the caller uses plain "auto" instead, so
-single-language text gives exactly what "auto" gives.
+the run before them. If only one language results, the caller tags the whole text with it when
+the letters decide (alphabetic -> English, kana -> Japanese); Han-only text and text without
+letters use plain "auto" (langid on the whole text), as the reference does.
 """
 from __future__ import annotations
 
@@ -87,14 +88,15 @@ def langid_detect(text: str) -> str:
 
 # ---- auto-mix -------------------------------------------------------------------------------
 
-_KANA = re.compile("[\u3040-\u309f\u30a0-\u30ff\u31f0-\u31ff\uff66-\uff9d]")
+# half-width katakana with its voiced marks ﾞﾟ (U+FF9E/F, letters to unicodedata, not kana)
+_KANA = re.compile("[\u3040-\u309f\u30a0-\u30ff\u31f0-\u31ff\uff66-\uff9f]")
 _CLAUSE_END = set("。！？!?；;\n")
 
 
 def _script(ch: str) -> str:
     """'kana' | 'han' | 'alpha' | '' (neutral: digits, punctuation, symbols, spaces)."""
     o = ord(ch)
-    if 0x3040 <= o <= 0x30FF or 0x31F0 <= o <= 0x31FF or 0xFF66 <= o <= 0xFF9D:
+    if 0x3040 <= o <= 0x30FF or 0x31F0 <= o <= 0x31FF or 0xFF66 <= o <= 0xFF9F:
         # ー (long vowel), ・ and the iteration marks belong with the kana around them
         return "kana"
     if 0x4E00 <= o <= 0x9FFF or 0x3400 <= o <= 0x4DBF or 0xF900 <= o <= 0xFAFF or ch in "々〆":

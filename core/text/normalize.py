@@ -13,10 +13,12 @@ The reference front-end does none of this; it is off by default for parity.
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Callable
 
 _NUM = r"\d+(?:\.\d+)?"
-_SEP_COMMAS = re.compile(r"(?<=\d),(?=\d{3}\b)")
+# (?!\d), not \b: a Han or kana character after "1,000" is a word character to re, so \b fails there
+_SEP_COMMAS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _TIME = re.compile(r"(?<![\d:：])([01]?\d|2[0-3])[:：]([0-5]\d)(?:[:：]([0-5]\d))?(?!\d)(?:\s*([ap])\.?\s?m\.?(?=\W|$))?",
                    re.IGNORECASE)
 _ISO_DATE = re.compile(r"(?<![\d.])(\d{4})[-/.](0?[1-9]|1[0-2])[-/.](0?[1-9]|[12]\d|3[01])(?![\d.])")
@@ -42,6 +44,13 @@ _UNIT_RE = re.compile(rf"({_NUM})\s?({'|'.join(sorted(map(re.escape, _UNITS_EN),
                       r"(?![\w/])", re.IGNORECASE)
 _CURRENCY_RE = re.compile(rf"([$£€¥￥₹])\s?({_NUM})(?:\s?(k|m|bn|million|billion|thousand)\b)?",
                           re.IGNORECASE)
+# "the 1990s", "747s", "her 30s", "'80s": a number made plural. A bare "s" after a number is
+# otherwise read as seconds ("wait 30s"), so two-digit decades need one of these words or an '.
+_PLURAL_NUMBER = re.compile(r"(?<![\d.,])(\d{3,})s\b")
+_DECADE = re.compile(r"(?:\b(?:the|his|her|their|my|your|our|its|early|late|mid)[\s-]+'?|(?<!\w)')(\d0)s\b",
+                     re.IGNORECASE)
+_HOUR_AMPM = re.compile(r"(?<![\d:.])(1[0-2]|0?[1-9])\s?([ap])\.?m\.?(?=\W|$)", re.IGNORECASE)  # 3pm
+_LETTER_HYPHEN_DIGIT = re.compile(r"(?<=[A-Za-z])-(?=\d)")  # mid-2000s, COVID-19, F-16
 _ORDINAL_EN = re.compile(r"\b(\d+)(st|nd|rd|th)\b", re.IGNORECASE)
 _DECIMAL = re.compile(r"(\d+)\.(\d+)")
 _INTEGER = re.compile(r"\d+")
@@ -107,6 +116,34 @@ def _money_en(m: re.Match) -> str:
     return out
 
 
+def _plural_en(words: str) -> str:
+    """"nineteen ninety" -> "nineteen nineties"."""
+    head, _, last = words.rpartition(" ")
+    last = last[:-1] + "ies" if last.endswith("y") else last + "es" if last.endswith(("s", "x")) else last + "s"
+    return f"{head} {last}" if head else last
+
+
+def _decade_en(m: re.Match) -> str:
+    context = m.group(0)[:m.start(1) - m.start()].replace("-", " ").replace("'", "")
+    return context + _plural_en(_cardinal_en(m.group(1)))
+
+
+def _is_unit(unit: str) -> bool:
+    """A lone capital is no unit ("5G", "3D"), except L for litres."""
+    return len(unit) > 1 or unit.islower() or unit == "L"
+
+
+def _unit_sub(table: dict[str, str], sep: str) -> Callable[[re.Match], str]:
+    return lambda m: f"{m.group(1)}{sep}{table[m.group(2).lower()]}" if _is_unit(m.group(2)) else m.group(0)
+
+
+def _spaced(m: re.Match, words: str) -> str:
+    """`words` for the number `m`, set apart from letters it touches: "MP3" -> "MP three"."""
+    before = m.start() > 0 and m.string[m.start() - 1].isalpha()
+    after = m.end() < len(m.string) and m.string[m.end()].isalpha()
+    return f"{' ' if before else ''}{words}{' ' if after else ''}"
+
+
 def _number_en(text: str) -> str:
     return _DECIMAL.sub(_decimal_en, text) if "." in text else _cardinal_en(text)
 
@@ -125,19 +162,24 @@ def normalize_en(text: str) -> str:
     text = _ISO_DATE.sub(lambda m: _date_en(m.group(1), m.group(2), m.group(3)), text)
     text = _US_DATE.sub(lambda m: _date_en(m.group(3), m.group(1), m.group(2)), text)
     text = _TIME.sub(_time_en, text)
+    text = _HOUR_AMPM.sub(lambda m: _words_en(int(m.group(1))) + (" ay em" if m.group(2) in "aA" else " pee em"),
+                          text)
+    text = _LETTER_HYPHEN_DIGIT.sub(" ", text)
+    text = _DECADE.sub(_decade_en, text)
+    text = _PLURAL_NUMBER.sub(lambda m: _plural_en(_cardinal_en(m.group(1))), text)
     text = _TEMPERATURE.sub(lambda m: f"{m.group(1)} degrees "
                             + ("fahrenheit" if m.group(2) == "F" or "℉" in m.group(0) else "celsius"), text)
     text = _CURRENCY_RE.sub(_money_en, text)
     text = _PERCENT.sub(lambda m: f"{m.group(1)} percent", text)
-    text = _UNIT_RE.sub(lambda m: f"{m.group(1)} {_UNITS_EN[m.group(2).lower()]}", text)
+    text = _UNIT_RE.sub(_unit_sub(_UNITS_EN, " "), text)
     for frac, words in _FRACTIONS_EN.items():
         text = re.sub(rf"(?<![\d/]){re.escape(frac)}(?![\d/])", words, text)
     text = _ORDINAL_EN.sub(
         lambda m: _inflect().number_to_words(_inflect().ordinal(int(m.group(1)))).replace("-", " ")
         if len(m.group(1)) < 30 else m.group(0), text)
     text = _NEGATIVE.sub("minus ", text)
-    text = _DECIMAL.sub(_decimal_en, text)
-    text = _INTEGER.sub(lambda m: _cardinal_en(m.group(0)), text)
+    text = _DECIMAL.sub(lambda m: _spaced(m, _decimal_en(m)), text)
+    text = _INTEGER.sub(lambda m: _spaced(m, _cardinal_en(m.group(0))), text)
     for sym, word in _SYMBOLS_EN:
         text = text.replace(sym, word)
     return text
@@ -176,7 +218,7 @@ def normalize_zh(text: str) -> str:
     text = _CURRENCY_RE.sub(lambda m: m.group(2) + {"k": "千", "m": "百万", "bn": "十亿"}.get(
         (m.group(3) or "").lower(), m.group(3) or "") + _CURRENCY_ZH[m.group(1)], text)
     text = _PERCENT.sub(lambda m: "百分之" + m.group(1), text)
-    text = _UNIT_RE_ZH.sub(lambda m: m.group(1) + _UNITS_ZH[m.group(2).lower()], text)
+    text = _UNIT_RE_ZH.sub(_unit_sub(_UNITS_ZH, ""), text)
     text = re.sub(r"(?<!\d)(\d+)\s*[~～]\s*(?=\d)", r"\1到", text)
     text = re.sub(r"(?<![\d.])\d{7,}(?![\d.])", lambda m: _digits_zh(m.group(0), yao=True), text)
     text = _NEGATIVE.sub("负", text)
@@ -202,11 +244,32 @@ def normalize_ja(text: str) -> str:
     text = _CURRENCY_RE.sub(lambda m: m.group(2) + {"k": "千", "m": "百万", "bn": "十億"}.get(
         (m.group(3) or "").lower(), m.group(3) or "") + _CURRENCY_JA[m.group(1)], text)
     text = _PERCENT.sub(lambda m: m.group(1) + "パーセント", text)
-    text = _UNIT_RE_JA.sub(lambda m: m.group(1) + _UNITS_JA[m.group(2).lower()], text)
+    text = _UNIT_RE_JA.sub(_unit_sub(_UNITS_JA, ""), text)
     return _NEGATIVE.sub("マイナス", text)
 
 
 _BY_LANGUAGE: dict[str, Callable[[str], str]] = {"en": normalize_en, "zh": normalize_zh, "ja": normalize_ja}
+
+# Full-width letters and digits and half-width katakana (with its punctuation and voiced marks):
+# the Mandarin G2P passes them through as [UNK], and the Japanese one reads ﾞ/ﾟ as [UNK]. Only
+# these width forms go through NFKC: full-width punctuation (，：；！) is what zh/ja expect, and
+# NFKC would turn it into ASCII (`:` and `;` are [UNK] in Mandarin). Runs, so that ｶﾞ composes to ガ.
+_WIDTH_FORMS = re.compile("[\uff10-\uff19\uff21-\uff3a\uff41-\uff5a\uff61-\uff9f]+")
+_KANJI_DIGITS = "〇一二三四五六七八九"
+# 〇 (U+3007) is the ideographic zero; the G2Ps read it as [UNK]. Where it appears, a numeral is
+# written digit by digit (二〇二四年).
+_ZERO_RUN = re.compile(f"[{_KANJI_DIGITS}]*〇[{_KANJI_DIGITS}]*")
+
+
+def _width_forms(text: str) -> str:
+    return _WIDTH_FORMS.sub(lambda m: unicodedata.normalize("NFKC", m.group(0)), text)
+
+
+def _ideographic_zero(text: str, language: str) -> str:
+    if language == "zh":  # Mandarin reads such numerals digit by digit: 二零二四年
+        return text.replace("〇", "零")
+    # Japanese and English: Arabic digits, which OpenJTalk reads as a number (2024年: にせんにじゅうよねん)
+    return _ZERO_RUN.sub(lambda m: "".join(str(_KANJI_DIGITS.index(c)) for c in m.group(0)), text)
 
 
 def normalize_text(text: str, language: str) -> str:
@@ -218,4 +281,4 @@ def normalize_text(text: str, language: str) -> str:
     Returns:
         the text with those notations written out in words of that language.
     """
-    return _BY_LANGUAGE[language](text)
+    return _BY_LANGUAGE[language](_ideographic_zero(_width_forms(text), language))

@@ -15,7 +15,9 @@ Rules: split after sentence-final punctuation (`. ! ? 。！？…` and line bre
 `U.S.` or inside `3.14`), then pack whole sentences greedily up to the budget. A sentence longer
 than the budget is cut at clause punctuation (`, ; : 、，；：` not between digits), then between
 words (spaces; jieba words for Chinese, OpenJTalk words for Japanese). A cut never falls inside
-a word or a number; a single word longer than the budget is kept whole.
+a word or a number, except in a run without spaces that is longer than both the budget and any
+real word (`_LONGEST_WORD`): "9" * 5000 or "x" * 2000 would otherwise reach the model whole, as
+tens of thousands of phoneme ids, so such a run is cut into pieces that fit.
 """
 from __future__ import annotations
 
@@ -25,11 +27,12 @@ from typing import Iterable
 DEFAULT_BUDGET = 170.0  # English-equivalent characters (~12 s of speech)
 _LIMITS = {"en": 170.0, "zh": 55.0, "ja": 80.0}
 _DIGIT_WEIGHT = 2.5
+_LONGEST_WORD = 50.0  # English-equivalent characters; a longer run without spaces is no word
 _ABBREV = re.compile(r"(?:\b(?:mr|mrs|ms|dr|st|jr|sr|prof|capt|col|gen|lt|sgt|rev|hon|maj|co|ltd|inc|"
                      r"vs|etc|esq|ft|no|vol|fig|e\.g|i\.e|a\.m|p\.m)|\b[a-z])\.$", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"[.!?]+[\"'”’)\]]*(?=\s|$)|[。！？!?…]+[」』”’）\"')\]]*|\n+")
 _CLAUSE_END = re.compile(r"(?<!\d)[,;:](?=\s|$)|[,;:](?!\d)|[、，；：—]")
-_KANA = re.compile("[\u3040-\u30ff\uff66-\uff9d]")
+_KANA = re.compile("[\u3040-\u30ff\uff66-\uff9f]")
 
 
 def _weights(language: str, has_kana: bool) -> dict[str, float]:
@@ -43,7 +46,7 @@ def _cost(text: str, w: dict[str, float]) -> float:
         o = ord(ch)
         if 0x4E00 <= o <= 0x9FFF or 0x3400 <= o <= 0x4DBF or 0xF900 <= o <= 0xFAFF:
             total += w["han"]
-        elif 0x3040 <= o <= 0x30FF or 0xFF66 <= o <= 0xFF9D:
+        elif 0x3040 <= o <= 0x30FF or 0xFF66 <= o <= 0xFF9F:
             total += w["kana"]
         elif ch.isdigit():
             total += _DIGIT_WEIGHT
@@ -106,8 +109,25 @@ def _fit(sentence: str, budget: float, w: dict[str, float], language: str) -> li
         if _cost(clause, w) <= budget:
             out.append(clause)
         else:
-            out.extend(_pack(_glue_numbers(_word_pieces(clause, language)), budget, w))
+            words = _glue_numbers(_word_pieces(clause, language))
+            limit = max(budget, _LONGEST_WORD)  # a small budget must not cut real words
+            out.extend(_pack([p for word in words for p in _cut_run(word, limit, w)], budget, w))
     return out
+
+
+def _cut_run(word: str, limit: float, w: dict[str, float]) -> list[str]:
+    """A word costing more than `limit` -> consecutive pieces of at most `limit` each."""
+    if _cost(word, w) <= limit:
+        return [word]
+    pieces, cost = [""], 0.0
+    for ch in word:
+        c = _cost(ch, w)
+        if pieces[-1] and cost + c > limit:
+            pieces.append("")
+            cost = 0.0
+        pieces[-1] += ch
+        cost += c
+    return pieces
 
 
 def _glue_numbers(pieces: list[str]) -> list[str]:
