@@ -156,8 +156,10 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], bool]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmapped)
     except Exception as e:  # UnpicklingError (refused object), RuntimeError (not a torch file), ...
-        raise CheckpointError(f"{path} is not a usable PyTorch checkpoint: {why_unloadable(path, e, 1_482_200_000)}.",
-                              hint=hint) from None
+        from core.store import REGISTRY
+
+        why = why_unloadable(path, e, REGISTRY["vallex"].approx_bytes)
+        raise CheckpointError(f"{path} is not a usable PyTorch checkpoint: {why}.", hint=hint) from None
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
         obj = obj["model"]
     if not isinstance(obj, dict) or not obj:

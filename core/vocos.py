@@ -219,8 +219,10 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
                                 f"Download pytorch_model.bin from {VOCOS_REPO}.") from e
     except Exception as e:  # unpickling refused or a corrupt zip: both mean a bad file
         from core.checkpoint import why_unloadable
+        from core.store import REGISTRY
 
-        raise CheckpointError(f"{path} is not a loadable Vocos checkpoint: {why_unloadable(path, e, 40_400_000)}.",
+        why = why_unloadable(path, e, REGISTRY["vocos"].approx_bytes)
+        raise CheckpointError(f"{path} is not a loadable Vocos checkpoint: {why}.",
                               f"Download pytorch_model.bin from {VOCOS_REPO} again.") from e
     if not isinstance(sd, dict):
         raise CheckpointError(f"{path} does not hold a state dict.",

@@ -139,6 +139,26 @@ def _check_voice(voice: Voice) -> None:
     _validate(arrays, f"voice {voice.name!r}", "Make the voice again from a recording and its transcript.")
 
 
+def _put_new(src: str | Path, dst: Path) -> None:
+    """Give `dst` the contents of `src`, failing with FileExistsError when `dst` exists, even if
+    another process creates it at the same moment (a check-then-write would let both succeed).
+    A hard link does that in one step, and `src` stays; on a file system without hard links (FAT,
+    some network shares) `dst` is claimed as an empty file first, then `src` is moved over it."""
+    try:
+        os.link(src, dst)
+        return
+    except FileExistsError:
+        raise
+    except OSError:  # EPERM / ENOTSUP / ...: no hard links here
+        pass
+    os.close(os.open(dst, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    os.replace(src, dst)
+
+
+def _remove(path: str | Path) -> None:
+    Path(path).unlink(missing_ok=True)
+
+
 def _atomic_write(path: Path, write, overwrite: bool = True) -> None:
     """write(fileobj) into a temp file beside `path`, fsync, then rename over `path`. Without
     `overwrite`, the temp file is hard-linked to `path` instead, which fails (FileExistsError) when
@@ -152,8 +172,8 @@ def _atomic_write(path: Path, write, overwrite: bool = True) -> None:
         if overwrite:
             os.replace(tmp, path)
         else:
-            os.link(tmp, path)
-            os.unlink(tmp)
+            _put_new(tmp, path)
+            _remove(tmp)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -221,7 +241,8 @@ class VoiceLibrary:
         return path if path.is_file() else None
 
     def exists(self, name: str) -> bool:
-        return self._npz(name).is_file() or self._preset(name) is not None
+        with self._folder(f"look for the voice {name!r}"):
+            return self._npz(name).is_file() or self._preset(name) is not None
 
     # -- read
     def _read(self, npz: Path, name: str, preset: bool) -> Voice:
@@ -333,23 +354,26 @@ class VoiceLibrary:
         voice.name = new
         with self._folder(f"rename the voice {old!r}"):
             try:  # claim the new name (fails if taken), then describe it, and only then let go of the old
-                os.link(npz, self._npz(new))
+                _put_new(npz, self._npz(new))
             except FileExistsError:
                 raise self._taken(new) from None
             try:
                 self._write_meta(voice)
-            except BaseException:
-                self._npz(new).unlink()
+            except BaseException:  # undo: the old name keeps its voice
+                if npz.exists():
+                    _remove(self._npz(new))
+                else:
+                    os.replace(self._npz(new), npz)
                 raise
-            npz.unlink()
-            self._meta(old).unlink(missing_ok=True)
+            _remove(npz)
+            _remove(self._meta(old))
         return voice
 
     def delete(self, name: str) -> None:
         npz = self._require_user(name)
         with self._folder(f"delete the voice {name!r}"):
             npz.unlink()
-            self._meta(name).unlink(missing_ok=True)
+            _remove(self._meta(name))
 
     def import_npz(self, path: str | Path, name: str | None = None, transcript: str = "") -> Voice:
         """Copy a reference `.npz` prompt into the library (validated; pickles refused)."""

@@ -254,3 +254,39 @@ def test_two_processes_saving_one_new_name_at_once_one_is_refused(tmp_path):
         assert outs == ["refused", "saved"], outs
         saved = VoiceLibrary(voices, presets_dir=None).load("same")
         assert saved.transcript == str(int(saved.audio_tokens[0, 0]))  # the npz and its metadata agree
+
+
+def test_without_hard_links_a_new_name_is_still_claimed_once(lib, monkeypatch):
+    """FAT drives and some network shares have no hard links: saving and renaming fall back to
+    claiming the name with an exclusive create, and still never write over a voice."""
+    import errno
+
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    lib.save(_voice("alice", seed=1), overwrite=False)
+    with pytest.raises(VoiceError, match="already exists"):
+        lib.save(_voice("alice", seed=2), overwrite=False)
+    lib.save(_voice("bob", seed=3), overwrite=False)
+    with pytest.raises(VoiceError, match="already exists"):
+        lib.rename("alice", "bob")
+    assert lib.rename("alice", "carol").name == "carol"
+    assert sorted(p.name for p in lib.root.iterdir()) == ["bob.json", "bob.npz", "carol.json", "carol.npz"]
+    assert lib.load("carol").audio_tokens.tolist() == _voice(seed=1).audio_tokens.tolist()
+
+
+def test_a_rename_that_fails_midway_leaves_the_old_voice(lib, monkeypatch):
+    import errno
+
+    lib.save(_voice("alice", seed=1))
+    before = sorted(p.name for p in lib.root.iterdir())
+
+    def full(voice):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(lib, "_write_meta", full)
+    with pytest.raises(VoiceError, match=r"Cannot rename the voice 'alice'.*No space left on device"):
+        lib.rename("alice", "zoe")
+    assert sorted(p.name for p in lib.root.iterdir()) == before
+    assert lib.load("alice").transcript == "hello there"
