@@ -442,6 +442,18 @@ def test_a_stop_before_the_first_sentence_exits_130(tiny_models, tmp_path, capsy
     assert not (tmp_path / "x.wav").exists()
 
 
+def test_record_refuses_a_taken_voice_name_before_recording(tmp_path, capsys):
+    """--save-voice never saves over a voice, and says so before the user speaks for nothing."""
+    out = tmp_path / "p.wav"
+    for name, says in [("paimon", "A voice called 'paimon' already exists"),  # a bundled voice
+                       ("a/b", "characters that are not allowed")]:
+        assert cli.main(["record", "--out", str(out), "--save-voice", name, "--voices", str(tmp_path / "v")]) == 2
+        printed = capsys.readouterr()
+        assert says in printed.err and "Traceback" not in printed.err, printed.err
+        assert "Recording" not in printed.out
+    assert not out.exists()
+
+
 def test_download_command_messages(tiny_models, tmp_path, capsys, monkeypatch):
     assert cli.main(["download", "--models", str(tiny_models)]) == 0
     assert "already there" in capsys.readouterr().out
