@@ -188,7 +188,9 @@ def test_width_forms_keep_cjk_punctuation():
     ("5G and 4G", "en", "five G and four G"),  # was "five grams"
     ("5 g of salt, 2L", "en", "five grams of salt, two liters"),
     ("MP3 A4 F1 Q3", "en", "MP three A four F one Q three"),  # was "MPthree"
-    ("at 3pm", "en", "at three pee em"), ("COVID-19", "en", "COVID nineteen"),
+    ("at 3pm", "en", "at three pee em"), ("Meet at 3 p.m.", "en", "Meet at three pee em."),
+    ("at 10 a.m. sharp", "en", "at ten ay em sharp"), ("at 3:30 pm.", "en", "at three thirty pee em."),
+    ("COVID-19", "en", "COVID nineteen"),
     ("5G网络", "zh", "5G网络"), ("5g盐", "zh", "5克盐"), ("5Gネットワーク", "ja", "5Gネットワーク"),
 ])
 def test_normalize_plurals_letters_and_units(text, language, expect):

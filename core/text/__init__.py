@@ -129,7 +129,8 @@ def _tagged_text(text: str, language: str) -> tuple[str, str]:
         if found in ({"en"}, {"ja"}):
             # The letters already say which language: langid guesses zh or ja for short Latin text
             # with symbols ("Love you ❤️", "ok 👍"), which would then be spelled letter by letter.
-            return mix.tag([(found.pop(), text)]), runs[0][0]
+            lang = found.pop()
+            return mix.tag([(lang, text)]), lang
     detected = mix.langid_detect(text)
     return mix.tag([(detected, text)]), detected
 

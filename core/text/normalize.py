@@ -97,9 +97,15 @@ def _time_en(m: re.Match) -> str:
                           "" if mins == 0 else f" oh {_words_en(mins)}" if mins < 10 else f" {_words_en(mins)}")
     if m.group(3):
         out += f" and {_words_en(int(m.group(3)))} seconds"
-    if m.group(4):
-        out += " ay em" if m.group(4).lower() == "a" else " pee em"
-    return out
+    return out + (_meridiem(m, m.group(4)) if m.group(4) else "")
+
+
+def _meridiem(m: re.Match, letter: str) -> str:
+    """" ay em" / " pee em" for a matched "a.m." / "pm"; a final "p.m." also ended the sentence,
+    so its full stop stays (it is a pause for the model)."""
+    words = " ay em" if letter.lower() == "a" else " pee em"
+    ends = m.group(0).endswith(".") and not m.string[m.end():].strip(" \t\"'”’)]")
+    return words + ("." if ends else "")
 
 
 def _money_en(m: re.Match) -> str:
@@ -162,8 +168,7 @@ def normalize_en(text: str) -> str:
     text = _ISO_DATE.sub(lambda m: _date_en(m.group(1), m.group(2), m.group(3)), text)
     text = _US_DATE.sub(lambda m: _date_en(m.group(3), m.group(1), m.group(2)), text)
     text = _TIME.sub(_time_en, text)
-    text = _HOUR_AMPM.sub(lambda m: _words_en(int(m.group(1))) + (" ay em" if m.group(2) in "aA" else " pee em"),
-                          text)
+    text = _HOUR_AMPM.sub(lambda m: _words_en(int(m.group(1))) + _meridiem(m, m.group(2)), text)
     text = _LETTER_HYPHEN_DIGIT.sub(" ", text)
     text = _DECADE.sub(_decade_en, text)
     text = _PLURAL_NUMBER.sub(lambda m: _plural_en(_cardinal_en(m.group(1))), text)
