@@ -21,13 +21,12 @@ import logging
 import threading
 from typing import Literal
 
-import anyio.to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from app.gate import Gate
+from app.gate import Gate, each_in_thread
 from core.errors import BusyError, CheckpointError, DownloadError, ModelMissingError, StudioError
 
 log = logging.getLogger("vallex.api")
@@ -193,7 +192,7 @@ async def _until_gone(chunks, gone: threading.Event):
     Starlette's iterate_in_threadpool would: that is a whole batch of sentences) and `gone`
     stops its take at the engine's next step."""
     try:
-        while (chunk := await anyio.to_thread.run_sync(next, chunks, None, abandon_on_cancel=True)) is not None:
+        async for chunk in each_in_thread(chunks):
             yield chunk
     except (asyncio.CancelledError, GeneratorExit):  # cancelled, or closed before its end
         log.info("the client of a streamed speech request went away: stopping its take")

@@ -7,8 +7,10 @@ get a `BusyError` (HTTP 429) at once instead of piling up threads.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+
+import anyio.to_thread
 
 from core.errors import BusyError
 
@@ -47,3 +49,19 @@ class Gate:
             yield
         finally:
             self._lock.release()
+
+
+_DONE = object()
+
+
+async def in_thread(fn, *args):
+    """fn(*args) in a worker thread, abandoned at a cancel: the awaiting task ends at once, the
+    thread at its engine's next step (which its stop flag, set by the caller, asks for). The
+    default would hold the cancel until the thread is done: a whole batch of sentences."""
+    return await anyio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
+
+
+async def each_in_thread(items: Iterator) -> AsyncIterator:
+    """A sync iterator's items, each made by `in_thread`."""
+    while (item := await in_thread(next, items, _DONE)) is not _DONE:
+        yield item

@@ -17,12 +17,11 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
 import gradio as gr
 import numpy as np
 
 from app import format as fmt
-from app.gate import Gate
+from app.gate import Gate, each_in_thread, in_thread
 from app.inputs import make_options, parse_seed, require_audio, same_audio, user_errors, write_temp
 from core.errors import Stopped, StudioError
 
@@ -72,9 +71,6 @@ class TakeControl:
             self.running = self.stop = False
 
 
-_DONE = object()
-
-
 def stop_when_cancelled(handler):
     """`handler` (a take's: its arguments carry a TakeControl) as Gradio should run it so that a
     cancelled event stops the engine. Gradio cancels an event (gradio_client's `job.cancel()`) by
@@ -91,16 +87,12 @@ def stop_when_cancelled(handler):
             log.info("%s was cancelled by its caller: stopping it", handler.__name__)
             control.stop = True
 
-    async def in_thread(fn, *args):
-        # abandon_on_cancel: the await ends at the cancel; the thread ends at the engine's next step
-        return await anyio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
-
     if inspect.isgeneratorfunction(handler):
         @functools.wraps(handler)
         async def steps(*args, **kwargs):
             control, made, finished = control_of(args, kwargs), handler(*args, **kwargs), False
             try:
-                while (item := await in_thread(next, made, _DONE)) is not _DONE:
+                async for item in each_in_thread(made):
                     yield item
                 finished = True
             finally:
