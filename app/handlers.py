@@ -142,7 +142,9 @@ class Handlers:
             return f"### ⚠️ {e.user_message()}"
         damaged = self.studio.status().get("load_errors") or []
         if damaged:  # on disk, but a file could not be loaded: every take would fail until it is replaced
-            notice = "\n\n".join(["### ⚠️ Model weights damaged", *damaged] + ([notice] if notice else []))
+            notice = "\n\n".join(["### ⚠️ Model weights damaged", *damaged,
+                                    "(From the last try to load them: the next take tries again.)"]
+                                   + ([notice] if notice else []))
         return notice
 
     # --- clone & speak ----------------------------------------------------------------------
