@@ -92,7 +92,7 @@ def _synth_args(sp: argparse._SubParsersAction) -> None:
                       formatter_class=_Help)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--text-file", metavar="FILE", help="one utterance per non-empty line")
-    src.add_argument("--in-dir", metavar="DIR", help="folder of .txt files, one utterance each")
+    src.add_argument("--in-dir", metavar="DIR", help="folder of .txt files (any case), one utterance each")
     p.add_argument("--out-dir", metavar="DIR", required=True, help="where audio files go")
     _voice_args(p)
     p.add_argument("--format", choices=FORMATS, default="wav", help="output audio format")

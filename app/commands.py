@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import logging
 import os
 import re
@@ -33,6 +34,16 @@ class Job:
 
 
 @dataclass
+class Batch:
+    """What a batch's inputs hold: the jobs, and the inputs left out (with why), so the summary can
+    name them instead of one bad file stopping the rest or an empty one vanishing."""
+
+    jobs: list[Job]
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)  # (input, the user message)
+    empty: list[Path] = field(default_factory=list)
+
+
+@dataclass
 class Summary:
     done: int = 0
     skipped: int = 0
@@ -40,37 +51,71 @@ class Summary:
     seconds: float = 0.0
 
 
-def batch_jobs(args: argparse.Namespace) -> list[Job]:
-    """--text-file: line N -> NNNN.<fmt>; --in-dir: name.txt -> name.<fmt>."""
+def batch_jobs(args: argparse.Namespace) -> Batch:
+    """--text-file: line N -> NNNN.<fmt>; --in-dir: name.txt (any case) -> name.<fmt>."""
     out_dir = Path(args.out_dir)
     if args.text_file:
         path = Path(args.text_file)
         if not path.is_file():
             raise StudioError(f"No text file at {path}.", "Give --text-file an existing file.")
-        lines = [ln.strip() for ln in _read_text(path).splitlines()]
+        lines = [ln.strip() for ln in read_text(path).splitlines()]
         width = max(4, len(str(len(lines))))
         jobs = [Job(t, out_dir / f"{i:0{width}d}.{args.format}") for i, t in enumerate(lines, 1) if t]
         if not jobs:
             raise StudioError(f"{path} has no text.", "Put one utterance per line.")
-        return jobs
+        return Batch(jobs)
     folder = Path(args.in_dir)
     if not folder.is_dir():
         raise StudioError(f"No folder at {folder}.", "Give --in-dir a folder of .txt files.")
-    jobs = [Job(_read_text(p).strip(), out_dir / f"{p.stem}.{args.format}") for p in sorted(folder.glob("*.txt"))]
-    jobs = [j for j in jobs if j.text]
-    if not jobs:
-        raise StudioError(f"No non-empty .txt files in {folder}.", "Put one utterance per .txt file.")
-    return jobs
+    # Hidden files are left out: "._a.txt" is macOS's binary sidecar on USB drives, ".~a.txt" an
+    # editor's lock file; neither is an utterance.
+    inputs = sorted(p for p in folder.iterdir()
+                    if p.suffix.lower() == ".txt" and not p.name.startswith(".") and p.is_file())
+    batch = Batch([])
+    owner: dict[str, Path] = {}
+    for p in inputs:
+        out = out_dir / f"{p.stem}.{args.format}"
+        if out.name in owner:  # a.txt and a.TXT on a case-sensitive disk: one would overwrite the other
+            raise StudioError(f"{owner[out.name].name} and {p.name} would both be saved as {out.name}.",
+                              "Rename one of them.")
+        owner[out.name] = p
+        try:
+            text = read_text(p).strip()
+        except StudioError as e:
+            batch.unreadable.append((p, e.user_message()))
+            continue
+        if text:
+            batch.jobs.append(Job(text, out))
+        else:
+            batch.empty.append(p)
+    if not batch.jobs:
+        why = "; ".join(msg for _, msg in batch.unreadable[:3])
+        raise StudioError(f"No .txt file in {folder} has text to speak" + (f" ({why})." if why else "."),
+                          "Put one utterance per UTF-8 .txt file.")
+    return batch
 
 
-def _read_text(path: Path) -> str:
+_BOMS = [(codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),  # before UTF-16: FF FE 00 00
+         (codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")]
+
+
+def read_text(path: Path) -> str:
+    """A text input as str: UTF-8, or any UTF with a byte-order mark (Windows' Notepad saves
+    "Unicode" as UTF-16 with one). Anything else is refused with the reason, never guessed: a wrong
+    guess (GBK read as Latin-1, say) would be spoken as gibberish."""
     try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise TextError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason}).",
-                        "Save it as UTF-8 plain text.") from None
+        data = path.read_bytes()
     except OSError as e:
         raise StudioError(f"Cannot read {path}: {e.strerror or e}.", "Check the path and its permissions.") from None
+    encoding = next((enc for bom, enc in _BOMS if data.startswith(bom)), "utf-8")
+    if encoding == "utf-8" and b"\0" in data[:8192]:
+        raise TextError(f"{path} is not a text file (it holds binary data).",
+                        "Give plain text files saved as UTF-8.")
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as e:
+        raise TextError(f"{path} is not {encoding.upper().removesuffix('-SIG')} text (byte {e.start}: {e.reason}).",
+                        "Save it as UTF-8 plain text (most editors: Save as, Encoding: UTF-8).") from None
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -152,7 +197,8 @@ def voice_from(args: argparse.Namespace, studio):
 def synth(args: argparse.Namespace) -> int:
     from app.cli import make_studio
 
-    jobs = batch_jobs(args)
+    batch = batch_jobs(args)
+    jobs = batch.jobs
     out_dir = Path(args.out_dir)
     try:  # before any model loads: a wrong --out-dir is known at once
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -164,7 +210,9 @@ def synth(args: argparse.Namespace) -> int:
     if remove_stale_parts(out_dir, {j.out.name for j in jobs}):
         log.info("removed the temp files an interrupted run left in %s", out_dir)
     todo = [j for j in jobs if args.overwrite or not j.out.exists()]
-    summary = Summary(skipped=len(jobs) - len(todo))
+    summary = Summary(skipped=len(jobs) - len(todo), failed=list(batch.unreadable))
+    for path, msg in batch.unreadable:
+        log.error("%s", msg)
     if summary.skipped:
         log.info("resuming: %d of %d outputs already exist (use --overwrite to redo them)",
                  summary.skipped, len(jobs))
@@ -180,9 +228,12 @@ def synth(args: argparse.Namespace) -> int:
         return 130
     took = time.perf_counter() - start
     print(f"synth: {summary.done} made ({summary.seconds:.1f} s of audio in {took:.1f} s), "
-          f"{summary.skipped} already done, {len(summary.failed)} failed -> {args.out_dir}")
+          f"{summary.skipped} already done, {len(summary.failed)} failed"
+          + (f", {len(batch.empty)} empty" if batch.empty else "") + f" -> {args.out_dir}")
     for out, msg in summary.failed:
         print(f"  failed {out.name}: {msg}")
+    for path in batch.empty:
+        print(f"  empty {path.name}: nothing to say, no file made")
     return 1 if summary.failed else 0
 
 

@@ -2,6 +2,7 @@
 sound card, download, and the launch options reaching Gradio (share offline, auth, API key)."""
 from __future__ import annotations
 
+import codecs
 import os
 import socket
 import subprocess
@@ -107,7 +108,7 @@ def test_batch_jobs_from_file_and_folder(tmp_path):
     text = tmp_path / "lines.txt"
     text.write_text("First line.\n\nSecond line.\n")
     args = cli.build_parser().parse_args(["synth", "--text-file", str(text), "--out-dir", str(tmp_path / "o")])
-    jobs = commands.batch_jobs(args)
+    jobs = commands.batch_jobs(args).jobs
     assert [(j.text, j.out.name) for j in jobs] == [("First line.", "0001.wav"), ("Second line.", "0003.wav")]
     d = tmp_path / "texts"
     d.mkdir()
@@ -115,7 +116,34 @@ def test_batch_jobs_from_file_and_folder(tmp_path):
     (d / "a.txt").write_text("Ay.")
     (d / "empty.txt").write_text("  ")
     args = cli.build_parser().parse_args(["synth", "--in-dir", str(d), "--out-dir", "o", "--format", "flac"])
-    assert [(j.text, j.out.name) for j in commands.batch_jobs(args)] == [("Ay.", "a.flac"), ("Bee.", "b.flac")]
+    batch = commands.batch_jobs(args)
+    assert [(j.text, j.out.name) for j in batch.jobs] == [("Ay.", "a.flac"), ("Bee.", "b.flac")]
+    assert [p.name for p in batch.empty] == ["empty.txt"] and not batch.unreadable
+
+
+def test_in_dir_reads_any_case_and_any_utf_and_names_what_it_cannot_read(tmp_path):
+    """One bad file in a folder is named and left out, never the end of the batch; Notepad's UTF-16
+    and a UTF-8 BOM are read; .TXT counts; macOS's "._" sidecars are not inputs."""
+    d = tmp_path / "texts"
+    d.mkdir()
+    (d / "a.TXT").write_text("Upper case.")
+    (d / "b.txt").write_bytes("Hello, 世界.".encode("utf-16"))
+    (d / "c.txt").write_bytes(codecs.BOM_UTF8 + "With a BOM.".encode())
+    (d / "d.txt").write_bytes("你好，世界。".encode("gbk"))
+    (d / "e.txt").write_bytes(b"PK\x03\x04\x00\x00binary")
+    (d / "._a.txt").write_bytes(b"\x00\x05\x16\x07")
+    (d / "f.txt").mkdir()
+    args = cli.build_parser().parse_args(["synth", "--in-dir", str(d), "--out-dir", str(tmp_path / "o")])
+    batch = commands.batch_jobs(args)
+    assert [(j.text, j.out.name) for j in batch.jobs] == [
+        ("Upper case.", "a.wav"), ("Hello, 世界.", "b.wav"), ("With a BOM.", "c.wav")]
+    assert [p.name for p, _ in batch.unreadable] == ["d.txt", "e.txt"]
+    assert "d.txt is not UTF-8 text" in batch.unreadable[0][1] and "Save it as UTF-8" in batch.unreadable[0][1]
+    assert "e.txt is not a text file" in batch.unreadable[1][1]
+    (d / "a.txt").write_text("Clash.")
+    if len(list(d.iterdir())) == 8:  # a case-sensitive disk: a.txt is a second file beside a.TXT
+        with pytest.raises(StudioError, match="a.TXT and a.txt would both be saved as a.wav"):
+            commands.batch_jobs(args)
 
 
 def test_unreadable_or_empty_text_inputs_are_refused_with_the_reason(tmp_path):
@@ -128,9 +156,9 @@ def test_unreadable_or_empty_text_inputs_are_refused_with_the_reason(tmp_path):
     folder = tmp_path / "texts"
     folder.mkdir()
     (folder / "a.txt").write_bytes(b"\xc0\xff")
-    for argv, want in [(["--text-file", str(binary)], "lines.txt is not UTF-8 text"),
+    for argv, want in [(["--text-file", str(binary)], "lines.txt is not a text file"),
                        (["--text-file", str(empty)], "empty.txt has no text"),
-                       (["--in-dir", str(folder)], "a.txt is not UTF-8 text")]:
+                       (["--in-dir", str(folder)], "No .txt file in .* has text to speak .*a.txt is not UTF-8")]:
         args = cli.build_parser().parse_args(["synth", *argv, "--out-dir", str(tmp_path / "o")])
         with pytest.raises(StudioError, match=want):
             commands.batch_jobs(args)
@@ -315,6 +343,21 @@ def test_synth_batch_resumes_and_summarises(tiny_models, tmp_path, capsys):
     assert "1 made" in summary and "1 already done" in summary
     assert made[0].read_bytes() == first  # untouched
     assert not list(out.glob(".*.part"))  # no temp files left
+
+
+def test_synth_in_dir_makes_the_readable_files_and_names_the_rest(tiny_models, tmp_path, capsys):
+    d = tmp_path / "texts"
+    d.mkdir()
+    (d / "good.txt").write_text("A line to say.")
+    (d / "gbk.txt").write_bytes("你好，世界。".encode("gbk"))
+    (d / "blank.txt").write_text("\n")
+    argv = ["synth", "--in-dir", str(d), "--out-dir", str(tmp_path / "out"), "--models", str(tiny_models),
+            "--voices", str(tmp_path / "voices"), "--offline", "--seed", "1"]
+    assert cli.main(argv) == 1  # something was not made: the exit status says so
+    out = capsys.readouterr().out
+    assert "1 made" in out and "1 failed, 1 empty" in out
+    assert "failed gbk.txt:" in out and "gbk.txt is not UTF-8 text" in out and "empty blank.txt" in out
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["good.wav"]
 
 
 def test_say_reports_the_take_its_warnings_and_the_seed_that_remakes_it(tiny_models, tmp_path, capsys):
