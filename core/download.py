@@ -16,6 +16,7 @@ raised; one that passes is renamed into the cache atomically.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -110,6 +111,9 @@ def download_file(spec: ModelSpec, f: ModelFile, endpoint: str | None, progress:
             except DownloadError:
                 raise
             except Exception as e:  # network errors: httpx2 / OSError / HfHubHTTPError subclasses
+                if (local := _local_problem(e)) is not None:
+                    raise DownloadError(f"Cannot save {spec.repo}/{f.filename} in the model cache {storage}: "
+                                        f"{local[0]}.", local[1]) from e
                 if _is_permanent(e):
                     raise DownloadError(f"Cannot download {spec.repo}/{f.filename}: {type(e).__name__}: {e}",
                                         "Check the repo name and HF_ENDPOINT.") from e
@@ -321,12 +325,36 @@ class _Bar:
             self.tqdm.close()
 
 
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+_NOT_WRITABLE = {errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP}
+
+
+def _local_problem(e: Exception) -> tuple[str, str] | None:
+    """(what, what to do) when `e` is this machine's disk refusing the download rather than the
+    network failing: retrying cannot help, and "check the network" would send the user the wrong way.
+    Permission errors count only with a file name: a socket's EACCES (a firewall) has none."""
+    if not isinstance(e, OSError) or e.errno is None:
+        return None
+    where = f" ({e.filename})" if e.filename else ""
+    if e.errno in _DISK_FULL:
+        return (f"the disk is full{where}",
+                "Free some space, or point HF_HUB_CACHE (or HF_HOME) at a bigger disk, and run it again.")
+    if e.errno in _NOT_WRITABLE or (e.errno in (errno.EACCES, errno.EPERM) and e.filename):
+        return (f"{e.strerror or e}{where}",
+                "Point HF_HUB_CACHE (or HF_HOME) at a folder you can write to, and run it again.")
+    return None
+
+
 def _is_permanent(e: Exception) -> bool:
     """Errors that a retry cannot fix: no such repo/revision/file, gated, other 4xx."""
     from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError,
                                         RepositoryNotFoundError, RevisionNotFoundError)
 
     if isinstance(e, (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError, GatedRepoError)):
+        return True
+    # A URL the client cannot use. By name: huggingface_hub's client is httpx2 in 2.x and httpx
+    # before, and the two packages have their own classes.
+    if type(e).__name__ in ("UnsupportedProtocol", "InvalidURL", "LocalProtocolError"):
         return True
     status = getattr(getattr(e, "response", None), "status_code", None)
     return (isinstance(e, HfHubHTTPError) and status is not None and 400 <= status < 500

@@ -288,7 +288,7 @@ def download_model(name: str, models_dir: str | Path | None = None, *, progress:
         if cached:
             return cached
         raise missing_error([m for m in missing_models(models_dir) if m.name == name], True, models_dir)
-    endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None
+    endpoint = _checked_endpoint(endpoint)
     total = sum(f.approx_bytes for f in spec.files)
     done, folder = 0, None
     for f in spec.files:
@@ -300,6 +300,28 @@ def download_model(name: str, models_dir: str | Path | None = None, *, progress:
     if progress:
         progress(1.0, f"{spec.title}: done")
     return _result_path(spec, folder)
+
+
+def _checked_endpoint(endpoint: str | None) -> str | None:
+    """`endpoint`, else env HF_ENDPOINT, else None (huggingface.co); a value that is not an http(s)
+    address with a host is refused now, since each try would fail the same way ("hf-mirror.com"
+    without https:// is the usual slip)."""
+    from urllib.parse import urlsplit
+
+    name = "The hub address (endpoint)" if endpoint else "HF_ENDPOINT"
+    endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or "").strip() or None
+    if endpoint is None:
+        return None
+    try:
+        url = urlsplit(endpoint)
+        ok = url.scheme in ("http", "https") and bool(url.hostname)
+    except ValueError:  # e.g. a bad port or an unclosed [ of an IPv6 host
+        ok = False
+    if not ok:
+        guess = f"https://{endpoint.split('://')[-1].strip('/')}" if "." in endpoint else "https://hf-mirror.com"
+        raise DownloadError(f"{name} {endpoint!r} is not a web address: it needs http:// or https:// and a host.",
+                            f"Set it to, say, {guess} (or unset HF_ENDPOINT to use huggingface.co).")
+    return endpoint.rstrip("/")
 
 
 def _human(n: int) -> str:

@@ -360,3 +360,34 @@ def test_local_folder_override(tiny_models, monkeypatch, tmp_path):
     assert store.missing_models(tiny_models) == []
     monkeypatch.setenv("VALLEX_MODELS", str(tiny_models))
     assert store.resolve_models(offline=True) == paths
+
+
+def test_a_hub_address_without_a_scheme_is_refused_at_once(hub, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", "hf-mirror.com")
+    with pytest.raises(DownloadError, match="HF_ENDPOINT 'hf-mirror.com' is not a web address") as e:
+        store.download_model("vocos", attempts=3)
+    assert "https://hf-mirror.com" in e.value.user_message()
+    assert hub["log"] == []  # nothing was tried, let alone three times
+    with pytest.raises(DownloadError, match="endpoint"):
+        store.download_model("vocos", endpoint="http://", attempts=3)
+
+
+def test_a_cache_that_cannot_be_written_is_named_not_retried_as_a_network_error(hub, tmp_path, monkeypatch):
+    import errno
+
+    from core import download
+
+    _add(hub, "vocos")
+    (tmp_path / "afile").write_text("in the way")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "afile" / "cache"))
+    slept = []
+    monkeypatch.setattr(download.time, "sleep", slept.append)
+    with pytest.raises(DownloadError, match="Cannot save .* in the model cache") as e:
+        store.download_model("vocos", attempts=3)
+    assert "HF_HUB_CACHE" in e.value.user_message() and "network" not in e.value.user_message()
+    assert slept == []  # no retries
+    # a full disk and a permission error on a file are the disk's; a socket's EACCES is the network's
+    assert "disk is full" in download._local_problem(OSError(errno.ENOSPC, "No space left on device"))[0]
+    assert download._local_problem(PermissionError(errno.EACCES, "Permission denied", "/c/x.part"))
+    assert download._local_problem(PermissionError(errno.EACCES, "Permission denied")) is None
+    assert download._local_problem(ConnectionResetError(errno.ECONNRESET, "reset")) is None
