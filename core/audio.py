@@ -276,9 +276,20 @@ def load_audio(src, *, sample_rate: int | None = None, max_seconds: float = MAX_
 
 
 def to_mono(x: np.ndarray) -> np.ndarray:
-    """[N] or [N, C] -> float32 [N] (channel mean, as the reference prompt path)."""
+    """[N] or [N, C] -> float32 [N]: the channel mean, as the reference prompt path. Where the
+    channels cancel out (one wired in opposite phase) the mean would be near silence, so the
+    loudest channel is taken instead, with a warning."""
     x = np.asarray(x, dtype=np.float32)
-    return x.mean(axis=1, dtype=np.float32) if x.ndim == 2 else x
+    if x.ndim != 2:
+        return x
+    mono = x.mean(axis=1, dtype=np.float32)
+    if x.shape[1] > 1 and mono.size:
+        power = np.einsum("nc,nc->c", x, x, dtype=np.float64)  # per channel, without a squared copy
+        if float(mono @ mono) < 0.01 * float(power.max()):
+            log.warning("the channels cancel out (one is in opposite phase): using channel %d alone",
+                        int(power.argmax()) + 1)
+            return np.ascontiguousarray(x[:, int(power.argmax())])
+    return mono
 
 
 def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:

@@ -187,24 +187,28 @@ class Telephone:
         return np.asarray(out, dtype=np.float32)
 
 
-def _stft(wav: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
+_BLOCK = 2048  # STFT frames at a time: ~16 MB of complex spectra at n_fft 1024, whatever the length
+
+
+def _resynth(wav: np.ndarray, n_fft: int, hop: int, change) -> np.ndarray:
+    """Short-time Fourier transform of `wav` (Hann window, `hop` apart), each block of frames'
+    spectra [frames, n_fft // 2 + 1] replaced by `change(spectra)`, and overlap-added back to
+    `wav`'s length. Block by block: the whole of a 10-minute 96 kHz clip at once was ~9 GB of
+    complex spectra."""
     win = np.hanning(n_fft + 1)[:-1].astype(np.float32)
     pad = np.concatenate([np.zeros(n_fft, np.float32), wav, np.zeros(n_fft, np.float32)])
     n_frames = 1 + (pad.size - n_fft) // hop
-    idx = np.arange(n_fft)[None, :] + hop * np.arange(n_frames)[:, None]
-    return np.fft.rfft(pad[idx] * win, axis=1)  # [frames, n_fft//2+1]
-
-
-def _istft(spec: np.ndarray, n_fft: int, hop: int, length: int) -> np.ndarray:
-    win = np.hanning(n_fft + 1)[:-1]
-    frames = np.fft.irfft(spec, n=n_fft, axis=1) * win
-    total = hop * (frames.shape[0] - 1) + n_fft
-    out, norm = np.zeros(total), np.zeros(total)
-    for i, frame in enumerate(frames):
-        out[i * hop:i * hop + n_fft] += frame
-        norm[i * hop:i * hop + n_fft] += win ** 2
+    total = hop * (n_frames - 1) + n_fft
+    out, norm = np.zeros(total, np.float32), np.zeros(total, np.float32)
+    for first in range(0, n_frames, _BLOCK):
+        starts = hop * np.arange(first, min(n_frames, first + _BLOCK))
+        spec = np.fft.rfft(pad[np.arange(n_fft)[None, :] + starts[:, None]] * win, axis=1)
+        frames = np.fft.irfft(change(spec), n=n_fft, axis=1) * win
+        for at, frame in zip(starts, frames):
+            out[at:at + n_fft] += frame
+            norm[at:at + n_fft] += win ** 2
     out /= np.maximum(norm, 1e-8)
-    return out[n_fft:n_fft + length].astype(np.float32)
+    return out[n_fft:n_fft + wav.size]
 
 
 def _rms(x: np.ndarray) -> float:
@@ -223,15 +227,18 @@ class Whisper:
         if wav.size == 0:
             return wav
         n_fft, hop = 1024, 256
-        spec = _stft(wav, n_fft, hop)
-        power = np.abs(spec) ** 2
         # ~300 Hz moving average over frequency: removes the harmonic comb (the pitch), keeps the
         # formant envelope
         width = max(3, int(300.0 / (sr / n_fft)) | 1)
         kernel = np.ones(width) / width
-        env = np.sqrt(np.apply_along_axis(lambda r: np.convolve(r, kernel, mode="same"), 1, power))
-        phase = np.random.default_rng(self.seed).uniform(-np.pi, np.pi, size=spec.shape)
-        noisy = _istft(env * np.exp(1j * phase), n_fft, hop, wav.size)
+        rng = np.random.default_rng(self.seed)
+
+        def whispered(spec):
+            power = np.abs(spec) ** 2
+            env = np.sqrt(np.apply_along_axis(lambda r: np.convolve(r, kernel, mode="same"), 1, power))
+            return env * np.exp(1j * rng.uniform(-np.pi, np.pi, size=spec.shape))
+
+        noisy = _resynth(wav, n_fft, hop, whispered)
         noisy *= _rms(wav) / max(_rms(noisy), 1e-9)
         mix = 0.5 + 0.5 * float(np.clip(self.amount, 0.0, 1.0))
         return ((1.0 - mix) * wav + mix * 0.8 * noisy).astype(np.float32)
@@ -250,10 +257,9 @@ class Robot:
             return wav
         hop = int(round(sr / self.buzz_hz))
         n_fft = 4 * hop
-        mag = np.abs(_stft(wav, n_fft, hop))
         # zero phase then a half-window circular shift: each frame becomes one centred pulse
-        shift = np.exp(-1j * np.pi * np.arange(mag.shape[1]))
-        robot = _istft(mag * shift, n_fft, hop, wav.size)
+        shift = np.exp(-1j * np.pi * np.arange(n_fft // 2 + 1))
+        robot = _resynth(wav, n_fft, hop, lambda spec: np.abs(spec) * shift)
         robot *= _rms(wav) / max(_rms(robot), 1e-9)
         mix = 0.5 + 0.5 * float(np.clip(self.amount, 0.0, 1.0))
         return ((1.0 - mix) * wav + mix * robot).astype(np.float32)

@@ -157,8 +157,9 @@ def _as_mono(wav, name: str = "the prompt") -> np.ndarray:
     if x.dtype.kind in "iu":
         raise AudioError(f"{name} has integer samples.",
                          "Load it with core.audio.load_mono (float32 in [-1, 1]).")
-    x = x.astype(np.float32, copy=False)
-    x = x.mean(axis=1, dtype=np.float32) if x.ndim == 2 else x
+    from core.audio import to_mono  # here: core.audio imports this module
+
+    x = to_mono(x)
     if x.ndim != 1 or x.size == 0:
         raise AudioError(f"{name} is empty or has shape {x.shape}.",
                          "Record or upload a few seconds of speech.")
@@ -186,6 +187,15 @@ def _advice(speech_s: float, level_db: float, clip: float, snr_db: float,
     return out
 
 
+def _without_dc(x: np.ndarray, sr: int) -> np.ndarray:
+    """`x` through a 40 Hz high-pass: a DC offset (a cheap sound card's) or a slow drift is power
+    the VAD and the noise floor would take for sound, turning quiet speech into "noise"."""
+    import pedalboard
+
+    out = pedalboard.HighpassFilter(cutoff_frequency_hz=40.0)(x[None, :], float(sr))[0]
+    return np.asarray(out, dtype=np.float32)
+
+
 def check_prompt(wav, sr: int, limits: PromptLimits = PromptLimits()) -> PromptReport:
     """Check a prompt recording and choose the best 3-10 s of speech in it.
 
@@ -194,11 +204,12 @@ def check_prompt(wav, sr: int, limits: PromptLimits = PromptLimits()) -> PromptR
     """
     x = _as_mono(wav)
     duration = len(x) / sr
-    peak = float(np.abs(x).max())
+    heard = _without_dc(x, sr)  # what is measured; the prompt itself keeps its samples
+    peak = float(np.abs(heard).max())
     if _db(peak**2) < SILENCE_DB:
         raise AudioError(f"the recording is silent (peak {_db(peak ** 2):.0f} dBFS).",
                          "Check that the microphone is not muted and record again.")
-    x16 = soxr.resample(x, sr, VAD_RATE, quality="HQ") if sr != VAD_RATE else x
+    x16 = soxr.resample(heard, sr, VAD_RATE, quality="HQ") if sr != VAD_RATE else heard
     power = frame_power(x16)
     flags = speech_frames(x16, power, limits.vad_mode)
     segments = speech_segments(flags, limits)

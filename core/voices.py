@@ -21,6 +21,7 @@ import logging
 import os
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -85,7 +86,9 @@ def check_name(name: object) -> str:
 
 def read_npz(path: str | Path) -> tuple[np.ndarray, list[int], str]:
     """Read and validate a reference prompt file -> (audio_tokens int64 [T, 8], text_ids, language).
-    Raises VoiceError for pickled, malformed or out-of-range files."""
+    Raises VoiceError for pickled, damaged, malformed or out-of-range files: each array's header is
+    read first, so a file cut short or one whose header claims a huge array is refused before
+    anything is allocated."""
     path = Path(path)
     hint = "Use a .npz voice file saved by this studio or by VALL-E X (make_prompt)."
     try:
@@ -93,20 +96,46 @@ def read_npz(path: str | Path) -> tuple[np.ndarray, list[int], str]:
             magic = fh.read(4)
         if magic != b"PK\x03\x04":  # np.load would try to unpickle anything that is not npy/npz
             raise VoiceError(f"{path.name} is not a readable .npz file (it is not a zip archive).", hint)
-        with np.load(path, allow_pickle=False) as data:
-            missing = [k for k in NPZ_KEYS if k not in data.files]
-            if missing:
-                raise VoiceError(f"{path.name} is missing {', '.join(missing)}.", hint)
-            arrays = {k: data[k] for k in NPZ_KEYS}
+        with zipfile.ZipFile(path) as z:
+            arrays = {key: _read_member(z, key, path.name, hint) for key in NPZ_KEYS}
     except VoiceError:
         raise
     except FileNotFoundError:
         raise VoiceError(f"Voice file {path} does not exist.", hint) from None
-    except ValueError as e:  # object arrays need pickle: refused
-        raise VoiceError(f"{path.name} holds pickled data, which is refused for safety ({e}).", hint) from None
-    except (OSError, zipfile.BadZipFile, EOFError, KeyError) as e:
-        raise VoiceError(f"{path.name} is not a readable .npz file ({type(e).__name__}: {e}).", hint) from None
+    except IsADirectoryError:
+        raise VoiceError(f"{path} is a folder, not a voice file.", hint) from None
+    except (OSError, zipfile.BadZipFile, zlib.error, EOFError, ValueError, MemoryError) as e:
+        raise VoiceError(f"{path.name} is damaged ({type(e).__name__}: {e}).", hint) from None
     return _validate(arrays, path.name, hint)
+
+
+# An array's bytes, at most: the audio tokens of MAX_FRAMES frames (int64), with room to spare.
+_MAX_ARRAY_BYTES = MAX_FRAMES * N_CODEBOOKS * 8 * 2
+
+
+def _read_member(z: zipfile.ZipFile, key: str, fname: str, hint: str) -> np.ndarray:
+    """One array of the archive, its header checked before its data is read: an object array
+    (pickle) is refused, and so is a size the member cannot hold or no voice needs."""
+    from numpy.lib import format as npy
+
+    try:
+        info = z.getinfo(f"{key}.npy")
+    except KeyError:
+        raise VoiceError(f"{fname} is missing {key}.", hint) from None
+    with z.open(info) as fh:
+        version = npy.read_magic(fh)
+        shape, fortran, dtype = (npy.read_array_header_1_0(fh) if version == (1, 0)
+                                 else npy.read_array_header_2_0(fh))
+        if dtype.hasobject:
+            raise VoiceError(f"{fname} holds pickled data ({key}), which is refused for safety.", hint)
+        nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if nbytes > _MAX_ARRAY_BYTES:
+            raise VoiceError(f"{fname}: {key} has shape {list(shape)}, far larger than any voice prompt.", hint)
+        data = fh.read(nbytes + 1)
+    if len(data) != nbytes:
+        raise VoiceError(f"{fname} is damaged: {key} holds {len(data)} bytes of its {nbytes}.", hint)
+    array = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+    return array.copy()  # writable and owning its memory, as np.load's would be
 
 
 def _validate(a: dict[str, np.ndarray], fname: str, hint: str) -> tuple[np.ndarray, list[int], str]:

@@ -82,7 +82,10 @@ def _items() -> list[tuple[str, str, bytes, str, str]]:
         ("one-nan", ".wav", wav_bytes(np.where(np.arange(len(good))[:, None] == 5000, np.nan, good).astype(np.float32),
                                       24000, "FLOAT"), EITHER, "one NaN sample in speech"),
         ("float-x100", ".wav", wav_bytes(good * 100, 24000, "FLOAT"), EITHER, "float samples far outside [-1, 1]"),
-        ("dc-offset", ".wav", wav_bytes(np.clip(good * 0.3 + 0.6, -1, 1), 24000), EITHER, "large DC offset"),
+        ("dc-offset", ".wav", wav_bytes(np.clip(good * 0.3 + 0.6, -1, 1), 24000), OK, "large DC offset"),
+        ("quiet-dc", ".wav", wav_bytes(good * 0.2 + 0.01, 24000), OK, "quiet speech, a small DC offset"),
+        ("anti-phase", ".wav", wav_bytes(np.concatenate([good, -good], axis=1), 24000), OK,
+         "stereo, one channel inverted: the channel mean is silence"),
         ("clipped", ".wav", wav_bytes(np.sign(good) * 1.0, 24000), EITHER, "square-wave clipping"),
     ]
     for sr in (8000, 11025, 16000, 22050, 44100, 48000, 96000, 192000):

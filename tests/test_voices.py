@@ -115,6 +115,42 @@ def test_missing_keys_pickles_and_junk_are_rejected(tmp_path, lib):
         lib.import_npz(truncated)
 
 
+def _npy(shape, dtype="<i8", data=b"") -> bytes:
+    header = repr({"descr": dtype, "fortran_order": False, "shape": shape}).encode()
+    header += b" " * (63 - (10 + len(header)) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + data
+
+
+def test_damaged_compressed_cut_or_huge_files_are_voice_errors_and_skipped_in_lists(tmp_path, lib):
+    """Bytes flipped inside a compressed .npz (zlib), an array cut short, and a header that claims
+    10^10 frames: each a VoiceError naming the file, never a crash; listing skips them."""
+    import zipfile
+
+    flipped = tmp_path / "flipped.npz"
+    np.savez_compressed(flipped, **GOOD)
+    data = bytearray(flipped.read_bytes())
+    for i in range(200, 400):
+        data[i] ^= 0x55
+    flipped.write_bytes(bytes(data))
+    cut, huge = tmp_path / "cut.npz", tmp_path / "huge.npz"
+    for path, audio in [(cut, _npy(GOOD["audio_tokens"].shape, data=GOOD["audio_tokens"].astype("<i8").tobytes()[:100])),
+                        (huge, _npy((1, 10_000_000_000, 8)))]:
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("audio_tokens.npy", audio)
+            z.writestr("text_tokens.npy", _npy(GOOD["text_tokens"].shape, data=GOOD["text_tokens"].astype("<i8").tobytes()))
+            z.writestr("lang_code.npy", _npy(GOOD["lang_code"].shape, data=GOOD["lang_code"].astype("<i8").tobytes()))
+    for path, want in [(flipped, "flipped.npz is damaged"), (cut, "cut.npz is damaged: audio_tokens holds 100 bytes"),
+                       (huge, "huge.npz: audio_tokens has shape \\[1, 10000000000, 8\\], far larger")]:
+        with pytest.raises(VoiceError, match=want):
+            read_npz(path)
+        with pytest.raises(VoiceError, match=want):
+            lib.import_npz(path)
+    lib.save(_voice("kept"))
+    for path in (flipped, cut, huge):
+        (lib.root / path.name).write_bytes(path.read_bytes())
+    assert [v.name for v in lib.list()] == ["kept"]
+
+
 @pytest.mark.parametrize("name", ["", "   ", "../evil", "a/b", "a\\b", "/etc/passwd", ".hidden", "nul\x00x",
                                   "x" * 101, "..", "tab\tname", None])
 def test_unsafe_names_are_rejected(lib, tmp_path, name):
