@@ -16,11 +16,11 @@ import sys
 from pathlib import Path
 
 from core.errors import Stopped, StudioError
+from core.presets import preset_names
 
 log = logging.getLogger("vallex.cli")
 
 LANGUAGES = ["auto-mix", "auto", "en", "zh", "ja", "mix"]
-PRESETS = ["stable", "balanced", "expressive", "reference", "greedy"]
 FORMATS = ["wav", "flac", "mp3", "ogg", "opus"]
 
 
@@ -109,7 +109,8 @@ def _voice_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--language", choices=LANGUAGES, default="auto-mix", help="text language")
     g.add_argument("--accent", choices=["keep", "en", "zh", "ja"], default="keep",
                    help="speak every language with this accent")
-    g.add_argument("--preset", choices=PRESETS, default="balanced", help="sampling preset")
+    # the names in presets/sampling.json (a broken file: any name, and the take says what is wrong)
+    g.add_argument("--preset", choices=preset_names() or None, default="balanced", help="sampling preset")
     g.add_argument("--seed", type=int, default=None, help="random seed (same seed, same audio)")
     g.add_argument("--speed", type=float, default=1.0, help="speaking speed, 0.5-2")
     g.add_argument("--instruction", default="", help='voice edit, e.g. "deeper, slower"')

@@ -216,9 +216,9 @@ def synth(args: argparse.Namespace) -> int:
     if summary.skipped:
         log.info("resuming: %d of %d outputs already exist (use --overwrite to redo them)",
                  summary.skipped, len(jobs))
+    options = options_from(args)  # a bad --speed or --seed is said before any model loads
     studio = make_studio(args)
     voice = voice_from(args, studio) if todo else None
-    options = options_from(args)
     start = time.perf_counter()
     try:
         _synth_jobs(studio, todo, voice, options, args.format, summary)
@@ -286,6 +286,9 @@ def record(args: argparse.Namespace) -> int:
     if not 1 <= args.seconds <= 60:
         raise AudioError(f"Cannot record {args.seconds} s.", "Use --seconds between 1 and 60.")
     check_output_path(args.out)  # before the user speaks for nothing
+    if args.transcript and not args.save_voice:  # else it would be dropped without a word
+        raise StudioError("--transcript goes with the voice that --save-voice makes, and no --save-voice was given.",
+                          "Add --save-voice NAME, or leave --transcript out (the recording alone is just a file).")
     if args.save_voice:  # the name too: a voice is never saved over
         from core.voices import VoiceLibrary, check_name
 
@@ -354,9 +357,10 @@ def say(args: argparse.Namespace) -> int:
     if args.out:
         check_output_path(args.out)  # a bad --out is said now, not after the take is made
     sd = None if args.out else _sounddevice("output")
+    options = options_from(args)  # a bad --speed or --seed is said before any model loads
     studio = make_studio(args)
     with ctrl_c_finishes() as stop:
-        result = studio.synthesize(args.text, voice=voice_from(args, studio), options=options_from(args),
+        result = studio.synthesize(args.text, voice=voice_from(args, studio), options=options,
                                    progress=_progress_line, stop=stop)
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)

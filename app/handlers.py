@@ -196,7 +196,7 @@ class Handlers:
         """The knobs a preset sets -> (top-k (0 = off), top-p, temperature, repetition window, best of)."""
         from core.synth import PRESETS
 
-        p = PRESETS.get(preset or "balanced", PRESETS["balanced"])
+        p = PRESETS.get(preset or "balanced") or PRESETS.get("balanced") or {}
         return (p.get("top_k") or 0, p.get("top_p"), p.get("temperature"),
                 p.get("repetition_window"), p.get("best_of"))
 

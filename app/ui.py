@@ -15,13 +15,13 @@ from app.format import SENTENCE_HEADERS, VOICE_HEADERS
 from app.gate import Gate
 from app.handlers import Handlers, TakeControl, stop_when_cancelled
 from app.voice_handlers import VoiceHandlers
+from core.presets import preset_names
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 LANGUAGES = [("auto (mixed languages)", "auto-mix"), ("auto (one language)", "auto"),
              ("English", "en"), ("Chinese", "zh"), ("Japanese", "ja"), ("mix (tagged)", "mix")]
 ACCENTS = [("native", "keep"), ("English", "en"), ("Chinese", "zh"),
            ("Japanese", "ja")]
-PRESETS = ["stable", "balanced", "expressive", "reference", "greedy"]
 STUDIO = {"concurrency_id": "studio", "concurrency_limit": 1}
 PRIVATE = {"api_visibility": "private"}
 
@@ -91,7 +91,9 @@ def _clone_tab() -> SimpleNamespace:
             with gr.Row():
                 c.language = gr.Dropdown(LANGUAGES, value="auto-mix", label="Language", scale=2)
                 c.accent = gr.Dropdown(ACCENTS, value="keep", label="Accent")
-                c.preset = gr.Dropdown(PRESETS, value="balanced", label="Sampling preset")
+                presets = preset_names() or ["balanced"]  # a broken file: the take's error says why
+                c.preset = gr.Dropdown(presets, value="balanced" if "balanced" in presets else presets[0],
+                                       label="Sampling preset")
                 c.speed = gr.Slider(0.5, 2.0, value=1.0, step=0.05, label="Speed")
             c.instruction = gr.Textbox(label="Instruction (optional)", elem_id="instruction",
                                        placeholder="e.g. deeper, a little slower, louder")

@@ -125,9 +125,14 @@ def _check_samples(x: np.ndarray, name: str) -> np.ndarray:
 
 
 def _fmt_seconds(s: float) -> str:
+    """90.0 s, 10 min, 10 min 1 s, 2 h 5 min: never rounded onto the limit it is compared with."""
     if s < 120:
         return f"{s:.1f} s"
-    return f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.0f} h"
+    if s < 7200:
+        m, sec = divmod(int(s), 60)
+        return f"{m} min" + (f" {sec} s" if sec else "")
+    h, m = divmod(int(s) // 60, 60)
+    return f"{h} h" + (f" {m} min" if m else "")
 
 
 # ----------------------------------------------------------------------------- file inputs
@@ -135,6 +140,8 @@ def _read_bytes(src, max_bytes: int) -> tuple[bytes | None, Path | None, str]:
     """Path -> (None, path, name) after a size check; bytes / file-like -> (data, None, name)."""
     if isinstance(src, (str, os.PathLike)):
         path = Path(src)
+        if path.is_dir():
+            raise AudioError(f"{path} is a folder, not an audio file.", "Give the path of one recording.")
         if not path.is_file():
             raise AudioError(f"audio file {path} was not found.", "Check the path and upload the file again.")
         size = path.stat().st_size
@@ -198,8 +205,26 @@ def _probe_ffmpeg(path: Path, name: str) -> AudioInfo:
     return AudioInfo(int(st.get("sample_rate") or 0), int(st.get("channels") or 0), seconds)
 
 
+def _looks_like_audio(path: Path) -> bool:
+    """Whether the file starts like an audio container ffmpeg might read (mp4/m4a, webm/mkv, ogg,
+    mp3, AAC, FLAC, WAV, AIFF, CAF, AMR, WMA, au): only to tell "needs ffmpeg" from "not audio"
+    when ffmpeg is missing."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(12)
+    except OSError:
+        return True  # let the caller's own error speak
+    magic = (b"\x1aE\xdf\xa3", b"OggS", b"ID3", b"fLaC", b"RIFF", b"RIFX", b"RF64", b"FORM", b"caff", b"#!AMR",
+             b"0&\xb2u", b".snd")
+    return (head[4:8] == b"ftyp" or head.startswith(magic)
+            or (len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0))  # an MPEG / ADTS frame
+
+
 def _decode_ffmpeg(path: Path, name: str, max_seconds: float) -> tuple[np.ndarray, int]:
     if shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None:
+        if not _looks_like_audio(path):
+            raise AudioError(f"{name} is not an audio file (it does not start like any audio format).",
+                             _FORMAT_HINT)
         raise AudioError(f"{name} is in a compressed format that needs ffmpeg, which is not installed.",
                          "Install ffmpeg (e.g. `apt install ffmpeg`) or upload a WAV/FLAC/MP3/OGG file.")
     info = _probe_ffmpeg(path, name)
@@ -251,13 +276,18 @@ def load_audio(src, *, sample_rate: int | None = None, max_seconds: float = MAX_
     Returns (float32 [N, C], sample_rate). Raises AudioError naming the problem and the fix.
     """
     if isinstance(src, tuple) and len(src) == 2 and not isinstance(src[0], (bytes, str)):
-        sample_rate, src = int(src[0]), src[1]
+        sample_rate, src = src
     if isinstance(src, np.ndarray) or _is_tensor(src):
         if sample_rate is None:
             raise AudioError("an audio array came without its sample rate.",
                              "Pass sample_rate=... with the array.")
         x = _array_to_2d(src)
-        info = AudioInfo(int(sample_rate), x.shape[1], x.shape[0] / int(sample_rate))
+        try:
+            sample_rate = int(sample_rate)
+        except (TypeError, ValueError):
+            raise AudioError(f"the sample rate {str(sample_rate)[:24]!r} is not a number.",
+                             "Pass the recording's sample rate in Hz, e.g. 24000.") from None
+        info = AudioInfo(sample_rate, x.shape[1], x.shape[0] / sample_rate if sample_rate > 0 else None)
         _check_info(info, "the audio", max_seconds)
         return _check_samples(x, "the audio"), int(sample_rate)
     data, path, name = _read_bytes(src, max_bytes)

@@ -14,6 +14,7 @@ logits without a model.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -32,10 +33,10 @@ def check_seed(seed) -> None:
     says so (a bigger one would fail deep in torch as "Overflow when unpacking long long")."""
     if seed is None:
         return
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):  # numpy's ints are Integral
         raise StudioError(f"The seed must be a whole number, not {str(seed)[:24]!r}.",
                           "Give a whole number, or none for a random seed.")
-    if not SEED_MIN <= seed <= SEED_MAX:
+    if not SEED_MIN <= int(seed) <= SEED_MAX:
         raise StudioError(f"The seed {str(seed)[:24]} is out of range.",
                           f"Use a whole number from {SEED_MIN} to {SEED_MAX}, or none for a random seed.")
 

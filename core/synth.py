@@ -251,6 +251,9 @@ class Studio:
 
     def convert(self, audio, sample_rate: int | None, instruction: str) -> tuple[np.ndarray, EditPlan]:
         """Apply an instruction to any clip, no model needed -> (float32 [M] at the clip's rate, plan)."""
+        if not isinstance(instruction, str):
+            raise StudioError(f"The instruction must be text, not {type(instruction).__name__}.",
+                              'Say what to change, e.g. "deeper", "faster", "add some echo".')
         plan = parse_instruction(instruction)
         if plan.is_empty():  # said before the clip is decoded, rather than an unchanged copy
             unknown = f" (not understood: {', '.join(plan.unknown_words)})" if plan.unknown_words else ""

@@ -6,7 +6,8 @@ Sampling presets live in presets/sampling.json.
 """
 from __future__ import annotations
 
-import json
+import logging
+import numbers
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -16,32 +17,53 @@ from core.audio import encode_audio
 from core.convert import EditPlan
 from core.errors import StudioError
 from core.longform import Prompt, Request
+from core.presets import PRESETS_FILE, RESTORE_HINT, read_presets
 from core.sampling import check_seed
+
+log = logging.getLogger(__name__)
 
 __all__ = ["SynthOptions", "SynthResult", "SentenceResult", "PRESETS", "load_presets", "LANGUAGES", "ACCENTS"]
 
-PRESETS_FILE = Path(__file__).resolve().parent.parent / "presets" / "sampling.json"
 LANGUAGES = ("auto-mix", "auto", "en", "zh", "ja", "mix")
 ACCENTS = ("keep", "en", "zh", "ja")
 KNOBS = ("top_k", "top_p", "temperature", "best_of", "repetition_window", "repetition_threshold")
 
 
-def load_presets(path: Path = PRESETS_FILE) -> dict[str, dict]:
-    """Preset name -> Sampling field values (the "description" key removed)."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    return {name: {k: v for k, v in spec.items() if k != "description"}
-            for name, spec in data.items() if not name.startswith("_")}
+def load_presets(path: Path | None = None) -> tuple[dict[str, dict], dict[str, str]]:
+    """(preset name -> Sampling field values, preset name -> why it is unusable). A broken file is
+    one problem for every name ("*"); a preset with an unknown or out-of-range setting is left out
+    and its problem kept, so choosing it says what is wrong instead of failing at import."""
+    from core.sampling import Sampling
+
+    try:
+        raw = read_presets(path)
+    except StudioError as e:
+        log.error("%s", e.user_message())
+        return {}, {"*": e.message}
+    known = {f.name for f in fields(Sampling)} - {"seed", "max_frames"}
+    good, bad = {}, {}
+    for name, values in raw.items():
+        unknown = sorted(set(values) - known)
+        try:
+            if unknown:
+                raise StudioError(f"unknown setting{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))}")
+            Sampling(**values)
+            good[name] = values
+        except (StudioError, TypeError, ValueError) as e:
+            bad[name] = f"Preset {name!r} in {path or PRESETS_FILE} is unusable: {getattr(e, 'message', e)}."
+            log.error("%s %s", bad[name], RESTORE_HINT)
+    return good, bad
 
 
-PRESETS = load_presets()
+PRESETS, PRESET_PROBLEMS = load_presets()
 
 
 def _number(value) -> float:
-    """float(value), or NaN (which fails every range check) for None, text and other non-numbers."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
+    """float(value) for a real number, NaN (which fails every range check) for anything else: None,
+    True, text ("1.5" passed here, then failed every sentence as a TypeError)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return float("nan")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -70,7 +92,6 @@ class SynthOptions:
         checks = [
             (self.language in LANGUAGES, f"language {self.language!r}", f"one of {', '.join(LANGUAGES)}"),
             (self.accent in ACCENTS, f"accent {self.accent!r}", f"one of {', '.join(ACCENTS)}"),
-            (self.preset in PRESETS, f"preset {self.preset!r}", f"one of {', '.join(PRESETS)}"),
             (0.5 <= _number(self.speed) <= 2.0, f"speed {self.speed!r}", "a value from 0.5 to 2"),
             (self.instruction_mode in ("dsp", "prompt"), f"instruction_mode {self.instruction_mode!r}",
              '"dsp" or "prompt"'),
@@ -78,11 +99,25 @@ class SynthOptions:
             (self.max_sentence_s is None or 0 < _number(self.max_sentence_s) <= 60,
              f"max_sentence_s {self.max_sentence_s!r}",
              "None or 0-60 seconds"),
+            (self.max_chars is None or 1 <= _number(self.max_chars) <= 5000, f"max_chars {self.max_chars!r}",
+             "None (the default budget) or 1-5000 characters"),
+            (self.instruction is None or isinstance(self.instruction, str), f"instruction {self.instruction!r}",
+             'text such as "slower, deeper", or "" for none'),
         ]
+        if not isinstance(self.preset, str) or self.preset not in PRESETS:
+            problem = (isinstance(self.preset, str) and PRESET_PROBLEMS.get(self.preset)) or PRESET_PROBLEMS.get("*")
+            if problem:
+                raise StudioError(problem, RESTORE_HINT)
+            raise StudioError(f"Unknown preset {self.preset!r}.", f"Use one of {', '.join(PRESETS)}.")
         for ok, what, allowed in checks:
             if not ok:
                 raise StudioError(f"Unknown or out-of-range {what}.", f"Use {allowed}.")
         check_seed(self.seed)
+        # plain Python values from here on (numpy's int64 seed, float32 speed, a None instruction)
+        object.__setattr__(self, "speed", float(self.speed))
+        object.__setattr__(self, "instruction", self.instruction or "")
+        if self.seed is not None:
+            object.__setattr__(self, "seed", int(self.seed))
         # the sampling knobs are checked now, not when the first sentence is sampled (where a bad
         # top_p would fail every sentence one by one)
         try:

@@ -328,3 +328,19 @@ def test_spectral_effects_work_block_by_block_on_long_audio():
         assert np.allclose(effects.Whisper(0.7, seed=3).apply(short, 24000), whole, atol=1e-6)
     finally:
         effects._BLOCK = old
+
+
+def test_messages_for_a_folder_a_limit_just_passed_and_no_ffmpeg(tmp_path, monkeypatch):
+    from core import audio
+
+    (tmp_path / "adir.wav").mkdir()
+    assert "adir.wav is a folder, not an audio file" in str(err(load_audio, tmp_path / "adir.wav"))
+    # 601 s against a 600 s limit was "10 min; the limit is 10 min"
+    assert [audio._fmt_seconds(s) for s in (90, 600, 601, 7200, 7500)] == \
+        ["90.0 s", "10 min", "10 min 1 s", "2 h", "2 h 5 min"]
+    monkeypatch.setattr(audio.shutil, "which", lambda _: None)  # no ffmpeg
+    (tmp_path / "notes.wav").write_text("these are my meeting notes, not audio\n" * 20)
+    e = err(load_audio, tmp_path / "notes.wav")
+    assert "not a" in str(e) and "ffmpeg" not in str(e)
+    (tmp_path / "a.m4a").write_bytes(b"\x00\x00\x00\x20ftypM4A " + bytes(400))
+    assert "needs ffmpeg" in str(err(load_audio, tmp_path / "a.m4a"))

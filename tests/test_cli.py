@@ -10,6 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 import soundfile as sf
@@ -488,9 +489,10 @@ def test_a_stop_before_the_first_sentence_exits_130(tiny_models, tmp_path, capsy
 def test_record_refuses_a_taken_voice_name_before_recording(tmp_path, capsys):
     """--save-voice never saves over a voice, and says so before the user speaks for nothing."""
     out = tmp_path / "p.wav"
-    for name, says in [("paimon", "A voice called 'paimon' already exists"),  # a bundled voice
-                       ("a/b", "characters that are not allowed")]:
-        assert cli.main(["record", "--out", str(out), "--save-voice", name, "--voices", str(tmp_path / "v")]) == 2
+    for extra, says in [(["--save-voice", "paimon"], "A voice called 'paimon' already exists"),  # a bundled voice
+                        (["--save-voice", "a/b"], "characters that are not allowed"),
+                        (["--transcript", "hello"], "no --save-voice was given")]:  # else dropped unsaid
+        assert cli.main(["record", "--out", str(out), *extra, "--voices", str(tmp_path / "v")]) == 2
         printed = capsys.readouterr()
         assert says in printed.err and "Traceback" not in printed.err, printed.err
         assert "Recording" not in printed.out
@@ -584,3 +586,19 @@ def test_help_shows_only_defaults_that_say_something(capsys):
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     assert "models/ beside launch.py" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("command", ["say", "synth"])
+def test_bad_options_are_said_before_any_model_is_needed(tmp_path, capsys, command):
+    """--speed 0 with a --prompt: the option's error comes first, not after loading the models,
+    transcribing and encoding the prompt (or, here, instead of "models missing")."""
+    prompt = tmp_path / "me.wav"
+    sf.write(prompt, np.zeros(24000, np.float32), 24000)
+    lines = tmp_path / "lines.txt"
+    lines.write_text("Hello.\n")
+    where = ["Hello.", "--out", str(tmp_path / "x.wav")] if command == "say" else \
+        ["--text-file", str(lines), "--out-dir", str(tmp_path / "out")]
+    code = cli.main([command, *where, "--prompt", str(prompt), "--transcript", "hello", "--speed", "0",
+                     "--models", str(tmp_path / "no-models"), "--offline"])
+    err = capsys.readouterr().err
+    assert code != 0 and "speed 0.0" in err and "model" not in err.lower(), err

@@ -299,9 +299,19 @@ def test_bad_input_is_one_clear_error(studio):
         SynthOptions(preset="wild")
     with pytest.raises(StudioError, match="language"):
         SynthOptions(language="fr")
-    for bad in ({"speed": "fast"}, {"speed": None}, {"speed": float("nan")}, {"max_sentence_s": "x"}):
-        with pytest.raises(StudioError, match=f"out-of-range {next(iter(bad))}"):  # not a TypeError
+    for bad in ({"speed": "fast"}, {"speed": None}, {"speed": float("nan")}, {"max_sentence_s": "x"},
+                {"speed": "1.5"}, {"speed": True}, {"max_chars": "x"}, {"max_chars": -5}, {"instruction": 5},
+                {"preset": ["stable"]}):
+        with pytest.raises(StudioError, match=f"(out-of-range|Unknown) {next(iter(bad))}"):  # not a TypeError
             SynthOptions(**bad)
+    # numpy's numbers and a None instruction are taken, as plain Python values
+    opts = SynthOptions(speed=np.float32(1.5), seed=np.int64(5), instruction=None)
+    assert (opts.speed, opts.seed, opts.instruction) == (1.5, 5, "")
+    assert type(opts.speed) is float and type(opts.seed) is int
+    for call in (lambda: studio.convert(np.zeros(2400, np.float32), 24000, None),
+                 lambda: studio.make_voice(np.zeros(2400, np.float32), sample_rate=0)):
+        with pytest.raises(StudioError):  # not a TypeError / ZeroDivisionError
+            call()
     with pytest.raises(VoiceError):
         studio.synthesize("Hi.", 42, GREEDY)
     assert set(PRESETS) >= {"stable", "balanced", "expressive", "reference", "greedy"}
