@@ -172,6 +172,7 @@ def _phonemized(sentence: str, language: str, accent, budget: float, max_ids: in
     except TextError as e:
         warnings.append(f"skipped {sentence[:40]!r}: {e.message}")
         return []
+    notes += list(ph.warnings)  # symbols its G2P has no reading for, left out
     if len(ph.ids) <= max_ids:
         return [(sentence, ph, notes)]
     pieces, half = [sentence], budget

@@ -738,3 +738,10 @@ def test_a_transcript_is_screened_and_a_long_recording_gets_a_note(studio, golde
     long = np.concatenate([wav, wav, wav])  # 20 s: a 10 s window is cut out of it
     voice, report = studio.make_voice(long, sr, transcript="Hello there.")
     assert any("The transcript you typed goes with the" in a and "trim the recording" in a for a in report.advice)
+
+
+def test_a_symbol_without_a_reading_is_left_out_and_named(studio):
+    result = studio.synthesize("I ★ you, © 2024.", None, GREEDY)
+    said = " ".join(result.warnings)
+    assert "left out '★' (no reading in English)" in said, result.warnings
+    assert "©" not in said  # read out ("copyright"), not left out

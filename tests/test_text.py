@@ -187,7 +187,7 @@ def test_width_forms_keep_cjk_punctuation():
     ("wait 30s", "en", "wait thirty seconds"),  # a bare s after a short number stays seconds
     ("5G and 4G", "en", "five G and four G"),  # was "five grams"
     ("5 g of salt, 2L", "en", "five grams of salt, two liters"),
-    ("MP3 A4 F1 Q3", "en", "MP three A four F one Q three"),  # was "MPthree"
+    ("MP3 A4 F1 Q3", "en", "MP three ay four F one Q three"),  # was "MPthree"; a lone A is the letter, not ə
     ("at 3pm", "en", "at three pee em"), ("Meet at 3 p.m.", "en", "Meet at three pee em."),
     ("at 10 a.m. sharp", "en", "at ten ay em sharp"), ("at 3:30 pm.", "en", "at three thirty pee em."),
     ("COVID-19", "en", "COVID nineteen"),

@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from core.errors import TextError
-from core.text import mix
+from core.text import mix, tags
 from core.text.en import EnglishG2P
 from core.text.ja import JapaneseG2P
-from core.text.split import split_sentences
+from core.text.split import mark_line_breaks, split_sentences
 from core.text.symbols import LANG_IDS, N_SYMBOLS, SYMBOLS, encode
+from core.text.unsaid import warning as leave_out_warning
 from core.text.zh import MandarinG2P
 
 __all__ = ["Phonemes", "phonemize", "detect_language", "split_sentences", "get_frontend", "warmup",
@@ -43,6 +44,8 @@ class Phonemes:
     phonemes: the symbol string the ids encode (word boundaries as `_`; unknown symbols kept).
     language: "en" | "zh" | "ja" for one-language text, "mix" when segments differ.
     segments: ((language, text), ...) as tagged before G2P, for display and debugging.
+    warnings: what the caller should tell the user (with `normalize=True`: characters left out
+        because no reading exists, e.g. "left out '★' (no reading in English)"); empty otherwise.
     """
 
     ids: list[int]
@@ -50,6 +53,7 @@ class Phonemes:
     phonemes: str
     language: str
     segments: tuple[tuple[str, str], ...] = field(default=())
+    warnings: tuple[str, ...] = field(default=())
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -112,16 +116,21 @@ def _check_args(text, language, accent) -> None:
         raise TextError(f"Unknown accent {accent!r}.", hint="Use None, 'en', 'zh' or 'ja'.")
 
 
-def _tagged_text(text: str, language: str) -> tuple[str, str]:
-    """-> (tagged text, language reported). Implements language choice and auto-mix."""
+def _tagged_text(text: str, language: str, read_tags: bool = False) -> tuple[str, str]:
+    """-> (tagged text, language reported). Implements language choice and auto-mix.
+    `read_tags`: user tags as core.text.tags reads them (nothing dropped), not the reference's way."""
     if language in ("en", "zh", "ja"):
         return mix.tag([(language, text)]), language
     if language == "mix":
-        return text, "mix"
+        # text without a single tag is said to be a mistake (TextError, hint: how to tag), as
+        # the reference does; with tags, nothing outside them is dropped
+        return (_user_tagged(text) if read_tags and tags.has_known_tags(text, check=True) else text), "mix"
     if language == "auto-mix":
-        if mix.has_tags(text):
+        if read_tags and tags.has_paired_tags(text):
+            return _user_tagged(text), "mix"
+        if mix.has_tags(text) and not read_tags:
             return text, "mix"
-        text = mix.strip_stray_tags(text)
+        text = tags.strip(text) if read_tags else mix.strip_stray_tags(text)
         runs = mix.split_languages(text)
         found = {lang for lang, _ in runs}
         if len(found) > 1:
@@ -133,6 +142,34 @@ def _tagged_text(text: str, language: str) -> tuple[str, str]:
             return mix.tag([(lang, text)]), lang
     detected = mix.langid_detect(text)
     return mix.tag([(detected, text)]), detected
+
+
+def _user_tagged(text: str) -> str:
+    """User-tagged text -> reference-style tagged text with every character in some span. Text
+    outside the user's spans is split by script as in auto-mix and joins a neighbouring span of
+    its language (so that no pause is added there); digits and punctuation alone join the span
+    before (or after). The user's own spans stay apart, as the reference keeps them."""
+    runs: list[list] = []  # [language, text, is a user span]
+    loose = ""  # letterless text before the first span
+    for lang, piece in tags.parse(text):
+        found = [(lang, piece)] if lang else mix.split_languages(piece)
+        if not found:
+            if runs:
+                runs[-1][1] += piece
+            else:
+                loose += piece
+            continue
+        for found_lang, found_text in found:
+            if runs and runs[-1][0] == found_lang and not (lang and runs[-1][2]):
+                runs[-1][1] += found_text
+                runs[-1][2] = runs[-1][2] or bool(lang)
+            else:
+                runs.append([found_lang, found_text, bool(lang)])
+    if loose and runs:
+        runs[0][1] = loose + runs[0][1]
+    elif loose.strip():
+        runs.append([mix.langid_detect(loose), loose, False])
+    return mix.tag([(lang, piece) for lang, piece, _ in runs])
 
 
 def phonemize(
@@ -151,8 +188,12 @@ def phonemize(
             automatically; text whose letters are all alphabetic is English, with kana Japanese,
             Han-only or letterless text as "auto").
         accent: None/"keep" keeps each segment's language id; "en" | "zh" | "ja" forces one.
-        normalize: expand numbers, dates, times, money, percentages and units first (not in the
-            reference, so off by default).
+        normalize: the Studio's reading instead of the reference's, so off by default: expand
+            numbers, dates, times, money, percentages, units and symbols first; read user tags
+            as core.text.tags describes (nothing outside them dropped, unclosed tags run to the
+            end, unknown tags are a TextError); a line break between two lines without
+            punctuation is a pause (core.text.split.mark_line_breaks); characters still unsaid
+            are left out and named in `Phonemes.warnings`.
         espeak_fallback: sound out English words missing from the CMU dictionary with espeak-ng
             (the reference spells them, marked `*`).
     Returns:
@@ -161,8 +202,11 @@ def phonemize(
         TextError (a ValueError): bad arguments, or nothing pronounceable in the text.
     """
     _check_args(text, language, accent)
-    tagged, reported = _tagged_text(_prepare(text), language)
-    convert = _converter(normalize, espeak_fallback)
+    if normalize:
+        text = mark_line_breaks(text)
+    tagged, reported = _tagged_text(_prepare(text), language, read_tags=normalize)
+    unsaid: dict[str, list[str]] = {}  # language -> characters left out (normalize=True)
+    convert = _converter(normalize, espeak_fallback, unsaid)
     chars: list[str] = []
     langs: list[int] = []
     segments = []
@@ -172,9 +216,10 @@ def phonemize(
         langs.extend([LANG_IDS[seg.language]] * len(phon))
         segments.append((seg.language, seg.raw[4:-4]))
     ids, id_langs, kept = encode("".join(chars).replace(" ", "_"), langs)
+    warnings = tuple(leave_out_warning(named, lang) for lang, named in unsaid.items() if named)
     if not ids:  # the reference's ValueError("Empty text is given")
         raise TextError(
-            f"Nothing pronounceable in the text {text[:40]!r}.",
+            f"Nothing pronounceable in the text {text[:40]!r}" + (f" ({'; '.join(warnings)})." if warnings else "."),
             hint="Write words in English, Chinese or Japanese"
             + (" inside [EN]..[EN], [ZH]..[ZH] or [JA]..[JA] tags." if language == "mix" else "."),
         )
@@ -182,13 +227,19 @@ def phonemize(
         id_langs = [LANG_IDS[accent]] * len(ids)
     if reported == "mix" and len({s[0] for s in segments}) == 1:
         reported = segments[0][0]
-    return Phonemes(ids, id_langs, kept, reported, tuple(segments))
+    return Phonemes(ids, id_langs, kept, reported, tuple(segments), warnings)
 
 
-def _converter(normalize: bool, espeak_fallback: bool) -> mix.Converter:
+def _converter(normalize: bool, espeak_fallback: bool, unsaid: dict[str, list[str]]) -> mix.Converter:
     g2p = {"en": EnglishG2P(espeak_fallback), "zh": MandarinG2P(), "ja": JapaneseG2P()}
     if not normalize:
         return lambda lang, text: g2p[lang](text)
     from core.text.normalize import normalize_text
+    from core.text.unsaid import leave_out
 
-    return lambda lang, text: g2p[lang](normalize_text(text, lang))
+    def convert(lang: str, text: str) -> str:
+        said, named = leave_out(normalize_text(text, lang), lang)
+        unsaid.setdefault(lang, []).extend(named)
+        return g2p[lang](said)
+
+    return convert

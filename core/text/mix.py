@@ -7,11 +7,17 @@ text holds `[EN]`, else `zh` if it holds `[ZH]`, else `ja`; spans nested inside 
 first (ZH, then JA, then EN), as the reference does.
 
 Auto-mix (ours) splits untagged text into same-language runs by script: Latin and other
-alphabets -> English; kana -> Japanese; Han next to kana (same clause) -> Japanese; Han-only
-clauses -> langid restricted to zh/ja (almost always zh). Digits, punctuation and symbols join
-the run before them. If only one language results, the caller tags the whole text with it when
-the letters decide (alphabetic -> English, kana -> Japanese); Han-only text and text without
-letters use plain "auto" (langid on the whole text), as the reference does.
+alphabets -> English; a clause with hiragana -> Japanese, its Han characters included; a clause
+with katakana but no hiragana -> Japanese if its Han characters are (東京タワー), else Chinese with
+the katakana words Japanese (我喜欢ラーメン); Han-only clauses -> Chinese if a character is one
+Japanese does not write (们 爱, not in cp932), Japanese if one is a Japanese-only form (駅 気) or
+the text has hiragana elsewhere, else langid restricted to zh/ja (almost always zh). Digits,
+punctuation and symbols join the run before them. If only one language results, the caller
+tags the whole text with it when the letters decide (alphabetic -> English, kana -> Japanese);
+Han-only text and text without letters use plain "auto" (langid on the whole text), as the
+reference does.
+
+The Studio's own reading of user tags (nothing dropped) is core.text.tags.
 """
 from __future__ import annotations
 
@@ -127,21 +133,79 @@ def _script_runs(text: str) -> list[tuple[str, str]]:
     return [(g, t) for g, t in runs]
 
 
-def _cjk_language(run: str) -> list[tuple[str, str]]:
-    """A CJK run -> (language, text) pieces, clause by clause."""
+def _hiragana(text: str) -> bool:
+    return any(0x3040 <= ord(ch) <= 0x309F for ch in text)
+
+
+def _encodes(text: str, codec: str) -> bool:
+    try:
+        text.encode(codec)
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _not_japanese(han: str) -> bool:
+    """A character Japanese does not write (outside cp932: simplified forms such as 们 爱 欢 说)."""
+    return not _encodes(han, "cp932")
+
+
+def _not_simplified(han: str) -> bool:
+    """A character simplified Chinese does not write (outside GB 2312: 東 駅 気 愛)."""
+    return not _encodes(han, "gb2312")
+
+
+def _japanese_only(han: str) -> bool:
+    """A Japanese form that Chinese writes neither simplified nor traditional (駅 気 図, not 東)."""
+    return any(_encodes(ch, "cp932") and not _encodes(ch, "gb2312") and not _encodes(ch, "big5") for ch in han)
+
+
+def _han_language(clause: str, japanese_context: bool) -> str:
+    """A clause's Han characters without kana beside them: a character Japanese lacks (们 爱)
+    says Chinese, a Japanese-only form (駅 気) Japanese; in a text with hiragana elsewhere they
+    are Japanese; otherwise langid decides (restricted to zh/ja, it nearly always says zh)."""
+    han = "".join(ch for ch in clause if _script(ch) == "han")
+    if _not_japanese(han):
+        return "zh"
+    if japanese_context or _japanese_only(han):
+        return "ja"
+    return "ja" if langid_detect(clause) == "ja" else "zh"
+
+
+def _katakana_clause(clause: str, japanese_context: bool) -> list[tuple[str, str]]:
+    """A clause with katakana but no hiragana: Japanese as a whole when its Han characters are
+    Japanese (東京タワー), else Chinese with its katakana words as Japanese (我喜欢ラーメン)."""
+    han = "".join(ch for ch in clause if _script(ch) == "han")
+    if not han or _han_language(han, japanese_context or _not_simplified(han)) == "ja":
+        return [("ja", clause)]
+    pieces: list[tuple[str, str]] = []
+    for ch in clause:
+        script = _script(ch)
+        lang = "ja" if script == "kana" else "zh" if script == "han" else ""
+        if pieces and (not lang or pieces[-1][0] == lang):
+            pieces[-1] = (pieces[-1][0], pieces[-1][1] + ch)
+        else:
+            pieces.append((lang or "zh", ch))
+    return pieces
+
+
+def _cjk_language(run: str, japanese_context: bool = False) -> list[tuple[str, str]]:
+    """A CJK run -> (language, text) pieces, clause by clause. Hiragana makes a clause Japanese,
+    Han characters included; see `_katakana_clause` and `_han_language` for the others."""
     pieces: list[tuple[str, str]] = []
     start = 0
     for i, ch in enumerate(run):
         if ch in _CLAUSE_END or i == len(run) - 1:
             clause = run[start:i + 1]
             start = i + 1
-            if _KANA.search(clause):
-                lang = "ja"
+            if _hiragana(clause):
+                pieces.append(("ja", clause))
+            elif _KANA.search(clause):
+                pieces.extend(_katakana_clause(clause, japanese_context))
             elif any(_script(c) == "han" for c in clause):
-                lang = "ja" if langid_detect(clause) == "ja" else "zh"
+                pieces.append((_han_language(clause, japanese_context), clause))
             else:  # punctuation only: stays with the clause before
-                lang = pieces[-1][0] if pieces else ""
-            pieces.append((lang, clause))
+                pieces.append((pieces[-1][0] if pieces else "", clause))
     first = next((lang for lang, _ in pieces if lang), "zh")
     return [(lang or first, clause) for lang, clause in pieces]
 
@@ -152,11 +216,12 @@ def split_languages(text: str) -> list[tuple[str, str]]:
     Returns an empty list when the text holds no letters at all (the caller falls back to "auto").
     """
     out: list[tuple[str, str]] = []
+    japanese_context = _hiragana(text)
     for group, run in _script_runs(text):
         if group == "alpha":
             pieces = [("en", run)]
         elif group == "cjk":
-            pieces = _cjk_language(run)
+            pieces = _cjk_language(run, japanese_context)
         else:
             continue
         for lang, piece in pieces:

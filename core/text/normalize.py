@@ -24,6 +24,10 @@ _TIME = re.compile(r"(?<![\d:：])([01]?\d|2[0-3])[:：]([0-5]\d)(?:[:：]([0-5]
 _ISO_DATE = re.compile(r"(?<![\d.])(\d{4})[-/.](0?[1-9]|1[0-2])[-/.](0?[1-9]|[12]\d|3[01])(?![\d.])")
 _US_DATE = re.compile(r"(?<![\d/])(0?[1-9]|1[0-2])/(0?[1-9]|[12]\d|3[01])/(\d{4})(?![\d/])")
 _PERCENT = re.compile(rf"(-?{_NUM})\s*[%％]")
+# a sign only where it is no range dash ("10-5%"); Mandarin says it before 百分之
+_SIGNED_RATIO = re.compile(rf"(?:(?<![\dA-Za-z.])([-−]))?({_NUM})\s*([%％‰])")
+_PER_MILLE = re.compile(rf"(-?{_NUM})\s*‰")
+_DEGREES = re.compile(rf"({_NUM})\s*°(?!\s*[CF]\b)")  # after _TEMPERATURE: "90°" is an angle
 _NEGATIVE = re.compile(r"(?<![\dA-Za-z.])[-−](?=\d)")
 _TEMPERATURE = re.compile(rf"(-?{_NUM})\s*(?:°\s*([CF])|℃|℉)")
 
@@ -44,6 +48,11 @@ _UNIT_RE = re.compile(rf"({_NUM})\s?({'|'.join(sorted(map(re.escape, _UNITS_EN),
                       r"(?![\w/])", re.IGNORECASE)
 _CURRENCY_RE = re.compile(rf"([$£€¥￥₹])\s?({_NUM})(?:\s?(k|m|bn|million|billion|thousand)\b)?",
                           re.IGNORECASE)
+# "5€", "20 £" (the symbol after the amount, as in much of Europe) -> "€5", then read as above
+_CURRENCY_AFTER = re.compile(rf"(?<![\d.$£€¥￥₹])({_NUM})\s?([$£€¥￥₹])(?!\s?\d)")
+# curly and angle quotes are read as the ASCII ones, which no front-end says (they were [UNK])
+_QUOTES = str.maketrans({"“": '"', "”": '"', "„": '"', "‟": '"', "«": '"', "»": '"',
+                         "‘": "'", "’": "'", "‚": "'", "‛": "'"})
 # "the 1990s", "747s", "her 30s", "'80s": a number made plural. A bare "s" after a number is
 # otherwise read as seconds ("wait 30s"), so two-digit decades need one of these words or an '.
 _PLURAL_NUMBER = re.compile(r"(?<![\d.,])(\d{3,})s\b")
@@ -56,7 +65,12 @@ _DECIMAL = re.compile(r"(\d+)\.(\d+)")
 _INTEGER = re.compile(r"\d+")
 _FRACTIONS_EN = {"1/2": "one half", "1/3": "one third", "2/3": "two thirds", "1/4": "one quarter",
                  "3/4": "three quarters"}
-_SYMBOLS_EN = [("&", " and "), ("@", " at "), ("+", " plus "), ("=", " equals "), ("#", " number ")]
+_SYMBOLS_EN = [("&", " and "), ("@", " at "), ("+", " plus "), ("=", " equals "), ("#", " number "),
+               ("©", " copyright "), ("™", " trademark "), ("®", " registered ")]
+_POWERS_EN = {"100": "hundred", "1000": "thousand", "1000000": "million"}  # "100s" -> "hundreds"
+# a lone capital A next to a number is the letter ("A4", "4A"); alone, the G2P says the article ə
+_LETTER_A = re.compile(r"(?<![A-Za-z])A(?=\d)|(?<=\d)A(?![A-Za-z])")
+_QUOTE_MARKS_EN = re.compile(r"\"|(?<![A-Za-z0-9])'|'(?![A-Za-z])")  # not the apostrophe of "don't"
 
 
 # ---- English ---------------------------------------------------------------------------------
@@ -164,18 +178,22 @@ def _date_en(year: str, month: str, day: str) -> str:
 def normalize_en(text: str) -> str:
     from core.text.en import _inflect
 
-    text = _SEP_COMMAS.sub("", text)
+    text = _SEP_COMMAS.sub("", text.translate(_QUOTES))
     text = _ISO_DATE.sub(lambda m: _date_en(m.group(1), m.group(2), m.group(3)), text)
     text = _US_DATE.sub(lambda m: _date_en(m.group(3), m.group(1), m.group(2)), text)
     text = _TIME.sub(_time_en, text)
     text = _HOUR_AMPM.sub(lambda m: _words_en(int(m.group(1))) + _meridiem(m, m.group(2)), text)
     text = _LETTER_HYPHEN_DIGIT.sub(" ", text)
     text = _DECADE.sub(_decade_en, text)
-    text = _PLURAL_NUMBER.sub(lambda m: _plural_en(_cardinal_en(m.group(1))), text)
+    text = _PLURAL_NUMBER.sub(lambda m: _plural_en(_POWERS_EN.get(m.group(1)) or _cardinal_en(m.group(1))), text)
     text = _TEMPERATURE.sub(lambda m: f"{m.group(1)} degrees "
                             + ("fahrenheit" if m.group(2) == "F" or "℉" in m.group(0) else "celsius"), text)
+    text = _DEGREES.sub(r"\1 degrees", text)
+    text = _CURRENCY_AFTER.sub(r"\2\1", text)
     text = _CURRENCY_RE.sub(_money_en, text)
     text = _PERCENT.sub(lambda m: f"{m.group(1)} percent", text)
+    text = _PER_MILLE.sub(r"\1 per mille", text)
+    text = _LETTER_A.sub("ay", text)
     text = _UNIT_RE.sub(_unit_sub(_UNITS_EN, " "), text)
     for frac, words in _FRACTIONS_EN.items():
         text = re.sub(rf"(?<![\d/]){re.escape(frac)}(?![\d/])", words, text)
@@ -187,17 +205,25 @@ def normalize_en(text: str) -> str:
     text = _INTEGER.sub(lambda m: _spaced(m, _cardinal_en(m.group(0))), text)
     for sym, word in _SYMBOLS_EN:
         text = text.replace(sym, word)
-    return text
+    return _QUOTE_MARKS_EN.sub("", text)
 
 
 # ---- Mandarin --------------------------------------------------------------------------------
 
 _DIGITS_ZH = "零一二三四五六七八九"
 _UNITS_ZH = {"km": "公里", "m": "米", "cm": "厘米", "mm": "毫米", "kg": "公斤", "g": "克", "mg": "毫克",
-             "ml": "毫升", "l": "升", "h": "小时", "min": "分钟", "s": "秒", "gb": "GB", "mb": "MB"}
+             "ml": "毫升", "l": "升", "h": "小时", "min": "分钟", "s": "秒", "gb": "GB", "mb": "MB",
+             "km/h": "公里每小时", "m/s": "米每秒"}
 _CURRENCY_ZH = {"$": "美元", "£": "英镑", "€": "欧元", "¥": "元", "￥": "元", "₹": "卢比"}
 _UNIT_RE_ZH = re.compile(rf"({_NUM})\s?({'|'.join(sorted(_UNITS_ZH, key=len, reverse=True))})(?![A-Za-z/])",
                          re.IGNORECASE)
+_SCALES_ZH = {"k": "千", "m": "百万", "bn": "十亿"}
+_SYMBOLS_ZH = {"©": "版权", "™": "商标", "®": "注册商标"}
+_QUOTE_MARKS_CJK = re.compile("[\"'“”‘’„‟«»‚‛]")
+# phone-like digit groups: an area code (010-12345678), three groups (138-1234-5678, 400-820-8820)
+# or a group of 7+ digits; two short groups are a range or a year span (1990-2000)
+_PHONE = re.compile(r"(?<![\d.\-])\d{2,4}(?:-\d{2,8})+(?![\d.\-])")
+_LEADING_ZERO = re.compile(r"(?<![\d.])0\d+(?![\d.])")  # 007: digit by digit, as said
 
 
 def _digits_zh(text: str, yao: bool = False) -> str:
@@ -210,8 +236,28 @@ def _num_zh(text: str) -> str:
     return _an2cn(text)
 
 
+def _phone_zh(m: re.Match) -> str:
+    groups = m.group(0).split("-")
+    if m.group(0).startswith("0") or len(groups) > 2 or max(map(len, groups)) >= 7:
+        return " ".join(_digits_zh(g, yao=True) for g in groups)
+    return m.group(0)
+
+
+def _money(m: re.Match, words: dict[str, str], scales: dict[str, str], also_said: tuple[str, ...]) -> str:
+    """"¥100" -> "100元": the amount, its scale, then the currency word unless the text says it
+    next ("￥100元" is not 一百元元)."""
+    word = words[m.group(1)]
+    scale = scales.get((m.group(3) or "").lower(), m.group(3) or "")
+    said = m.string[m.end():].lstrip().startswith((word,) + (also_said if word in ("元", "円") else ()))
+    return m.group(2) + scale + ("" if said else word)
+
+
+def _ratio_zh(m: re.Match) -> str:
+    return ("负" if m.group(1) else "") + ("千分之" if m.group(3) == "‰" else "百分之") + m.group(2)
+
+
 def normalize_zh(text: str) -> str:
-    text = _SEP_COMMAS.sub("", text)
+    text = _QUOTE_MARKS_CJK.sub("", _SEP_COMMAS.sub("", text))
     text = _ISO_DATE.sub(lambda m: f"{_digits_zh(m.group(1))}年{_num_zh(str(int(m.group(2))))}月"
                          f"{_num_zh(str(int(m.group(3))))}日", text)
     text = re.sub(r"(\d{4})(?=年)", lambda m: _digits_zh(m.group(1)), text)
@@ -220,13 +266,19 @@ def normalize_zh(text: str) -> str:
                      + (f"{_num_zh(str(int(m.group(3))))}秒" if m.group(3) and int(m.group(3)) else ""), text)
     text = _TEMPERATURE.sub(lambda m: f"{m.group(1)}" + ("华氏度" if m.group(2) == "F" or "℉" in m.group(0)
                                                           else "摄氏度"), text)
-    text = _CURRENCY_RE.sub(lambda m: m.group(2) + {"k": "千", "m": "百万", "bn": "十亿"}.get(
-        (m.group(3) or "").lower(), m.group(3) or "") + _CURRENCY_ZH[m.group(1)], text)
-    text = _PERCENT.sub(lambda m: "百分之" + m.group(1), text)
+    text = _DEGREES.sub(r"\1度", text)
+    text = _CURRENCY_RE.sub(lambda m: _money(m, _CURRENCY_ZH, _SCALES_ZH, ("块", "圆")),
+                            _CURRENCY_AFTER.sub(r"\2\1", text))
+    text = _SIGNED_RATIO.sub(_ratio_zh, text)
     text = _UNIT_RE_ZH.sub(_unit_sub(_UNITS_ZH, ""), text)
     text = re.sub(r"(?<!\d)(\d+)\s*[~～]\s*(?=\d)", r"\1到", text)
+    text = _PHONE.sub(_phone_zh, text)
     text = re.sub(r"(?<![\d.])\d{7,}(?![\d.])", lambda m: _digits_zh(m.group(0), yao=True), text)
+    text = _LEADING_ZERO.sub(lambda m: str(int(m.group(0))) if m.string[m.end():m.end() + 1] in
+                             tuple("月日号点时分秒") else _digits_zh(m.group(0)), text)
     text = _NEGATIVE.sub("负", text)
+    for sym, word in _SYMBOLS_ZH.items():
+        text = text.replace(sym, word)
     return text.replace("%", "").replace("％", "")
 
 
@@ -234,22 +286,28 @@ def normalize_zh(text: str) -> str:
 
 _UNITS_JA = {"km": "キロメートル", "m": "メートル", "cm": "センチメートル", "mm": "ミリメートル",
              "kg": "キログラム", "g": "グラム", "mg": "ミリグラム", "ml": "ミリリットル", "l": "リットル",
-             "gb": "ギガバイト", "mb": "メガバイト", "h": "時間", "min": "分", "s": "秒"}
+             "gb": "ギガバイト", "mb": "メガバイト", "h": "時間", "min": "分", "s": "秒",
+             "km/h": "キロメートル毎時", "m/s": "メートル毎秒"}
 _CURRENCY_JA = {"$": "ドル", "£": "ポンド", "€": "ユーロ", "¥": "円", "￥": "円", "₹": "ルピー"}
 _UNIT_RE_JA = re.compile(rf"({_NUM})\s?({'|'.join(sorted(_UNITS_JA, key=len, reverse=True))})(?![A-Za-z/])",
                          re.IGNORECASE)
+_SCALES_JA = {"k": "千", "m": "百万", "bn": "十億"}
+_SYMBOLS_JA = {"©": "コピーライト", "™": "トレードマーク", "®": "登録商標"}
 
 
 def normalize_ja(text: str) -> str:
-    text = _SEP_COMMAS.sub("", text)
+    text = _QUOTE_MARKS_CJK.sub("", _SEP_COMMAS.sub("", text))
     text = _ISO_DATE.sub(lambda m: f"{m.group(1)}年{int(m.group(2))}月{int(m.group(3))}日", text)
     text = _TIME.sub(lambda m: f"{int(m.group(1))}時" + (f"{int(m.group(2))}分" if int(m.group(2)) else "")
                      + (f"{int(m.group(3))}秒" if m.group(3) and int(m.group(3)) else ""), text)
     text = _TEMPERATURE.sub(lambda m: m.group(1) + ("華氏" if m.group(2) == "F" else "") + "度", text)
-    text = _CURRENCY_RE.sub(lambda m: m.group(2) + {"k": "千", "m": "百万", "bn": "十億"}.get(
-        (m.group(3) or "").lower(), m.group(3) or "") + _CURRENCY_JA[m.group(1)], text)
+    text = _DEGREES.sub(r"\1度", text)
+    text = _CURRENCY_RE.sub(lambda m: _money(m, _CURRENCY_JA, _SCALES_JA, ()), _CURRENCY_AFTER.sub(r"\2\1", text))
     text = _PERCENT.sub(lambda m: m.group(1) + "パーセント", text)
+    text = _PER_MILLE.sub(r"\1パーミル", text)
     text = _UNIT_RE_JA.sub(_unit_sub(_UNITS_JA, ""), text)
+    for sym, word in _SYMBOLS_JA.items():
+        text = text.replace(sym, word)
     return _NEGATIVE.sub("マイナス", text)
 
 

@@ -22,7 +22,10 @@ tens of thousands of phoneme ids, so such a run is cut into pieces that fit.
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Iterable
+
+from core.text import tags
 
 DEFAULT_BUDGET = 170.0  # English-equivalent characters (~12 s of speech)
 _LIMITS = {"en": 170.0, "zh": 55.0, "ja": 80.0}
@@ -148,33 +151,93 @@ def _joined(a: str, b: str) -> bool:
     return (alnum(a) and alnum(b)) or (a.isdigit() and b in ".,:") or (a in ".,:" and b.isdigit())
 
 
-def _join_lines(chunk: str) -> str:
-    """`phonemize` deletes line breaks (as the reference); keep a space where words would fuse."""
-    return re.sub(r"(?<=[A-Za-z0-9.,!?;:])[ \t]*\n+\s*(?=[A-Za-z0-9])", " ", chunk)
+_BREAK = "\r\n|[\n\r\x0b\x0c\x85\u2028\u2029]"
+_LINE_BREAKS = re.compile(rf"[ \t]*(?:{_BREAK})\s*")
+_TAG_LITERAL = re.compile(r"\[[A-Za-z]{2}\]")
+_CLOSING = set("\"'”’)]}」』）》〉】")
+_OPENING = set("\"'“‘([{「『（《〈【")
+_WINDOW = 64  # characters looked at on each side of a line break
+
+
+def _is_cjk(ch: str) -> bool:
+    o = ord(ch)
+    return 0x3040 <= o <= 0x30FF or 0x3400 <= o <= 0x9FFF or 0xF900 <= o <= 0xFAFF or 0xFF66 <= o <= 0xFF9F
+
+
+def _neighbour(text: str, backwards: bool) -> str:
+    """The first character said next to a line break (within `text`, a short window): tags,
+    blanks and quotes skipped."""
+    text = _TAG_LITERAL.sub("", text)
+    skip = _CLOSING if backwards else _OPENING
+    for ch in reversed(text) if backwards else text:
+        if not ch.isspace() and ch not in skip:
+            return ch
+    return ""
+
+
+def mark_line_breaks(text: str) -> str:
+    """Line breaks -> what a reader hears there. The reference deletes them, so "Hello there\\nHow
+    are you" ran on without a pause: between two lines where the first ends in a word, digit or
+    symbol, a break becomes a full stop (`.` or `。` after Chinese/Japanese), or a comma when the
+    next line goes on in lower case (a wrapped sentence); a blank line is always a full stop.
+    After punctuation a break is a space (nothing between Chinese/Japanese characters)."""
+    def mark(m: re.Match) -> str:
+        before = _neighbour(text[max(0, m.start() - _WINDOW):m.start()], backwards=True)
+        after = _neighbour(text[m.end():m.end() + _WINDOW], backwards=False)
+        if not before or not after:
+            return ""
+        cjk = _is_cjk(before)
+        space = "" if cjk or _is_cjk(after) else " "
+        if unicodedata.category(before)[0] not in "LNS" and before not in "%％‰":
+            return space
+        paragraph = len(re.findall(_BREAK, m.group(0))) > 1
+        if not paragraph and after.islower() and after.isascii():
+            return ("，" if cjk else ",") + space
+        return ("。" if cjk else ".") + space
+    return _LINE_BREAKS.sub(mark, text)
 
 
 def split_sentences(text: str, language: str = "auto-mix", max_chars: float | None = None) -> list[str]:
     """Split long text into chunks the model can say in one generation.
 
     Args:
-        text: any text (tags such as `[EN]..[EN]` are kept inside their chunk if short enough).
+        text: any text. Under "mix" and "auto-mix", `[EN]..[EN]`-style tags are read as
+            core.text.tags describes, and every chunk carries its own: a span cut into pieces
+            is closed and reopened around each, so that every piece keeps its language.
         language: the language choice that will be passed to `phonemize`; it picks the weight of
             Han characters (Mandarin or Japanese speaking rate).
         max_chars: budget per chunk in English-equivalent characters (default 170, ~12 s).
     Returns:
-        list[str] of non-empty chunks, whitespace-trimmed, in order; empty for blank text.
+        list[str] of non-empty chunks, whitespace-trimmed, in order; empty for blank text. Line
+        breaks are replaced as `mark_line_breaks` says (a pause where the line ended unpunctuated).
     """
     if not isinstance(text, str):
         raise TypeError("text must be a str")
     budget = float(max_chars) if max_chars else DEFAULT_BUDGET
+    marks = None
+    if _reads_tags(text, language):  # split the text without its tags, then close them per chunk
+        text, marks = tags.labels(text)
     w = _weights(language, bool(_KANA.search(text)))
     sentences = _cut_after(text, _SENTENCE_END, skip_abbrev=True)
     pieces = [p for s in sentences for p in _fit(s, budget, w, language)]
-    chunks = [_join_lines(c).strip() for c in _pack(pieces, budget, w)]
     merged: list[str] = []
-    for c in chunks:
-        if merged and not any(ch.isalnum() for ch in c):
-            merged[-1] += c  # punctuation-only leftovers join the chunk before
-        elif c:
-            merged.append(c)
+    pos = 0
+    for plain in _pack(pieces, budget, w):
+        if marks is None:
+            chunk = plain
+        else:  # blanks at the chunk's edges stay outside its tags
+            start = pos + len(plain) - len(plain.lstrip())
+            end = pos + len(plain.rstrip())
+            chunk = tags.retag(text[start:end], marks[start:end]) if end > start else ""
+        pos += len(plain)
+        chunk = mark_line_breaks(chunk).strip()
+        if merged and not any(ch.isalnum() for ch in plain):
+            merged[-1] += chunk  # punctuation-only leftovers join the chunk before
+        elif chunk:
+            merged.append(chunk)
     return merged
+
+
+def _reads_tags(text: str, language: str) -> bool:
+    """Whether phonemize reads `text`'s tags (as user tags) under `language`."""
+    return language == "mix" and tags.has_known_tags(text) or language == "auto-mix" and tags.has_paired_tags(text)
