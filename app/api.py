@@ -28,6 +28,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.gate import Gate, each_in_thread
 from core.errors import BusyError, CheckpointError, DownloadError, ModelMissingError, StudioError
+from core.instruction_words import MAX_INSTRUCTION_CHARS
 
 log = logging.getLogger("vallex.api")
 
@@ -49,8 +50,9 @@ class SpeechRequest(BaseModel):
     language: str = "auto-mix"
     accent: str = "keep"
     preset: str = "balanced"
-    instruction: str = ""
-    instructions: str = ""  # OpenAI's name for style directions; used when `instruction` is empty
+    instruction: str = Field("", max_length=MAX_INSTRUCTION_CHARS)
+    # OpenAI's name for style directions; used when `instruction` is empty
+    instructions: str = Field("", max_length=MAX_INSTRUCTION_CHARS)
     instruction_mode: Literal["dsp", "prompt"] = "dsp"
     seed: int | None = Field(None, strict=True)
     stream: bool = Field(False, strict=True)  # send each sentence as soon as it is made (pcm or wav only)
@@ -83,6 +85,9 @@ def _validation_message(e: ValidationError) -> tuple[str, str | None]:
         return (f"The input has {len(first.get('input') or ''):,} characters; one request takes at most "
                 f"{MAX_INPUT_CHARS:,}. Send the text in parts (a sentence boundary is a good place to cut), "
                 "or make long texts with `python launch.py synth --text-file FILE`."), param
+    if param in ("instruction", "instructions") and first.get("type") == "string_too_long":
+        return (f"The {param} has {len(first.get('input') or ''):,} characters; the most is "
+                f"{MAX_INSTRUCTION_CHARS}. Say what to change in a short phrase, e.g. \"slower, deeper\"."), param
     return f"Invalid value for '{param}': {first.get('msg')}.", param
 
 

@@ -15,6 +15,7 @@ from app.format import SENTENCE_HEADERS, VOICE_HEADERS
 from app.gate import Gate
 from app.handlers import Handlers, TakeControl, stop_when_cancelled
 from app.voice_handlers import VoiceHandlers
+from core.instruction_words import MAX_INSTRUCTION_CHARS
 from core.presets import preset_names
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -96,7 +97,8 @@ def _clone_tab() -> SimpleNamespace:
                                        label="Sampling preset")
                 c.speed = gr.Slider(0.5, 2.0, value=1.0, step=0.05, label="Speed")
             c.instruction = gr.Textbox(label="Instruction (optional)", elem_id="instruction",
-                                       placeholder="e.g. deeper, a little slower, louder")
+                                       placeholder="e.g. deeper, a little slower, louder",
+                                       max_length=MAX_INSTRUCTION_CHARS)
             c.instruction_mode = gr.Radio([("on the output (DSP)", "dsp"),
                                            ("on the voice prompt (the model imitates it)", "prompt")],
                                           value="dsp", label="Apply the instruction")
@@ -223,7 +225,8 @@ def _convert_tab() -> SimpleNamespace:
         with gr.Column():
             cv.audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Clip",
                                 elem_id="convert_in")
-            cv.instruction = gr.Textbox(label="Instruction", elem_id="convert_instruction")
+            cv.instruction = gr.Textbox(label="Instruction", elem_id="convert_instruction",
+                                        max_length=MAX_INSTRUCTION_CHARS)
             cv.plan = gr.Markdown(elem_id="convert_plan", label="plan")
             cv.btn = gr.Button("Convert", variant="primary", elem_id="convert_btn")
         cv.out = gr.Audio(label="Converted", interactive=False, elem_id="convert_out")

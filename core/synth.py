@@ -286,6 +286,7 @@ class Studio:
     def _plan_instruction(self, job: Job) -> None:
         plan = parse_instruction(job.options.instruction)
         job.plan = plan
+        job.warnings.extend(f"instruction: {limit}" for limit in plan.limits)  # a value held to its range
         if plan.unknown_words:
             job.warnings.append("instruction: not understood " + ", ".join(f'"{w}"' for w in plan.unknown_words))
         if plan.is_empty():

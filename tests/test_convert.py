@@ -134,7 +134,8 @@ def test_unknown_words_are_listed_and_shown():
 def test_negation_and_clamping_and_describe():
     assert parse_instruction("no reverb").is_empty()
     plan = parse_instruction("much much faster, 3x speed")
-    assert plan.speed == 2.0 and any("speed limited" in n for n in plan.notes)
+    assert plan.speed == 2.0 and plan.limits == ["speed x4.69 is above the fastest, x2: using x2"]
+    assert "using x2" in plan.describe() and plan.warnings == plan.limits
     text = parse_instruction("slower and deeper, +2 dB, reverb").describe()
     for piece in ("speed x0.80", "pitch -2.0 semitones", "formants x0.92", "volume +2.0 dB", "reverb 50%"):
         assert piece in text

@@ -251,6 +251,10 @@ def test_odd_bodies_and_paths_get_openai_errors_not_500s(app):
     r = post(app, {"input": "word " * 1000})
     msg = r.json()["error"]["message"]
     assert r.status_code == 400 and "5,000 characters" in msg and "4,096" in msg and "launch.py synth" in msg
+    for field in ("instruction", "instructions"):  # parsed while the studio is held: kept short
+        r = post(app, {"input": TEXT, field: "slower " * 100})
+        err = r.json()["error"]
+        assert r.status_code == 400 and err["param"] == field and "700 characters; the most is 500" in err["message"]
     # unknown paths and wrong methods answer in the same shape
     r = send(app, "", method="GET", path="v1/nothing")
     assert r.status_code == 404 and "POST /v1/audio/speech" in r.json()["error"]["message"]

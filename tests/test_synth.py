@@ -745,3 +745,8 @@ def test_a_symbol_without_a_reading_is_left_out_and_named(studio):
     said = " ".join(result.warnings)
     assert "left out '★' (no reading in English)" in said, result.warnings
     assert "©" not in said  # read out ("copyright"), not left out
+
+
+def test_an_instruction_value_held_to_its_range_is_a_take_warning(studio):
+    result = studio.synthesize("Hello there.", None, replace(GREEDY, instruction="3x faster"))
+    assert "instruction: speed x3 is above the fastest, x2: using x2" in result.warnings
