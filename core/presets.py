@@ -26,6 +26,8 @@ def read_presets(path: str | Path | None = None) -> dict[str, dict]:
         raise StudioError(f"Cannot read the sampling presets {path}: {e.strerror or e}.", RESTORE_HINT) from None
     except UnicodeDecodeError:
         raise StudioError(f"The sampling presets {path} are not UTF-8 text.", RESTORE_HINT) from None
+    except RecursionError:  # arrays nested thousands deep: no preset file looks like that
+        raise StudioError(f"The sampling presets {path} are nested too deeply to be presets.", RESTORE_HINT) from None
     except json.JSONDecodeError as e:
         raise StudioError(f"The sampling presets {path} are not valid JSON (line {e.lineno}, column {e.colno}: "
                           f"{e.msg}).", RESTORE_HINT) from None

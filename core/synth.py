@@ -251,13 +251,10 @@ class Studio:
 
     def convert(self, audio, sample_rate: int | None, instruction: str) -> tuple[np.ndarray, EditPlan]:
         """Apply an instruction to any clip, no model needed -> (float32 [M] at the clip's rate, plan)."""
-        if not isinstance(instruction, str):
-            raise StudioError(f"The instruction must be text, not {type(instruction).__name__}.",
-                              'Say what to change, e.g. "deeper", "faster", "add some echo".')
-        plan = parse_instruction(instruction)
+        plan = parse_instruction(instruction)  # None is no instruction; another non-text a StudioError
         if plan.is_empty():  # said before the clip is decoded, rather than an unchanged copy
             unknown = f" (not understood: {', '.join(plan.unknown_words)})" if plan.unknown_words else ""
-            raise StudioError(f"The instruction {instruction[:60]!r} asks for no change{unknown}.",
+            raise StudioError(f"The instruction {plan.text[:60]!r} asks for no change{unknown}.",
                               'Try e.g. "deeper", "higher by 3 semitones", "faster", "louder", "robot", "echo".')
         x, sr = load_audio(audio, sample_rate=sample_rate)
         return apply_plan(to_mono(x), sr, plan), plan

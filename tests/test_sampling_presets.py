@@ -24,7 +24,7 @@ def test_a_malformed_file_names_itself_and_the_line(tmp_path):
         presets.read_presets(bad)
     assert "git checkout presets/sampling.json" in e.value.user_message()
     for text, want in [("[1, 2]", "must be a JSON object"), ('{"a": 3}', "Preset 'a' .* must be an object"),
-                       ("{}", "name no preset")]:
+                       ("{}", "name no preset"), ("[" * 100_000 + "]" * 100_000, "nested too deeply")]:
         bad.write_text(text)
         with pytest.raises(StudioError, match=want):
             presets.read_presets(bad)

@@ -112,6 +112,8 @@ def test_characters_without_a_reading_are_left_out_with_a_warning():
     assert phonemize("I ❤ NY ★", language="en").warnings == ()  # the reference path says nothing
     with pytest.raises(TextError, match="★"):
         studio("★", "zh")
+    many = studio("Some words " + "".join(chr(0x2600 + i) for i in range(40)), "en").warnings[0]
+    assert " more (no reading in English)" in many and len(many) < 120  # one readable line, not forty symbols
 
 
 # ---- 3. line breaks -----------------------------------------------------------------------

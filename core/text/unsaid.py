@@ -79,4 +79,6 @@ def leave_out(text: str, language: str) -> tuple[str, list[str]]:
 
 def warning(named: list[str], language: str) -> str:
     """"left out '★ ♪' (no reading in English)": for `Phonemes.warnings`."""
-    return f"left out {' '.join(dict.fromkeys(named))!r} (no reading in {_LANGUAGE_NAMES[language]})"
+    named = list(dict.fromkeys(named))
+    more = f" and {len(named) - 12} more" if len(named) > 12 else ""  # a warning stays one readable line
+    return f"left out {' '.join(named[:12])!r}{more} (no reading in {_LANGUAGE_NAMES[language]})"
