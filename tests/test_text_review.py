@@ -158,6 +158,24 @@ def test_a4_is_the_letter_not_the_article():
     assert studio("A4 paper", "en").phonemes.startswith("eɪ_fɔɹ")
 
 
+@pytest.mark.parametrize("text, expect", [
+    ("We need Plan A now.", "We need Plan ay now."), ("Vitamin A is good.", "Vitamin ay is good."),
+    ("I got an A.", "I got an ay."), ("A. Smith wrote it.", "ay. Smith wrote it."),
+    ("A and B.", "ay and B."), ("from A to Z", "from ay to Z"), ("Section A, part two.", "Section ay, part two."),
+    # the article stays: sentence start, title case, all caps, hesitation, end of a language run
+    ("A cat sat. A dog ran.", "A cat sat. A dog ran."), ("Once Upon A Time", "Once Upon A Time"),
+    ("I HAVE A DOG.", "I HAVE A DOG."), ("It was a... a dream.", "It was a... a dream."),
+    ("This is a ", "This is a "), ("Take a look.", "Take a look."), ("A-list", "A-list"),
+])
+def test_a_word_is_the_letter_only_where_no_article_can_be(text, expect):
+    assert normalize_text(text, "en") == expect
+
+
+def test_plan_a_is_said_as_the_letter():
+    assert "plæn_eɪ_naʊ" in studio("We need Plan A now.", "en").phonemes
+    assert studio("This is a 猫。", "auto-mix").phonemes.startswith("ðɪs_ɪz_ə")
+
+
 # ---- 5. zh/ja detection -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("text, runs", [

@@ -70,6 +70,12 @@ _SYMBOLS_EN = [("&", " and "), ("@", " at "), ("+", " plus "), ("=", " equals ")
 _POWERS_EN = {"100": "hundred", "1000": "thousand", "1000000": "million"}  # "100s" -> "hundreds"
 # a lone capital A next to a number is the letter ("A4", "4A"); alone, the G2P says the article ə
 _LETTER_A = re.compile(r"(?<![A-Za-z])A(?=\d)|(?<=\d)A(?![A-Za-z])")
+# "a" / "A" as a word of its own: the article unless what is around it says it is the letter
+_WORD_A = re.compile(r"(?<![\w'’.-])([Aa])(?![\w'’-])")
+_SENTENCE_OPENERS = ".!?:;\"“(\n"
+# an article is never followed by these words: "A and B", "A is for apple", "from A to Z"
+_NOT_AFTER_ARTICLE = {"and", "or", "is", "was", "are", "were", "to", "through", "vs", "versus", "plus",
+                      "minus", "equals"}
 _QUOTE_MARKS_EN = re.compile(r"\"|(?<![A-Za-z0-9])'|'(?![A-Za-z])")  # not the apostrophe of "don't"
 
 
@@ -175,6 +181,24 @@ def _date_en(year: str, month: str, day: str) -> str:
     return f"{_MONTHS[int(month) - 1]} {ordinal}, {_year_en(int(year))}"
 
 
+def _article_or_letter(m: re.Match) -> str:
+    """The letter ("ay") where an article cannot be: before punctuation ("an A.",
+    "A, B"), before a word no article precedes ("A and B"), or a capital A inside a sentence
+    before a lower-case word ("plan A now", "vitamin A is"). A capital A before a capitalised
+    word stays the article: title case ("Once Upon A Time") and all-caps text."""
+    before, after = m.string[:m.start()].rstrip(), m.string[m.end():]
+    word = re.match(r"\s+([A-Za-z]+)", after)
+    if not word:  # punctuation; an ellipsis or a dash is a hesitation ("a... a dream"), and the end
+        # of the text may be the end of a language run ("This is a 猫": "This is a " is one)
+        return "ay" if re.match(r"\s*(?:[,;:!?)]|\.(?!\.))", after) else m.group(0)
+    if word.group(1).lower() in _NOT_AFTER_ARTICLE:
+        return "ay"
+    opening = not before or before[-1] in _SENTENCE_OPENERS
+    if m.group(1) == "A" and not opening and word.group(1)[0].islower():
+        return "ay"
+    return m.group(0)
+
+
 def normalize_en(text: str) -> str:
     from core.text.en import _inflect
 
@@ -194,6 +218,7 @@ def normalize_en(text: str) -> str:
     text = _PERCENT.sub(lambda m: f"{m.group(1)} percent", text)
     text = _PER_MILLE.sub(r"\1 per mille", text)
     text = _LETTER_A.sub("ay", text)
+    text = _WORD_A.sub(_article_or_letter, text)
     text = _UNIT_RE.sub(_unit_sub(_UNITS_EN, " "), text)
     for frac, words in _FRACTIONS_EN.items():
         text = re.sub(rf"(?<![\d/]){re.escape(frac)}(?![\d/])", words, text)
