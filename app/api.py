@@ -10,13 +10,16 @@ The official `openai` package works unchanged (`client.audio.speech.create(...)`
 comes with headers: `X-Vallex-Seed` (the seed that makes it again: pass it back as "seed" with the
 same input), `X-Vallex-Warnings` (a JSON list, ASCII-escaped: sentences skipped, instruction words
 not understood, ...) and `X-Vallex-Audio-Seconds`. Errors come back
-in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, with 400 for bad input,
-401 for a wrong key, 429 when the queue is full and 503 when the weights are missing or damaged.
+in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}` (`param`: the field to fix),
+with 400 for bad input (also a take in which the model made no audio at all: code "no_audio"),
+401 for a wrong key, 413 for a body over 1 MiB, 429 when the queue is full and 503 when the weights
+are missing or damaged. A client that hangs up stops its take, or leaves the line if still waiting.
 """
 from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import threading
 from typing import Literal
@@ -27,7 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from app.gate import Gate, each_in_thread
-from core.errors import BusyError, CheckpointError, DownloadError, ModelMissingError, StudioError
+from core.errors import (BusyError, CheckpointError, DownloadError, ModelMissingError, StudioError, TextError,
+                         VoiceError)
 from core.instruction_words import MAX_INSTRUCTION_CHARS
 
 log = logging.getLogger("vallex.api")
@@ -35,6 +39,10 @@ log = logging.getLogger("vallex.api")
 MEDIA_TYPES = {"wav": "audio/wav", "mp3": "audio/mpeg", "flac": "audio/flac",
                "opus": "audio/ogg", "pcm": "audio/pcm"}
 MAX_INPUT_CHARS = 4096
+# A full request is at most ~60 KB (4,096 characters of input even as \uXXXX pairs, two 500-character
+# instructions); the body is read up to this and no further, so a client cannot fill the memory.
+MAX_BODY_BYTES = 1 << 20
+EXAMPLE = '{"input": "Hello", "voice": "paimon"}'
 
 
 class SpeechRequest(BaseModel):
@@ -56,6 +64,7 @@ class SpeechRequest(BaseModel):
     instruction_mode: Literal["dsp", "prompt"] = "dsp"
     seed: int | None = Field(None, strict=True)
     stream: bool = Field(False, strict=True)  # send each sentence as soon as it is made (pcm or wav only)
+    stream_format: str = "audio"  # OpenAI's; its "sse" (audio in JSON events) is not served
 
 
 def error(status: int, message: str, code: str, param: str | None = None) -> JSONResponse:
@@ -65,22 +74,72 @@ def error(status: int, message: str, code: str, param: str | None = None) -> JSO
     if status == 401:
         kind = "authentication_error"
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    headers = {"Retry-After": "5"} if status == 429 else None
+    headers = None
+    if status == 429:
+        headers = {"Retry-After": "5"}
+    elif status == 401:  # the challenge HTTP asks a 401 to carry
+        headers = {"WWW-Authenticate": "Bearer"}
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def studio_error(e: StudioError) -> JSONResponse:
+def studio_error(e: StudioError, param: str | None = None) -> JSONResponse:
     status = 400
     if isinstance(e, BusyError):
         status = 429
     elif isinstance(e, (ModelMissingError, DownloadError, CheckpointError)):  # the server's models, not the request
         status = 503
-    return error(status, e.user_message(), e.code)
+    elif param is None:  # the field to fix, as OpenAI names it
+        param = getattr(e, "param", None) or {VoiceError: "voice", TextError: "input"}.get(type(e))
+    message = e.user_message()
+    if isinstance(e, VoiceError):  # "the list" is the page's; an API client lists them here
+        message = message.replace("from the list", "from GET /v1/voices")
+    return error(status, message, e.code, param)
+
+
+async def read_json(request: Request):
+    """The body as JSON, or an error response that says what is wrong with it."""
+    declared = request.headers.get("content-length", "")
+    size, parts = int(declared) if declared.isdigit() else 0, []
+    if size <= MAX_BODY_BYTES:
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                break
+            parts.append(chunk)
+    if size > MAX_BODY_BYTES:
+        return error(413, f"The body is over {MAX_BODY_BYTES >> 20} MiB; a request is a small JSON object "
+                          f"like {EXAMPLE} with at most {MAX_INPUT_CHARS:,} characters of input.",
+                     "body_too_large")
+    body = b"".join(parts)
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        return error(400, f"The body is form data ({kind}); send a JSON object like {EXAMPLE} with "
+                          "Content-Type: application/json.", "invalid_json")
+    if not body.strip():
+        return error(400, f"The body is empty; send a JSON object like {EXAMPLE}.", "invalid_json")
+    try:
+        return json.loads(body)
+    except UnicodeDecodeError:
+        return error(400, "The body is not UTF-8 text; send the JSON in UTF-8.", "invalid_json")
+    except json.JSONDecodeError as e:
+        return error(400, f"The body is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
+                          f"send a JSON object like {EXAMPLE}.", "invalid_json")
+    except RecursionError:
+        return error(400, "The body's JSON is nested too deeply to read; send a flat JSON object like "
+                          f"{EXAMPLE}.", "invalid_json")
+    except ValueError:  # what is left: a whole number past Python's 4,300-digit limit
+        return error(400, "The body has a number too long to read (over 4,300 digits); a seed is a whole "
+                          "number from -2**63 to 2**63 - 1.", "invalid_json")
 
 
 def _validation_message(e: ValidationError) -> tuple[str, str | None]:
     first = e.errors()[0]
     param = ".".join(str(p) for p in first.get("loc", ())) or None
+    if first.get("type") == "missing":
+        return f"The field '{param}' is missing; send a JSON object like {EXAMPLE}.", param
+    if param == "input" and first.get("type") == "string_too_short":
+        return "The input is empty; give the text to speak.", param
     if param == "input" and first.get("type") == "string_too_long":
         return (f"The input has {len(first.get('input') or ''):,} characters; one request takes at most "
                 f"{MAX_INPUT_CHARS:,}. Send the text in parts (a sentence boundary is a good place to cut), "
@@ -100,7 +159,7 @@ def make_router(studio, gate: Gate, keys: set[str] | None = None) -> APIRouter:
             return True
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         # as bytes: compare_digest refuses non-ASCII str (a header arrives as Latin-1 text)
-        sent = token.encode("latin-1", "replace")
+        sent = token.strip().encode("latin-1", "replace")  # "Bearer  KEY": RFC 7235 allows more spaces
         return scheme.lower() == "bearer" and any(hmac.compare_digest(sent, k.encode("utf-8")) for k in keys)
 
     def denied() -> JSONResponse:
@@ -131,30 +190,30 @@ def make_router(studio, gate: Gate, keys: set[str] | None = None) -> APIRouter:
     async def speech(request: Request):
         if not authorised(request):
             return denied()
-        try:
-            data = await request.json()
-        except (ValueError, RecursionError):  # not JSON, or nested too deep to read
-            return error(400, "The body must be a JSON object.", "invalid_json")
+        data = await read_json(request)
+        if isinstance(data, Response):
+            return data
         if not isinstance(data, dict):
             kind = {list: "an array", str: "a string", bool: "true or false", type(None): "null"}.get(type(data), "a number")
-            return error(400, f'The body must be a JSON object like {{"input": "Hello"}}, not {kind}.', "invalid_json")
+            return error(400, f"The body must be a JSON object like {EXAMPLE}, not {kind}.", "invalid_json")
         try:
             body = SpeechRequest.model_validate(data)
         except ValidationError as e:
             message, param = _validation_message(e)
             return error(400, message, "invalid_value", param)
-        if body.voice is not None and not body.voice.strip():  # a blank form field, or a template gone wrong
-            return error(400, "The voice is empty. Name a saved or bundled voice (GET /v1/voices lists them), "
-                              "or leave 'voice' out for a voice the model makes up.", "invalid_value", "voice")
-        if body.stream and body.response_format not in ("pcm", "wav"):
-            return error(400, "Streaming sends raw audio as it is made: use response_format pcm or wav "
-                              "with stream=true.", "invalid_value", "response_format")
+        problem = _problem(body, data)
+        if problem is not None:
+            return problem
+        try:  # checked here, so that a wrong field is said at once (not after a wait in the line)
+            options = _options(body)
+        except _FieldError as e:
+            return studio_error(e.error, e.param)
         gone = threading.Event()  # the client hung up: the take stops at its next step
         try:
             watcher = asyncio.create_task(_watch_disconnect(request, gone))
             try:  # the whole take, or a streamed take's first sentence
                 made = await run_in_threadpool(stream_request if body.stream else synthesize_request,
-                                               studio, gate, body, gone.is_set)
+                                               studio, gate, body, options, gone.is_set)
             finally:
                 watcher.cancel()
             if body.stream:  # from here Starlette notices a hang-up and stops sending
@@ -170,7 +229,8 @@ def make_router(studio, gate: Gate, keys: set[str] | None = None) -> APIRouter:
                          "internal_error")
         return Response(audio, media_type=MEDIA_TYPES[body.response_format], headers=headers)
 
-    @router.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    @router.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+                      include_in_schema=False)
     def unknown(path: str, request: Request):
         # after the real routes: an unknown path, or a known one with the wrong method
         known = {"audio/speech": "POST", "voices": "GET", "models": "GET"}
@@ -205,19 +265,67 @@ async def _until_gone(chunks, gone: threading.Event):
         raise
 
 
+def _problem(body: SpeechRequest, data: dict) -> JSONResponse | None:
+    """A mistake across fields, or in a field whose type alone is not enough to check."""
+    if body.voice is not None and not body.voice.strip():  # a blank form field, or a template gone wrong
+        return error(400, "The voice is empty. Name a saved or bundled voice (GET /v1/voices lists them), "
+                          "or leave 'voice' out for a voice the model makes up.", "invalid_value", "voice")
+    if body.stream_format != "audio":  # OpenAI's server-sent events: a client would not understand raw audio
+        return error(400, f"stream_format {body.stream_format!r} is not supported: leave it out "
+                          "(or \"audio\"). The audio is the body; stream=true sends it sentence by sentence.",
+                     "invalid_value", "stream_format")
+    if body.stream and body.response_format not in ("pcm", "wav"):
+        return error(400, f"Streaming sends raw audio as it is made: use response_format pcm or wav "
+                          f"with stream=true, not {body.response_format}"
+                          f"{'' if 'response_format' in data else ' (the default)'}.",
+                     "invalid_value", "response_format")
+    return None
+
+
+class NoAudioError(StudioError):
+    """A take with no audio at all: nothing to encode, and a client must not get an empty file."""
+
+    code = "no_audio"
+
+    def __init__(self, seed: int | None, warnings: list[str]):
+        why = f" ({'; '.join(warnings[:3])})" if warnings else ""
+        if seed is None:
+            super().__init__(f"The model made no audio for this input{why}.", "Send it again, or reword the text.")
+        else:
+            super().__init__(f"The model made no audio for this input with seed {seed}{why}.",
+                             "Send it again with another seed, or with none (the studio then draws again "
+                             "when the model stops at once).")
+        self.param = "seed" if seed is not None else None
+
+
+class _FieldError(Exception):
+    """A StudioError from one field of the request, with that field's name."""
+
+    def __init__(self, error: StudioError, param: str | None):
+        super().__init__(str(error))
+        self.error, self.param = error, param
+
+
 def _options(body: SpeechRequest):
     from core.synth import SynthOptions
 
-    return SynthOptions(language=body.language, accent=body.accent, preset=body.preset,
-                        seed=body.seed, speed=body.speed,
-                        instruction=body.instruction or body.instructions,
-                        instruction_mode=body.instruction_mode)
+    fields = dict(language=body.language, accent=body.accent, preset=body.preset, seed=body.seed,
+                  speed=body.speed, instruction=body.instruction or body.instructions,
+                  instruction_mode=body.instruction_mode)
+    for name, value in fields.items():  # one at a time, so that an error names its field
+        try:
+            SynthOptions(**{name: value})
+        except StudioError as e:
+            sent_as = "instructions" if name == "instruction" and not body.instruction else name
+            raise _FieldError(e, sent_as) from e
+    try:
+        return SynthOptions(**fields)
+    except StudioError as e:  # fields fine alone but not together
+        raise _FieldError(e, None) from e
 
 
 def take_headers(seed: int | None, warnings: list[str], audio_s: float | None = None) -> dict[str, str]:
     """What a client may want besides the audio (HTTP headers are Latin-1: JSON keeps them ASCII)."""
-    import json
-
     notes = [w if len(w) <= 300 else w[:297] + "..." for w in warnings]
     shown = len(notes)
     while len(json.dumps(notes[:shown])) > 1800:  # proxies and clients refuse headers of many KB
@@ -231,15 +339,18 @@ def take_headers(seed: int | None, warnings: list[str], audio_s: float | None = 
     return headers
 
 
-def synthesize_request(studio, gate: Gate, body: SpeechRequest, stop=None) -> tuple[bytes, dict[str, str]]:
+def synthesize_request(studio, gate: Gate, body: SpeechRequest, options,
+                       stop=None) -> tuple[bytes, dict[str, str]]:
     """Runs in a worker thread: wait for the Studio (bounded), synthesize, encode. stop(): the
-    client is gone, so the take ends early (its audio is not sent anywhere)."""
+    client is gone, so the take ends early (its audio is not sent anywhere), or leaves the line."""
     from core.audio import encode_audio
 
-    options = _options(body)
-    with gate.turn(bounded=True):
-        voice = studio.voices.load(body.voice) if body.voice else None
+    # read before the wait: a voice that is not there is said at once, not after the line
+    voice = studio.voices.load(body.voice) if body.voice else None
+    with gate.turn(bounded=True, stop=stop):
         result = studio.synthesize(body.input, voice=voice, options=options, stop=stop)
+    if not len(result.audio):  # the model stopped at once on every sentence (a seed given is kept)
+        raise NoAudioError(body.seed, result.warnings)
     seeds = [s.seed for s in result.sentences if s.ok]
     headers = take_headers(seeds[0] if seeds else None, result.warnings, len(result.audio) / result.sample_rate)
     return encode_audio(result.audio, result.sample_rate, body.response_format), headers
@@ -254,15 +365,14 @@ def streaming_wav_header(sample_rate: int) -> bytes:
             + b"data" + struct.pack("<I", 0xFFFFFFFF))
 
 
-def stream_request(studio, gate: Gate, body: SpeechRequest, stop=None):
+def stream_request(studio, gate: Gate, body: SpeechRequest, options, stop=None):
     """Runs in a worker thread: make the first sentence (so bad input is still a JSON error), then
     return an iterator of int16 bytes, one chunk per sentence. The Studio is held per sentence.
-    stop(): the client is gone (the take ends at once)."""
+    stop(): the client is gone (the take ends at once, or leaves the line)."""
     from app.format import to_int16
 
-    options = _options(body)
-    with gate.turn(bounded=True):
-        voice = studio.voices.load(body.voice) if body.voice else None
+    voice = studio.voices.load(body.voice) if body.voice else None
+    with gate.turn(bounded=True, stop=stop):
         sentences = studio.stream(body.input, voice=voice, options=options, stop=stop)
         first = next(sentences, None)
 
@@ -273,7 +383,7 @@ def stream_request(studio, gate: Gate, body: SpeechRequest, stop=None):
         while sent is not None:
             if len(sent.audio):
                 yield to_int16(sent.audio).tobytes()
-            with gate.turn(bounded=False):
+            with gate.turn(bounded=False, stop=stop):
                 sent = next(sentences, None)
 
     # sent before the audio: the first sentence's seed and the notes known now (the take's, the

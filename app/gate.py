@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import anyio.to_thread
 
-from core.errors import BusyError
+from core.errors import BusyError, Stopped
 
 
 class Gate:
@@ -29,9 +29,11 @@ class Gate:
         return self._waiting
 
     @contextmanager
-    def turn(self, bounded: bool = True) -> Iterator[None]:
+    def turn(self, bounded: bool = True, stop=None) -> Iterator[None]:
         """Hold the Studio for the body. `bounded=False` waits however long the line is
-        (the Gradio queue bounds the UI already)."""
+        (the Gradio queue bounds the UI already). `stop`: None, or a callable asked while waiting;
+        True leaves the line (raises `Stopped`): a /v1 client that hung up while it waited must
+        not keep a place that the next client is then refused (429) for."""
         with self._count_lock:
             if bounded and self._waiting >= self.max_waiting:
                 raise BusyError(
@@ -41,7 +43,9 @@ class Gate:
                 )
             self._waiting += 1
         try:
-            self._lock.acquire()
+            while not self._lock.acquire(timeout=0.1 if stop is not None else -1):
+                if stop():
+                    raise Stopped("The request was withdrawn while it waited for its turn.")
         finally:
             with self._count_lock:
                 self._waiting -= 1

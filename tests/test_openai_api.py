@@ -214,14 +214,15 @@ def test_bad_requests_are_openai_errors(app, oai):
     for body, param in [({"input": TEXT, "response_format": "aac"}, "response_format"),
                         ({"input": TEXT, "speed": 4.0}, "speed"),
                         ({"input": ""}, "input"),
-                        ({"input": TEXT, "language": "fr"}, None),
-                        ({"input": TEXT, "seed": 10**30}, None)]:
+                        ({"input": TEXT, "language": "fr"}, "language"),
+                        ({"input": TEXT, "seed": 10**30}, "seed"),
+                        ({"input": TEXT, "voice": "../x"}, "voice"),
+                        ({"input": "?!…"}, "input")]:
         r = post(app, body)
         assert r.status_code == 400, body
         err = r.json()["error"]
         assert err["type"] == "invalid_request_error" and err["message"]
-        if param:
-            assert err["param"] == param
+        assert err["param"] == param, (body, err)
     assert "seed" in post(app, {"input": TEXT, "seed": 10**30}).json()["error"]["message"]
     r = requests.post(app.url + "v1/audio/speech", data="not json", timeout=10,
                       headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
