@@ -8,9 +8,6 @@ message (the traceback goes to the log).
 """
 from __future__ import annotations
 
-import contextlib
-import functools
-import inspect
 import logging
 import time
 import weakref
@@ -21,8 +18,10 @@ import gradio as gr
 import numpy as np
 
 from app import format as fmt
-from app.gate import Gate, each_in_thread, in_thread
-from app.inputs import make_options, parse_seed, require_audio, same_audio, user_errors, write_temp
+from app.gate import Gate
+from app.inputs import (make_options, message_of, parse_seed, require_audio, same_audio, user_errors,
+                        write_temp)
+from app.takes import TakeControl, stop_when_cancelled  # noqa: F401 (re-exported)
 from core.errors import Stopped, StudioError
 
 log = logging.getLogger("vallex.ui")
@@ -42,81 +41,12 @@ class Prompt:
     report: Any = None  # core.audio.PromptReport
 
 
-@dataclass
-class TakeControl:
-    """One user's take (kept in gr.State, which hands the same object to every event of the
-    session). Speak marks it `queued` at the click, before the take waits for its turn; Stop sets
-    `stop`: a queued take never starts, a running one ends at once (the engine asks between steps)."""
-
-    queued: bool = False
-    running: bool = False
-    stop: bool = False
-
-    def busy(self) -> bool:
-        return self.queued or self.running
-
-    def stopped_in_queue(self) -> bool:
-        """Whether Stop came while this take waited for its turn (then it is not made)."""
-        stopped = self.stop
-        self.queued = self.stop = False
-        return stopped
-
-    @contextlib.contextmanager
-    def take(self):
-        """Speak's body runs inside."""
-        self.running = True
-        try:
-            yield
-        finally:
-            self.running = self.stop = False
-
-
-def stop_when_cancelled(handler):
-    """`handler` (a take's: its arguments carry a TakeControl) as Gradio should run it so that a
-    cancelled event stops the engine. Gradio cancels an event (gradio_client's `job.cancel()`) by
-    cancelling its asyncio task; a plain handler runs in a worker thread that would go on to the end
-    of the take. Here each step runs in a worker thread awaited by an async wrapper: the cancel
-    reaches the wrapper at once, which asks the take to stop (the engine checks between steps).
-    The handler itself stays a plain function, which the tests call directly."""
-
-    def control_of(args, kwargs) -> TakeControl | None:
-        return next((a for a in (*args, *kwargs.values()) if isinstance(a, TakeControl)), None)
-
-    def stop(control: TakeControl | None) -> None:
-        if control is not None and control.busy():
-            log.info("%s was cancelled by its caller: stopping it", handler.__name__)
-            control.stop = True
-
-    if inspect.isgeneratorfunction(handler):
-        @functools.wraps(handler)
-        async def steps(*args, **kwargs):
-            control, made, finished = control_of(args, kwargs), handler(*args, **kwargs), False
-            try:
-                async for item in each_in_thread(made):
-                    yield item
-                finished = True
-            finally:
-                if not finished:  # cancelled (or failed: then the take is over and this does nothing)
-                    stop(control)
-                    if not made.gi_running:
-                        made.close()
-        return steps
-
-    @functools.wraps(handler)
-    async def call(*args, **kwargs):
-        control = control_of(args, kwargs)
-        try:
-            return await in_thread(functools.partial(handler, *args, **kwargs))
-        except BaseException:
-            stop(control)
-            raise
-    return call
-
-
-def _progress_reporter(progress):
-    """core's progress(fraction, message) -> Gradio's progress bar."""
+def _progress_reporter(progress, said: list | None = None):
+    """core's progress(fraction, message) -> Gradio's progress bar (and the messages into `said`)."""
     def report(fraction: float, message: str) -> None:
         progress(fraction, desc=message)
+        if said is not None:
+            said.append(message)
     return report
 
 
@@ -152,7 +82,15 @@ class Handlers:
     def check_prompt(self, audio, language: str | None = None, transcript: str | None = None,
                      progress=gr.Progress()):
         """Prompt audio (+ optional transcript; empty = ASR) -> (report markdown, chosen window,
-        transcript, Prompt state)."""
+        transcript, Prompt state). A refused recording is said in the report too, then the event
+        fails: the toast fades, and an empty report beside the clip would not say it was refused."""
+        try:
+            yield self._check_prompt(audio, language, transcript, progress)
+        except Exception as e:
+            yield f"⚠️ {message_of(e)}", gr.skip(), gr.skip(), gr.skip()
+            raise
+
+    def _check_prompt(self, audio, language, transcript, progress):
         sr, wav = require_audio(audio)
         if not (transcript or "").strip() and "asr" in (self.studio.status().get("missing") or []):
             return self._report_without_asr(sr, wav)
@@ -185,8 +123,9 @@ class Handlers:
             sr, wav = audio
             voice, report = self.studio.make_voice(wav, sample_rate=sr, transcript=transcript or None)
             return Prompt((sr, wav), voice, report)
-        if prompt is not None and prompt.audio is not None and transcript \
-                and transcript != prompt.voice.transcript:
+        if prompt is not None and transcript and transcript != prompt.voice.transcript:
+            if prompt.audio is None:  # a saved voice: no recording here, its codes stay
+                return Prompt(None, self.studio.with_transcript(prompt.voice, transcript))
             sr, wav = prompt.audio
             voice, report = self.studio.make_voice(wav, sample_rate=sr, transcript=transcript)
             return Prompt((sr, wav), voice, report)
@@ -231,36 +170,49 @@ class Handlers:
                                "book with the command line: `python launch.py synth --in-dir FOLDER --out-dir OUT`.")
             options = make_options(language, accent, preset, top_k, top_p, temperature, rep_window,
                                    best_of, seed, speed, instruction, long_mode, instruction_mode)
-            report = _progress_reporter(progress)
+            said = []  # core's progress messages ("sentence 3/40"), for the notes under the players
+            report = _progress_reporter(progress, said)
             report(0.0, self._loading_message())
-            # the last take leaves the page now: its audio and rows beside the new one's would mislead
-            yield gr.skip(), None, [], None, "Making a new take…", gr.skip(), gr.skip()
-            # The gate is held per sentence, not across yields: a listener who goes away mid-stream
-            # cannot keep the models locked, and other users' requests interleave fairly.
+            try:
+                # The gate is held per step, not across yields: a listener who goes away mid-stream
+                # cannot keep the models locked, and other users' requests interleave fairly.
+                with self.gate.turn(bounded=False):  # a refused recording leaves the last take as it was
+                    prompt = self._voice_for(audio, prompt, transcript)
+                # the last take leaves the page now: its audio and rows beside the new one's would mislead
+                yield gr.skip(), None, [], None, "Making a new take…", gr.skip(), gr.skip()
+                yield from self._take(text, prompt, options, control, report, said)
+            except Exception as e:
+                # the toast goes away after a while: the notes, which said "Making a new take…" (or
+                # described the last take), keep why
+                yield (gr.skip(),) * 4 + (f"⚠️ {message_of(e)}", gr.skip(), gr.skip())
+                raise
+
+    def _take(self, text, prompt, options, control, report, said):
+        """Speak's take once its prompt is ready: each sentence as it is made, then the whole take."""
+        voice = prompt.voice if prompt is not None else None
+        t0, made = time.perf_counter(), []
+        stream = self.studio.stream(text, voice=voice, options=options, progress=report,
+                                    stop=lambda: control.stop)
+        while True:
             with self.gate.turn(bounded=False):
-                prompt = self._voice_for(audio, prompt, transcript)
-            voice = prompt.voice if prompt is not None else None
-            t0 = time.perf_counter()
-            stream = self.studio.stream(text, voice=voice, options=options, progress=report,
-                                        stop=lambda: control.stop)
-            sentences = []
-            while True:
-                with self.gate.turn(bounded=False):
-                    sent = next(stream, None)
-                if sent is None:
-                    break
-                sentences.append(sent)
-                if len(sent.audio):
-                    yield ((self.studio.sample_rate, fmt.to_int16(sent.audio)),) + (gr.skip(),) * 6
-            if not sentences:  # Stop came while the prompt was being checked
-                gr.Info("Stopped before the first sentence was made. Press Speak to start again.")
-                yield (gr.skip(),) * 4 + ("Stopped before the first sentence was made.", gr.skip(), gr.skip())
-                return
-            with self.gate.turn(bounded=False):
-                result = self.studio.assemble(sentences, options=options)
-            seconds = fmt.generation_seconds(t0, time.perf_counter(), self.studio.ready_at)
-            transcript = voice.transcript if voice is not None else gr.skip()
-            yield self._result_outputs(result, stream_chunk=gr.skip(), seconds=seconds) + (prompt, transcript)
+                sent = next(stream, None)
+            if sent is None:
+                break
+            made.append(sent)
+            # what the notes say while the take is made (the progress bar alone is easy to miss)
+            note = f"Making a new take: {said[-1] if said else f'sentence {len(made)}'} done. " \
+                   "**Stop** ends it here, keeping the sentences made so far."
+            chunk = (self.studio.sample_rate, fmt.to_int16(sent.audio)) if len(sent.audio) else gr.skip()
+            yield (chunk,) + (gr.skip(),) * 3 + (note, gr.skip(), gr.skip())
+        if not made:  # Stop came while the prompt was being checked
+            gr.Info("Stopped before the first sentence was made. Press Speak to start again.")
+            yield (gr.skip(),) * 4 + ("Stopped before the first sentence was made.", gr.skip(), gr.skip())
+            return
+        with self.gate.turn(bounded=False):
+            result = self.studio.assemble(made, options=options)
+        seconds = fmt.generation_seconds(t0, time.perf_counter(), self.studio.ready_at)
+        transcript = voice.transcript if voice is not None else gr.skip()
+        yield self._result_outputs(result, stream_chunk=gr.skip(), seconds=seconds) + (prompt, transcript)
 
     def queue_take(self, control=None, request: gr.Request = None) -> None:
         """Speak's first step, before the take waits for its turn: from now on Stop (and closing
@@ -336,7 +288,8 @@ class Handlers:
             except (TypeError, ValueError):
                 i = -1.0
             if not (i.is_integer() and 1 <= i <= n):  # the page counts from 1, Studio.reroll from 0
-                raise gr.Error(f"Pick a sentence number from 1 to {n} (the # column), not {index!r}."
+                given = "" if index is None else f", not {index!r}"  # None: the box was left empty
+                raise gr.Error(f"Pick a sentence number from 1 to {n} (the # column){given}."
                                if n > 1 else "This take has one sentence: its number is 1.")
             i -= 1
             t0 = time.perf_counter()

@@ -16,6 +16,17 @@ from core.errors import StudioError
 log = logging.getLogger("vallex.ui")
 
 
+def message_of(e: Exception) -> str:
+    """What the page says about a failed action: a refusal's own message, or a short note for
+    anything else (the traceback goes to the log)."""
+    if isinstance(e, gr.Error):
+        return str(e.message)
+    if isinstance(e, StudioError):
+        return e.user_message()
+    return (f"Something went wrong inside the studio ({type(e).__name__}: {e}). "
+            "The server log has the details.")
+
+
 def user_errors(fn):
     """Show `StudioError`s as their user message and hide tracebacks of anything else."""
 
@@ -31,8 +42,7 @@ def user_errors(fn):
             log.warning("%s refused: %s", fn.__name__, e.user_message())
             return gr.Error(e.user_message(), print_exception=False)
         log.exception("handler %s failed", fn.__name__)
-        return gr.Error(f"Something went wrong inside the studio ({type(e).__name__}: {e}). "
-                        "The server log has the details.")
+        return gr.Error(message_of(e))
 
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)

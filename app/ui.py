@@ -13,7 +13,8 @@ import gradio as gr
 
 from app.format import SENTENCE_HEADERS, VOICE_HEADERS
 from app.gate import Gate
-from app.handlers import Handlers, TakeControl, stop_when_cancelled
+from app.handlers import Handlers
+from app.takes import TakeControl, stop_when_cancelled
 from app.voice_handlers import VoiceHandlers
 from core.instruction_words import MAX_INSTRUCTION_CHARS
 from core.presets import preset_names

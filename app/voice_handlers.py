@@ -52,10 +52,13 @@ class VoiceHandlers:
             raise gr.Error("Type a name for the voice.")
         voice = prompt.voice
         transcript = (transcript or "").strip()
-        if transcript and transcript != voice.transcript and prompt.audio is not None:
-            with self.gate.turn(bounded=False):
-                voice, _ = self.studio.make_voice(prompt.audio[1], sample_rate=prompt.audio[0],
-                                                  transcript=transcript)
+        if transcript and transcript != voice.transcript:  # the box was edited: save what it says
+            if prompt.audio is None:  # a saved voice in use: no recording to remake it from
+                voice = self.studio.with_transcript(voice, transcript)
+            else:
+                with self.gate.turn(bounded=False):
+                    voice, _ = self.studio.make_voice(prompt.audio[1], sample_rate=prompt.audio[0],
+                                                      transcript=transcript)
         self.studio.voices.save(dataclasses.replace(voice, name=name), overwrite=False)
         gr.Info(f"Saved voice '{name}'.")
         return self._listing(name)
@@ -86,7 +89,8 @@ class VoiceHandlers:
         if not new_name:
             raise gr.Error("Type the new name.")
         voice = self.studio.voices.rename(self._name(name), new_name)
-        gr.Info(f"Renamed '{name}' to '{voice.name}'.")
+        same = voice.name == name
+        gr.Info(f"'{name}' has that name already." if same else f"Renamed '{name}' to '{voice.name}'.")
         return self._listing(voice.name)
 
     @user_errors

@@ -110,7 +110,6 @@ class Studio:
         checker picks the best 3-10 s window; the transcript comes from Whisper when not given.
         """
         from core.text import detect_language, phonemize
-        from core.text.scripts import screen
         from core.vad import PromptLimits
         from core.voices import Voice
 
@@ -132,14 +131,9 @@ class Studio:
             if not transcript:
                 raise VoiceError("Speech recognition heard no words in the recording.",
                                  "Type the transcript yourself, or record clearer speech.")
-        screened = screen(transcript)
-        if not screened.has_words():
-            raise VoiceError(f"The transcript {transcript[:40]!r} has no English, Chinese or Japanese words"
-                             + (f" ({screened.reason()})." if screened.dropped else "."),
-                             "Type what the recording says in English, Chinese or Japanese.")
-        if screened.dropped:
-            report.advice.append(f"The transcript's {screened.note()}.")
-            transcript = screened.text.strip()
+        transcript, note = _transcript_words(transcript)
+        if note:
+            report.advice.append(note)
         language = language or detect_language(transcript)
         if language not in longform.LANG_IDS:
             raise VoiceError(f"Voice language {language!r} is not en, zh or ja.", "Pick en, zh or ja.")
@@ -149,6 +143,11 @@ class Studio:
                       text_ids=list(ph.ids), language=language, transcript=transcript)
         self._remember_prompt(codes, window)
         return voice, report
+
+    def with_transcript(self, voice, transcript: str):
+        """`voice` (a Voice or a saved voice's name) saying `transcript` instead of its own words:
+        see voice_with_transcript."""
+        return voice_with_transcript(self._resolve_voice(voice), transcript)
 
     def _remember_prompt(self, codes: np.ndarray, wav: np.ndarray) -> None:
         with self._lock:
@@ -372,6 +371,31 @@ class Studio:
 def _report(progress, done: int, total: int) -> None:
     if progress is not None:
         progress(done / total, f"sentence {done}/{total}")
+
+
+def _transcript_words(transcript: str) -> tuple[str, str | None]:
+    """A prompt's transcript -> (its English, Chinese and Japanese words, a note of what was left
+    out or None). VoiceError when it has no such words."""
+    from core.text.scripts import screen
+
+    screened = screen(transcript)
+    if not screened.has_words():
+        raise VoiceError(f"The transcript {transcript[:40]!r} has no English, Chinese or Japanese words"
+                         + (f" ({screened.reason()})." if screened.dropped else "."),
+                         "Type what the recording says in English, Chinese or Japanese.")
+    if not screened.dropped:
+        return transcript, None
+    return screened.text.strip(), f"The transcript's {screened.note()}."
+
+
+def voice_with_transcript(voice, transcript: str):
+    """A Voice with a corrected transcript (or one for a bundled voice, which has none): the
+    phonemes are made again from the new words in the voice's language; its audio codes stay, so
+    no recording (and no codec) is needed."""
+    from core.text import phonemize
+
+    transcript, _ = _transcript_words(transcript)
+    return replace(voice, transcript=transcript, text_ids=list(phonemize(transcript, language=voice.language).ids))
 
 
 def _digest(codes: np.ndarray) -> bytes:

@@ -293,3 +293,15 @@ def test_a_refused_action_leaves_its_outputs_usable(app, tab, artifacts):
     # the server's log says it in one line: a user's mistake is not a traceback
     assert "speak refused: Type the text to speak first." in app.log()
     assert app.log().count("Traceback") == tracebacks
+
+
+def test_a_refused_upload_is_said_beside_the_clip(tab, work, artifacts):
+    # the toast fades after a few seconds; the report under the clip keeps saying why it was refused
+    page = tab
+    fake = work / "notes.wav"
+    fake.write_text("not audio, only renamed")
+    upload_prompt(page, fake)
+    report = page.locator("#prompt_report")
+    expect(report).to_contain_text("notes.wav is not a readable audio file", timeout=30_000)
+    expect(page.locator(".wrap span.error:visible")).to_have_count(0)
+    page.screenshot(path=str(artifacts / "browser_refused_upload.png"), full_page=True)

@@ -750,3 +750,15 @@ def test_a_symbol_without_a_reading_is_left_out_and_named(studio):
 def test_an_instruction_value_held_to_its_range_is_a_take_warning(studio):
     result = studio.synthesize("Hello there.", None, replace(GREEDY, instruction="3x faster"))
     assert "instruction: speed x3 is above the fastest, x2: using x2" in result.warnings
+
+
+def test_a_saved_voice_takes_a_corrected_transcript_without_its_recording(studio, en_voice):
+    from core.text import phonemize
+
+    en_voice = en_voice[0]
+    fixed = studio.with_transcript(en_voice, "I know, I know. It's just that.")
+    assert fixed.transcript == "I know, I know. It's just that."
+    assert fixed.text_ids == list(phonemize(fixed.transcript, language=en_voice.language).ids) != en_voice.text_ids
+    assert np.array_equal(fixed.audio_tokens, en_voice.audio_tokens)  # the same recording's codes
+    with pytest.raises(VoiceError, match="no English, Chinese or Japanese words"):
+        studio.with_transcript(en_voice, "안녕하세요")
