@@ -215,3 +215,21 @@ def test_studio_path_never_crashes(text, language):
             studio(chunk, language)
         except TextError:
             pass
+
+
+@pytest.mark.parametrize("text, language, segments", [
+    ("[ZH]你好[ZH]", "en", (("zh", "你好"),)),  # was spelled in English and then said again in Chinese
+    ("[zh]你好", "zh", (("zh", "你好"),)),  # was "[zh]" read out as letters
+    ("[EN]hello[EN]", "en", (("en", "hello"),)), ("[EN]hello", "auto", (("en", "hello"),)),
+    ("Hi [ZH]你好[ZH] there", "en", (("en", "Hi "), ("zh", "你好"), ("en", " there"))),
+])
+def test_tags_are_read_when_a_language_is_picked(text, language, segments):
+    assert studio(text, language).segments == segments
+
+
+def test_tags_split_into_sentences_keep_their_language_when_a_language_is_picked():
+    chunks = split_sentences("[ZH]" + "今天我很好。" * 12 + "[ZH] Bye now.", "en", max_chars=40)
+    assert len(chunks) > 2
+    said = [studio(c, "en").segments for c in chunks]
+    assert all(lang == "zh" for segs in said[:-1] for lang, _ in segs)  # no Chinese spelled as English
+    assert said[-1][-1] == ("en", "Bye now.")

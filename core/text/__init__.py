@@ -119,6 +119,13 @@ def _check_args(text, language, accent) -> None:
 def _tagged_text(text: str, language: str, read_tags: bool = False) -> tuple[str, str]:
     """-> (tagged text, language reported). Implements language choice and auto-mix.
     `read_tags`: user tags as core.text.tags reads them (nothing dropped), not the reference's way."""
+    if read_tags and language in ("en", "zh", "ja", "auto") and tags.has_known_tags(text):
+        # tags the user wrote say what they mean here too (not spelled out as letters, and
+        # "[ZH]你好[ZH]" not said twice); untagged text is in the language picked
+        if language == "auto":
+            return _user_tagged(text), "mix"
+        runs = [(lang or language, piece) for lang, piece in tags.parse(text, strict=False)]
+        return mix.tag(runs), ("mix" if {lang for lang, _ in runs} - {language} else language)
     if language in ("en", "zh", "ja"):
         return mix.tag([(language, text)]), language
     if language == "mix":

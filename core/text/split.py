@@ -201,7 +201,7 @@ def split_sentences(text: str, language: str = "auto-mix", max_chars: float | No
     """Split long text into chunks the model can say in one generation.
 
     Args:
-        text: any text. Under "mix" and "auto-mix", `[EN]..[EN]`-style tags are read as
+        text: any text. `[EN]..[EN]`-style tags (under "auto-mix" only paired ones) are read as
             core.text.tags describes, and every chunk carries its own: a span cut into pieces
             is closed and reopened around each, so that every piece keeps its language.
         language: the language choice that will be passed to `phonemize`; it picks the weight of
@@ -240,4 +240,6 @@ def split_sentences(text: str, language: str = "auto-mix", max_chars: float | No
 
 def _reads_tags(text: str, language: str) -> bool:
     """Whether phonemize reads `text`'s tags (as user tags) under `language`."""
-    return language == "mix" and tags.has_known_tags(text) or language == "auto-mix" and tags.has_paired_tags(text)
+    if language == "auto-mix":
+        return tags.has_paired_tags(text)
+    return tags.has_known_tags(text)  # "mix", "auto" and a language picked

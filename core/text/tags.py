@@ -17,6 +17,8 @@ text is either spoken or named in an error:
 - Text outside every span is not dropped: the caller detects its language by script, as in
   "auto-mix". Text without any tag is another matter: in "mix" mode that is taken for a mistake
   and is a TextError whose hint says how to tag (pick an "auto" language for untagged text).
+- With a language picked ("en", "zh", "ja") or "auto", tags are read too; text outside them is in
+  the language picked (under "auto", detected by script as above).
 - A two-letter upper-case tag of another language ("[FR]", "[KO]") is a TextError naming it: the
   model speaks only English, Chinese and Japanese.
 """
