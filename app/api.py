@@ -21,6 +21,7 @@ import asyncio
 import hmac
 import json
 import logging
+import re
 import threading
 from typing import Literal
 
@@ -42,6 +43,7 @@ MAX_INPUT_CHARS = 4096
 # A full request is at most ~60 KB (4,096 characters of input even as \uXXXX pairs, two 500-character
 # instructions); the body is read up to this and no further, so a client cannot fill the memory.
 MAX_BODY_BYTES = 1 << 20
+_SERVER_PATH = re.compile(r"(?<![\w.])/(?!v1/)(?:[^\s/'\"]+/)+[^\s/'\"]+")
 EXAMPLE = '{"input": "Hello", "voice": "paimon"}'
 
 
@@ -93,6 +95,8 @@ def studio_error(e: StudioError, param: str | None = None) -> JSONResponse:
     message = e.user_message()
     if isinstance(e, VoiceError):  # "the list" is the page's; an API client lists them here
         message = message.replace("from the list", "from GET /v1/voices")
+        # a voice file's place on the server's disk is the owner's business, not a client's
+        message = _SERVER_PATH.sub(lambda m: m.group(0).rsplit("/", 1)[-1], message)
     return error(status, message, e.code, param)
 
 

@@ -199,3 +199,18 @@ def test_gate_lets_a_waiter_leave_when_its_stop_says_so():
         left.set()
         waiter.join(5)
         assert not waiter.is_alive() and gate.waiting == 0  # its place is free while the studio is still held
+
+
+def test_a_damaged_voice_is_named_without_the_servers_folders(studio, tmp_path):
+    from core.voices import VoiceLibrary
+
+    folder = tmp_path / "private" / "voices"
+    studio.voices = VoiceLibrary(folder, presets_dir=None)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "narrator.npz").write_bytes(b"PK\x03\x04 cut short")
+    with serve(studio) as url:
+        r = speech(url, json={"input": "Hello.", "voice": "narrator"})
+    err = r.json()["error"]
+    assert r.status_code == 400 and err["param"] == "voice"
+    assert "narrator" in err["message"] and "damaged" in err["message"]
+    assert str(tmp_path) not in err["message"] and "private" not in err["message"]
