@@ -15,7 +15,7 @@ from app.format import SENTENCE_HEADERS, VOICE_HEADERS
 from app.gate import Gate
 from app.handlers import Handlers
 from app.takes import TakeControl, stop_when_cancelled
-from app.voice_handlers import VoiceHandlers
+from app.voice_handlers import CONFIRM_DELETE_JS, VoiceHandlers
 from core.instruction_words import MAX_INSTRUCTION_CHARS
 from core.presets import preset_names
 
@@ -212,7 +212,7 @@ def _wire_voices(vh: VoiceHandlers, v, c, prompt_state) -> None:
                 api_name="use_voice")
     v.preview.click(vh.preview_voice, v.pick, v.preview_audio, api_name="preview_voice", **STUDIO)
     v.rename.click(vh.rename_voice, [v.pick, v.new_name], listing, api_name="rename_voice")
-    v.delete.click(vh.delete_voice, v.pick, listing, api_name="delete_voice")
+    v.delete.click(vh.delete_voice, v.pick, listing, api_name="delete_voice", js=CONFIRM_DELETE_JS)
     v.import_btn.click(vh.import_voice, [v.import_file, v.import_name], listing,
                        api_name="import_voice")
     v.export.click(vh.export_voice, v.pick, v.export_file, api_name="export_voice")

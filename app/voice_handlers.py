@@ -13,6 +13,13 @@ from app.gate import Gate
 from app.handlers import Prompt
 from app.inputs import user_errors
 
+# Deleting cannot be undone, and the list pre-selects a voice: the page asks before it deletes.
+# The browser's own dialog, run before the handler; "Cancel" sends None, nothing picked sends "".
+CONFIRM_DELETE_JS = """(name) => {
+  if (!name) { return ""; }
+  return window.confirm(`Delete the voice '${name}'? This cannot be undone.`) ? name : null;
+}"""
+
 PREVIEW_TEXT = {
     "en": "Hello! This is how I sound in the studio.",
     "zh": "你好！这是我在工作室里的声音。",
@@ -94,7 +101,12 @@ class VoiceHandlers:
         return self._listing(voice.name)
 
     @user_errors
-    def delete_voice(self, name: str):
+    def delete_voice(self, name: str | None):
+        """Delete the picked voice. On the page Delete asks first (CONFIRM_DELETE_JS): None is its
+        "Cancel" (nothing picked arrives as "")."""
+        if name is None:
+            gr.Info("Nothing was deleted.")
+            return gr.skip(), gr.skip()
         self.studio.voices.delete(self._name(name))
         gr.Info(f"Deleted voice '{name}'.")
         return self._listing(pick_first=False)

@@ -223,6 +223,18 @@ def test_save_and_reuse_a_voice(tab, app, speech, artifacts, work):
     wait_for_audio(page, "full_out")
     expect(page.locator("#sentences")).to_contain_text("3")  # the seed typed in the page
 
+    # Delete asks first: Cancel keeps the voice, OK deletes it
+    page.get_by_role("tab", name="Voices").click()
+    asked = []
+    page.once("dialog", lambda d: (asked.append(d.message), d.dismiss()))
+    page.click("#delete_voice_btn")
+    expect(page.get_by_text("Nothing was deleted.")).to_be_visible()
+    assert asked == ["Delete the voice 'browser-voice'? This cannot be undone."] and saved.is_file()
+    page.once("dialog", lambda d: d.accept())
+    page.click("#delete_voice_btn")
+    expect(page.locator("#voices_table")).not_to_contain_text("browser-voice")
+    assert not saved.exists()
+
 
 def test_stop_ends_a_long_take_and_keeps_its_sentences(tab, artifacts):
     page = tab

@@ -164,3 +164,19 @@ def test_a_refused_prompt_check_is_said_in_the_report_too():
     report, window, transcript, prompt = outputs[-1]
     assert report.startswith("⚠️ The recording has only 1.0 s of speech")
     assert all(is_skip(x) for x in (window, transcript, prompt))
+
+
+def test_delete_cancelled_in_the_page_deletes_nothing(tmp_path, monkeypatch):
+    import gradio as gr
+
+    said = []
+    monkeypatch.setattr(gr, "Info", said.append)
+    library = VoiceLibrary(tmp_path, presets_dir=None)
+    library.save(saved_voice())
+    vh = VoiceHandlers(FakeStudio(library), Gate())
+    assert all(is_skip(out) for out in vh.delete_voice(None))  # the dialog's Cancel
+    assert said == ["Nothing was deleted."] and library.exists("narrator")
+    with pytest.raises(gr.Error, match="Pick a saved voice"):  # nothing picked
+        vh.delete_voice("")
+    vh.delete_voice("narrator")
+    assert not library.exists("narrator")
