@@ -48,7 +48,7 @@ def build_ui(studio, gate: Gate | None = None) -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("Clone & speak", id="clone"):
                 c = _clone_tab()
-            with gr.Tab("Voices", id="voices"):
+            with gr.Tab("Voices", id="voices") as voices_tab:
                 v = _voices_tab()
             with gr.Tab("Convert", id="convert"):
                 cv = _convert_tab()
@@ -56,6 +56,8 @@ def build_ui(studio, gate: Gate | None = None) -> gr.Blocks:
                 tr = _translate_tab()
         _wire_clone(h, c, prompt_state, result_state, take_state)
         _wire_voices(vh, v, c, prompt_state)
+        # voices saved, renamed or deleted in another tab or window since this page was opened
+        voices_tab.select(vh.refresh_voices, v.pick, [v.table, v.pick], queue=False, **PRIVATE)
         cv.btn.click(h.convert, [cv.audio, cv.instruction], [cv.out, cv.plan], api_name="convert",
                      **STUDIO)
         cv.instruction.change(h.parse_instruction, cv.instruction, cv.plan, queue=False, **PRIVATE)

@@ -49,6 +49,11 @@ class VoiceHandlers:
         return self._listing()
 
     @user_errors
+    def refresh_voices(self, selected: str | None = None):
+        """The list read again (the Voices tab opened), keeping the voice picked if it is still there."""
+        return self._listing(selected)
+
+    @user_errors
     def save_voice(self, prompt: Prompt | None, name: str, transcript: str | None = None):
         """Save the prompt being cloned under `name` -> (rows, dropdown)."""
         if prompt is None:

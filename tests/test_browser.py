@@ -235,6 +235,14 @@ def test_save_and_reuse_a_voice(tab, app, speech, artifacts, work):
     expect(page.locator("#voices_table")).not_to_contain_text("browser-voice")
     assert not saved.exists()
 
+    # a voice saved elsewhere (another tab, the CLI) shows when the Voices tab is opened again
+    from core.voices import Voice, VoiceLibrary
+    VoiceLibrary(work / "voices", presets_dir=None).save(
+        Voice("saved-elsewhere", np.zeros((225, 8), np.int64), [1, 2, 3], "en", "Hello."))
+    page.get_by_role("tab", name="Clone & speak").click()
+    page.get_by_role("tab", name="Voices").click()
+    expect(page.locator("#voices_table")).to_contain_text("saved-elsewhere")
+
 
 def test_stop_ends_a_long_take_and_keeps_its_sentences(tab, artifacts):
     page = tab

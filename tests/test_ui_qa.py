@@ -180,3 +180,14 @@ def test_delete_cancelled_in_the_page_deletes_nothing(tmp_path, monkeypatch):
         vh.delete_voice("")
     vh.delete_voice("narrator")
     assert not library.exists("narrator")
+
+
+def test_opening_the_voices_tab_reads_the_list_again_and_keeps_the_pick(tmp_path):
+    library = VoiceLibrary(tmp_path, presets_dir=None)
+    library.save(saved_voice())
+    vh = VoiceHandlers(FakeStudio(library), Gate())
+    library.save(Voice("another", np.zeros((225, 8), np.int64), [1], "en", "Hi."))  # saved elsewhere
+    rows, pick = vh.refresh_voices("narrator")
+    assert pick["value"] == "narrator" and set(pick["choices"]) == {"narrator", "another"}
+    library.delete("narrator")
+    assert vh.refresh_voices("narrator")[1]["value"] == "another"
