@@ -72,6 +72,8 @@ _POWERS_EN = {"100": "hundred", "1000": "thousand", "1000000": "million"}  # "10
 _LETTER_A = re.compile(r"(?<![A-Za-z])A(?=\d)|(?<=\d)A(?![A-Za-z])")
 # "a" / "A" as a word of its own: the article unless what is around it says it is the letter
 _WORD_A = re.compile(r"(?<![\w'’.-])([Aa])(?![\w'’-])")
+_NEXT_WORD = re.compile(r"\s+([A-Za-z]+)")
+_NEXT_MARK = re.compile(r"\s*(?:[,;:!?)]|\.(?!\.))")
 _SENTENCE_OPENERS = ".!?:;\"“(\n"
 # an article is never followed by these words: "A and B", "A is for apple", "from A to Z"
 _NOT_AFTER_ARTICLE = {"and", "or", "is", "was", "are", "were", "to", "through", "vs", "versus", "plus",
@@ -186,14 +188,16 @@ def _article_or_letter(m: re.Match) -> str:
     "A, B"), before a word no article precedes ("A and B"), or a capital A inside a sentence
     before a lower-case word ("plan A now", "vitamin A is"). A capital A before a capitalised
     word stays the article: title case ("Once Upon A Time") and all-caps text."""
-    before, after = m.string[:m.start()].rstrip(), m.string[m.end():]
-    word = re.match(r"\s+([A-Za-z]+)", after)
+    text, i = m.string, m.start() - 1
+    while i >= 0 and text[i].isspace():  # (no slices of the text: one "a" after another stays linear)
+        i -= 1
+    word = _NEXT_WORD.match(text, m.end())
     if not word:  # punctuation; an ellipsis or a dash is a hesitation ("a... a dream"), and the end
         # of the text may be the end of a language run ("This is a 猫": "This is a " is one)
-        return "ay" if re.match(r"\s*(?:[,;:!?)]|\.(?!\.))", after) else m.group(0)
+        return "ay" if _NEXT_MARK.match(text, m.end()) else m.group(0)
     if word.group(1).lower() in _NOT_AFTER_ARTICLE:
         return "ay"
-    opening = not before or before[-1] in _SENTENCE_OPENERS
+    opening = i < 0 or text[i] in _SENTENCE_OPENERS
     if m.group(1) == "A" and not opening and word.group(1)[0].islower():
         return "ay"
     return m.group(0)
