@@ -34,13 +34,12 @@ def user_errors(fn):
         # The user sees the message in a toast; the log keeps it too, so that an operator (or a
         # failing browser test) can tell what the page showed.
         # A refusal is one log line, not Gradio's traceback (that is kept for real failures).
-        if isinstance(e, gr.Error):
-            log.warning("%s refused: %s", fn.__name__, e.message)
-            e.print_exception = False
-            return e
-        if isinstance(e, StudioError):
-            log.warning("%s refused: %s", fn.__name__, e.user_message())
-            return gr.Error(e.user_message(), print_exception=False)
+        if isinstance(e, (gr.Error, StudioError)):
+            log.warning("%s refused: %s", fn.__name__, message_of(e))
+            if isinstance(e, gr.Error):
+                e.print_exception = False
+                return e
+            return gr.Error(message_of(e), print_exception=False)
         log.exception("handler %s failed", fn.__name__)
         return gr.Error(message_of(e))
 
