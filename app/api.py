@@ -370,15 +370,27 @@ def streaming_wav_header(sample_rate: int) -> bytes:
 
 
 def stream_request(studio, gate: Gate, body: SpeechRequest, options, stop=None):
-    """Runs in a worker thread: make the first sentence (so bad input is still a JSON error), then
-    return an iterator of int16 bytes, one chunk per sentence. The Studio is held per sentence.
+    """Runs in a worker thread: make sentences up to the first with audio (so bad input, and a take
+    with no audio, are still JSON errors), then return an iterator of int16 bytes, one chunk per sentence. The Studio is held per sentence.
     stop(): the client is gone (the take ends at once, or leaves the line)."""
     from app.format import to_int16
 
     voice = studio.voices.load(body.voice) if body.voice else None
     with gate.turn(bounded=True, stop=stop):
         sentences = studio.stream(body.input, voice=voice, options=options, stop=stop)
-        first = next(sentences, None)
+        made = [next(sentences, None)]
+    # up to the first sentence with audio: a take in which the model made none is an error,
+    # as unstreamed, not a 200 with an empty body (or a bare WAV header)
+    while made[-1] is not None and not len(made[-1].audio):
+        with gate.turn(bounded=False, stop=stop):
+            made.append(next(sentences, None))
+    # the notes known now, worded as SynthResult.warnings words them: the take's, then each sentence's
+    context = next((s.context for s in made if s is not None and s.context is not None), None)
+    notes = list(context.warnings) if context is not None else []
+    notes += [f"sentence {s.index + 1}: {w}" for s in made if s is not None for w in s.warnings]
+    first = made[-1]
+    if first is None:
+        raise NoAudioError(body.seed, notes)
 
     def chunks():
         if body.response_format == "wav":
@@ -390,10 +402,5 @@ def stream_request(studio, gate: Gate, body: SpeechRequest, options, stop=None):
             with gate.turn(bounded=False, stop=stop):
                 sent = next(sentences, None)
 
-    # sent before the audio: the first sentence's seed and the notes known now (the take's, the
-    # first sentence's), worded as SynthResult.warnings words them
-    if first is None:
-        return chunks(), take_headers(None, [])
-    notes = list(first.context.warnings) if first.context is not None else []
-    notes += [f"sentence {first.index + 1}: {w}" for w in first.warnings]
+    # sent before the audio: the first sounding sentence's seed
     return chunks(), take_headers(first.seed if first.ok else None, notes)

@@ -29,6 +29,7 @@ class FakeStudio:
         self.hold = threading.Event()
         self.hold.set()
         self.silent = False  # the model stops at once: a take with no audio
+        self.silent_at: set[int] = set()  # streamed sentences (lines) with no audio
         self.started = 0
         self.voices = self
 
@@ -44,6 +45,12 @@ class FakeStudio:
         sentence = SentenceResult(0, text, audio, np.zeros((0, 8), np.int64), options.seed or 7, "eos",
                                   ["the model stopped at once"] if self.silent else [])
         return SynthResult(audio, 24000, [sentence], warnings=[f"sentence 1: {w}" for w in sentence.warnings])
+
+    def stream(self, text, voice=None, options=None, stop=None):  # a sentence a line; silent_at: no audio
+        for i, line in enumerate(text.splitlines()):
+            silent = self.silent or i in self.silent_at
+            yield SentenceResult(i, line, np.full(0 if silent else 2400, 0.5, np.float32), np.zeros((0, 8), np.int64),
+                                 100 + i, "eos", ["the model stopped at once"] if silent else [])
 
 
 @contextmanager
@@ -123,6 +130,23 @@ def test_a_take_with_no_audio_is_a_clear_error_not_an_empty_file(studio):
             assert "the model stopped at once" in e["message"] and "Record or upload" not in e["message"]
         e = err(speech(url, json={"input": "Hi"}), 400)
         assert e["param"] is None and "Send it again" in e["message"]
+
+
+def test_a_streamed_take_with_no_audio_is_an_error_not_a_bare_header(studio):
+    studio.silent = True
+    with serve(studio) as url:
+        for fmt in ("wav", "pcm"):
+            r = speech(url, json={"input": "Hi.\nThere.", "seed": 3, "stream": True, "response_format": fmt})
+            e = err(r, 400)
+            assert e["code"] == "no_audio" and "seed 3" in e["message"]
+            assert "sentence 2: the model stopped at once" in e["message"]
+    # a silent first sentence is skipped: the audio starts with the next, whose seed is the take's
+    studio.silent, studio.silent_at = False, {0}
+    with serve(studio) as url:
+        r = speech(url, json={"input": "Hi.\nThere.\nAgain.", "stream": True, "response_format": "pcm"})
+        assert r.status_code == 200, r.text
+        assert len(r.content) == 2 * 2400 * 2 and r.headers["X-Vallex-Seed"] == "101"
+        assert "sentence 1: the model stopped at once" in r.headers["X-Vallex-Warnings"]
 
 
 def test_a_body_of_many_megabytes_is_refused_unread(studio):
