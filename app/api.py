@@ -25,10 +25,10 @@ import re
 import threading
 from typing import Literal
 
+import anyio.to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.concurrency import run_in_threadpool
 
 from app.gate import Gate, each_in_thread
 from core.errors import (BusyError, CheckpointError, DownloadError, ModelMissingError, StudioError, TextError,
@@ -216,13 +216,13 @@ def make_router(studio, gate: Gate, keys: set[str] | None = None) -> APIRouter:
         try:
             watcher = asyncio.create_task(_watch_disconnect(request, gone))
             try:  # the whole take, or a streamed take's first sentence
-                made = await run_in_threadpool(stream_request if body.stream else synthesize_request,
-                                               studio, gate, body, options, gone.is_set)
+                made = await anyio.to_thread.run_sync(stream_request if body.stream else synthesize_request,
+                                                      studio, gate, body, options, gone.is_set, limiter=gate.threads)
             finally:
                 watcher.cancel()
             if body.stream:  # from here Starlette notices a hang-up and stops sending
                 chunks, headers = made
-                return StreamingResponse(_until_gone(chunks, gone), media_type=MEDIA_TYPES[body.response_format],
+                return StreamingResponse(_until_gone(chunks, gone, gate.threads), media_type=MEDIA_TYPES[body.response_format],
                                          headers=headers)
             audio, headers = made
         except StudioError as e:
@@ -255,13 +255,13 @@ async def _watch_disconnect(request: Request, gone: threading.Event, every: floa
     gone.set()
 
 
-async def _until_gone(chunks, gone: threading.Event):
+async def _until_gone(chunks, gone: threading.Event, limiter=None):
     """A streamed take's chunks, each made in a worker thread. When the client hangs up,
     Starlette cancels the response: the thread is abandoned at once (not waited for, as
     Starlette's iterate_in_threadpool would: that is a whole batch of sentences) and `gone`
     stops its take at the engine's next step."""
     try:
-        async for chunk in each_in_thread(chunks):
+        async for chunk in each_in_thread(chunks, limiter):
             yield chunk
     except (asyncio.CancelledError, GeneratorExit):  # cancelled, or closed before its end
         log.info("the client of a streamed speech request went away: stopping its take")

@@ -10,6 +10,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 
+import anyio
 import anyio.to_thread
 
 from core.errors import BusyError, Stopped
@@ -20,6 +21,11 @@ class Gate:
 
     def __init__(self, max_waiting: int = 16):
         self.max_waiting = max_waiting
+        # the /v1 requests' worker threads: one a waiting request (each waits in a thread), the
+        # take's, a streamed take's chunk and a few left by clients that hung up. Not anyio's
+        # default pool of 40, shared with the page: with --max-queue near 40 the requests past it
+        # would wait for a thread (never told "busy"), and while they waited the page had none
+        self.threads = anyio.CapacityLimiter(max_waiting + 4)
         self._lock = threading.Lock()
         self._count_lock = threading.Lock()
         self._waiting = 0
@@ -58,14 +64,15 @@ class Gate:
 _DONE = object()
 
 
-async def in_thread(fn, *args):
-    """fn(*args) in a worker thread, abandoned at a cancel: the awaiting task ends at once, the
-    thread at its engine's next step (which its stop flag, set by the caller, asks for). The
-    default would hold the cancel until the thread is done: a whole batch of sentences."""
-    return await anyio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
+async def in_thread(fn, *args, limiter: anyio.CapacityLimiter | None = None):
+    """fn(*args) in a worker thread (of `limiter`'s pool, else anyio's default), abandoned at a
+    cancel: the awaiting task ends at once, the thread at its engine's next step (which its stop
+    flag, set by the caller, asks for). The default would hold the cancel until the thread is
+    done: a whole batch of sentences."""
+    return await anyio.to_thread.run_sync(fn, *args, abandon_on_cancel=True, limiter=limiter)
 
 
-async def each_in_thread(items: Iterator) -> AsyncIterator:
+async def each_in_thread(items: Iterator, limiter: anyio.CapacityLimiter | None = None) -> AsyncIterator:
     """A sync iterator's items, each made by `in_thread`."""
-    while (item := await in_thread(next, items, _DONE)) is not _DONE:
+    while (item := await in_thread(next, items, _DONE, limiter=limiter)) is not _DONE:
         yield item

@@ -120,6 +120,27 @@ def test_clients_that_hang_up_while_waiting_leave_the_line(studio):
         assert studio.started == 2  # the two who left never started a take
 
 
+def test_a_long_line_waits_in_the_gate_not_for_a_thread(studio):
+    # --max-queue 60: every waiting request has its place in the line (anyio's default pool of 40
+    # threads, shared with the page, held the ones past ~39 outside it, uncounted)
+    gate = Gate(max_waiting=60)
+    with serve(studio, gate=gate) as url:
+        studio.hold.clear()
+        results: list = []
+        clients = [threading.Thread(target=lambda: results.append(speech(url, json={"input": "hi"}, timeout=60)))
+                   for _ in range(50)]
+        for c in clients:
+            c.start()
+        deadline = time.monotonic() + 20
+        while gate.waiting < 49 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert gate.waiting == 49 and studio.started == 1
+        studio.hold.set()
+        for c in clients:
+            c.join(60)
+        assert len(results) == 50 and all(r.status_code == 200 for r in results)
+
+
 def test_a_take_with_no_audio_is_a_clear_error_not_an_empty_file(studio):
     studio.silent = True
     with serve(studio) as url:
