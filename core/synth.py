@@ -30,7 +30,9 @@ from core.longform import Prompt, new_seed
 from core.models import Models
 from core.sampling import check_seed
 from core.sentences import SentenceMaker
-from core.synth_types import ACCENTS, LANGUAGES, PRESETS, Job, SentenceResult, SynthOptions, SynthResult, load_presets
+from core.synth_types import (ACCENTS, LANGUAGES, PRESETS, Job, SentenceResult, SynthOptions, SynthResult, check_index,
+                               check_progress, load_presets, take_sentences)
+from core.voices import transcript_words, typed_transcript, voice_with_transcript
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +115,10 @@ class Studio:
         from core.vad import PromptLimits
         from core.voices import Voice
 
+        transcript = typed_transcript(transcript)  # before the recording is checked or Whisper runs
         wav = load_mono(audio, SAMPLE_RATE, sample_rate=sample_rate)
         report = check_prompt(wav, SAMPLE_RATE)
         window = report.wav[: int(PROMPT_MAX_S * SAMPLE_RATE)]
-        transcript = (transcript or "").strip()
         # a recording longer than the longest window had speech cut away (a shorter one only silence)
         if transcript and report.duration > PromptLimits().max_window_s and \
                 report.duration - report.window_s > TRANSCRIPT_SLACK_S:
@@ -131,7 +133,7 @@ class Studio:
             if not transcript:
                 raise VoiceError("Speech recognition heard no words in the recording.",
                                  "Type the transcript yourself, or record clearer speech.")
-        transcript, note = _transcript_words(transcript)
+        transcript, note = transcript_words(transcript)
         if note:
             report.advice.append(note)
         language = language or detect_language(transcript)
@@ -147,6 +149,8 @@ class Studio:
     def with_transcript(self, voice, transcript: str):
         """`voice` (a Voice or a saved voice's name) saying `transcript` instead of its own words:
         see voice_with_transcript."""
+        if voice is None:
+            raise VoiceError("There is no voice to give a transcript to.", "Pass a Voice or a saved voice's name.")
         return voice_with_transcript(self._resolve_voice(voice), transcript)
 
     def _remember_prompt(self, codes: np.ndarray, wav: np.ndarray) -> None:
@@ -156,7 +160,12 @@ class Studio:
             self._prompt_wavs[_digest(codes)] = wav
 
     def _resolve_voice(self, voice):
-        if voice is None or hasattr(voice, "audio_tokens"):
+        if voice is None:
+            return voice
+        if hasattr(voice, "audio_tokens"):  # a Voice built or changed by hand is checked as a saved one is
+            from core.voice_file import check_voice
+
+            check_voice(voice)
             return voice
         if isinstance(voice, str):
             return self.voices.load(voice)
@@ -176,6 +185,7 @@ class Studio:
         """
         t0 = time.perf_counter()
         check_stop(stop)
+        check_progress(progress)
         job = self._prepare(text, voice, options)
         sentences = list(self._run(job, progress, stop))
         if not sentences:
@@ -189,15 +199,17 @@ class Studio:
         made. Pass the collected list to `assemble` for the whole take. stop(), as in
         `synthesize`: the stream ends at once (the sentences finished were yielded)."""
         check_stop(stop)
+        check_progress(progress)
         job = self._prepare(text, voice, options)
         yield from self._run(job, progress, stop)
 
     def assemble(self, sentences: list[SentenceResult], options: SynthOptions | None = None) -> SynthResult:
         """The whole take from streamed sentences (codes concatenated, one Vocos decode)."""
-        if not sentences:
-            raise StudioError("There are no sentences to put together.", "Run stream() first.")
+        sentences = take_sentences(sentences)
+        if options is not None and not isinstance(options, SynthOptions):
+            raise StudioError("options must be a SynthOptions (or None: the take's own).", "Build one with SynthOptions(...).")
         job = sentences[0].context
-        if options is not None and job is not None and options != job.options:
+        if options is not None and options != job.options:
             job = replace(job, options=options)
         return self._assemble(sentences, job, time.perf_counter())
 
@@ -206,25 +218,25 @@ class Studio:
         """Make sentence `index` again with a new seed (or `seed`), keeping every other sentence.
         stop(): as in `synthesize`; a re-roll stopped raises core.errors.Stopped (`result` stands)."""
         check_stop(stop)
-        if not 0 <= index < len(result.sentences):
-            raise StudioError(f"There is no sentence {index} (the take has {len(result.sentences)}).",
-                              f"Pick 0-{len(result.sentences) - 1}.")
+        if not isinstance(result, SynthResult):
+            raise StudioError(f"reroll takes the SynthResult of a take, not {type(result).__name__}.",
+                              "Pass what synthesize() or assemble() returned.")
+        index = check_index(index, len(result.sentences))
         check_seed(seed)
-        job = result.sentences[0].context
-        if job is None:
-            raise StudioError("This result cannot be re-rolled (it was not made by this Studio).",
-                              "Synthesize it again.")
-        old = result.sentences[index]
-        req = next(r for r in job.requests if r.index == old.index)
-        prompt = job.first_prompt
-        if job.options.prompt_mode == "sliding" and index > 0:
-            prev = result.sentences[index - 1]
-            prev_req = next(r for r in job.requests if r.index == prev.index)
-            prompt, _ = longform.sliding_prompt(job.first_prompt, prev_req, prev.codes)
+        sentences = take_sentences(result.sentences)
+        job, old, prev = sentences[0].context, sentences[index], sentences[index - 1] if index else None
+        if result.options is not None and result.options != job.options:  # assemble(..., options) chose them
+            job = replace(job, options=result.options)
+        own = old.context  # a take assembled from several: the sentence is made again as its own take made it
+        req = next(r for r in own.requests if r.index == old.index)
+        prompt = own.first_prompt
+        if own.options.prompt_mode == "sliding" and prev is not None and prev.context is own:
+            prev_req = next(r for r in own.requests if r.index == prev.index)
+            prompt, _ = longform.sliding_prompt(own.first_prompt, prev_req, prev.codes)
         req = replace(req, prompt=prompt, seed=new_seed() if seed is None else int(seed),
                       seed_given=seed is not None)
         t0 = time.perf_counter()
-        new = self._maker.make([req], job, stop)[0]
+        new = self._maker.make([req], own, stop)[0]
         sentences = list(result.sentences)
         sentences[index] = new
         return self._assemble(sentences, job, t0)
@@ -262,6 +274,9 @@ class Studio:
     def _prepare(self, text: str, voice, options: SynthOptions) -> Job:
         if not isinstance(options, SynthOptions):
             raise StudioError("options must be a SynthOptions.", "Build one with SynthOptions(...).")
+        if text is not None and not isinstance(text, str):
+            raise TextError(f"The text to speak must be a str, not {type(text).__name__}.",
+                            "Pass the words as text (decode bytes first).")
         if not (text or "").strip():
             raise TextError("There is no text to speak.", "Type the text first.")
         voice = self._resolve_voice(voice)
@@ -371,31 +386,6 @@ class Studio:
 def _report(progress, done: int, total: int) -> None:
     if progress is not None:
         progress(done / total, f"sentence {done}/{total}")
-
-
-def _transcript_words(transcript: str) -> tuple[str, str | None]:
-    """A prompt's transcript -> (its English, Chinese and Japanese words, a note of what was left
-    out or None). VoiceError when it has no such words."""
-    from core.text.scripts import screen
-
-    screened = screen(transcript)
-    if not screened.has_words():
-        raise VoiceError(f"The transcript {transcript[:40]!r} has no English, Chinese or Japanese words"
-                         + (f" ({screened.reason()})." if screened.dropped else "."),
-                         "Type what the recording says in English, Chinese or Japanese.")
-    if not screened.dropped:
-        return transcript, None
-    return screened.text.strip(), f"The transcript's {screened.note()}."
-
-
-def voice_with_transcript(voice, transcript: str):
-    """A Voice with a corrected transcript (or one for a bundled voice, which has none): the
-    phonemes are made again from the new words in the voice's language; its audio codes stay, so
-    no recording (and no codec) is needed."""
-    from core.text import phonemize
-
-    transcript, _ = _transcript_words(transcript)
-    return replace(voice, transcript=transcript, text_ids=list(phonemize(transcript, language=voice.language).ids))
 
 
 def _digest(codes: np.ndarray) -> bytes:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import numbers
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -103,7 +104,9 @@ class SynthOptions:
              "None (the default budget) or 1-5000 characters"),
             (self.instruction is None or isinstance(self.instruction, str), f"instruction {self.instruction!r}",
              'text such as "slower, deeper", or "" for none'),
-        ]
+            (isinstance(self.batch, (bool, np.bool_)), f"batch {self.batch!r}", "True or False"),  # "no" is truthy
+        ] + [(not isinstance(getattr(self, k), (bool, np.bool_)), f"{k} {getattr(self, k)!r}", "a number, or None")
+             for k in KNOBS]  # True would be taken as 1 (top_k=True: greedy)
         if not isinstance(self.preset, str) or self.preset not in PRESETS:
             problem = (isinstance(self.preset, str) and PRESET_PROBLEMS.get(self.preset)) or PRESET_PROBLEMS.get("*")
             if problem:
@@ -116,6 +119,7 @@ class SynthOptions:
         # plain Python values from here on (numpy's int64 seed, float32 speed, a None instruction)
         object.__setattr__(self, "speed", float(self.speed))
         object.__setattr__(self, "instruction", self.instruction or "")
+        object.__setattr__(self, "batch", bool(self.batch))
         if self.seed is not None:
             object.__setattr__(self, "seed", int(self.seed))
         # the sampling knobs are checked now, not when the first sentence is sampled (where a bad
@@ -201,3 +205,44 @@ class Job:
     warnings: list[str]
     voice: object | None
     prompt_audio: np.ndarray | None = None
+
+
+def take_sentences(sentences) -> list[SentenceResult]:
+    """`sentences` (what `Studio.stream` yielded: any iterable) as a list, each a SentenceResult that
+    a Studio made (it keeps the request it came from). StudioError for anything else."""
+    hint = "Pass the SentenceResults that studio.stream() yielded (a list of them)."
+    if isinstance(sentences, SynthResult):
+        raise StudioError("This is already a whole take (a SynthResult), not a list of sentences.",
+                          "Use it as it is, or pass its .sentences.")
+    if sentences is not None and (isinstance(sentences, (str, bytes)) or not isinstance(sentences, Iterable)):
+        raise StudioError(f"The sentences must be a list of SentenceResults, not {type(sentences).__name__}.", hint)
+    items = list(sentences or [])
+    if not items:
+        raise StudioError("There are no sentences to put together.", "Run stream() first.")
+    for i, s in enumerate(items):
+        if not isinstance(s, SentenceResult):
+            raise StudioError(f"Item {i} of the sentences is a {type(s).__name__}, not a SentenceResult.", hint)
+        if not isinstance(s.context, Job):
+            raise StudioError(f"Sentence {i} ({str(s.text)[:30]!r}) was not made by a Studio: there is no record of "
+                              "how it was made.", "Synthesize or stream the text again.")
+    return items
+
+
+def check_index(index, count: int) -> int:
+    """A sentence number of a take of `count` sentences, as an int; StudioError otherwise."""
+    if count == 0:
+        raise StudioError("The take has no sentences.", "Synthesize the text again.")
+    if isinstance(index, bool) or not isinstance(index, numbers.Integral):
+        raise StudioError(f"A sentence number must be a whole number, not {str(index)[:24]!r} "
+                          f"({type(index).__name__}).", f"Pick a whole number from 0 to {count - 1}.")
+    if not 0 <= index < count:
+        raise StudioError(f"There is no sentence {index} (the take has {count}).",
+                          f"Pick a whole number from 0 to {count - 1}.")
+    return int(index)
+
+
+def check_progress(progress) -> None:
+    """Said before the first sentence is made, not after it (when the work would be lost)."""
+    if progress is not None and not callable(progress):
+        raise StudioError(f"progress must be a callable (fraction, message) or None, not {type(progress).__name__}.",
+                          "Pass a function, e.g. lambda fraction, message: print(message).")

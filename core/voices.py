@@ -19,30 +19,27 @@ import contextlib
 import json
 import logging
 import os
-import tempfile
-import zipfile
-import zlib
-from dataclasses import dataclass, field
+import threading
+import unicodedata
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from core.errors import VoiceError
+from core.voice_file import atomic_write, check_voice, put_new, read_npz, remove_file, write_npz
 
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESETS_DIR = ROOT / "presets" / "voices"
-PROMPT_LANG_CODE = {"zh": 0, "ja": 1, "en": 2}  # reference macros.lang2code (prompt files)
-CODE_TO_LANG = {v: k for k, v in PROMPT_LANG_CODE.items()}
-N_CODEBOOKS = 8
-CODEBOOK_SIZE = 1024
-N_PHONEME_IDS = 70  # phoneme symbol table (ids 0..69)
-MAX_FRAMES = 75 * 120  # 2 minutes of prompt: far beyond any useful voice prompt
 MAX_NAME = 100
 MAX_NAME_BYTES = 200  # in UTF-8; with the temp file's prefix and suffix, well under the 255 a file name may have
-NPZ_KEYS = ("audio_tokens", "text_tokens", "lang_code")
+# Not in a name: controls, invisible format marks (U+200B, U+202E, ...; the joiners U+200C/D that
+# emoji and some scripts need stay), line separators, lone surrogates (no file name can hold one).
+_BAD_CATEGORIES, _JOINERS = ("Cc", "Cf", "Cs", "Zl", "Zp"), "\u200c\u200d"
+_WRITE_LOCK = threading.RLock()  # one writer of .npz + .json at a time: no voice with another's transcript
 
 
 @dataclass
@@ -70,11 +67,16 @@ def check_name(name: object) -> str:
     name = name.strip()
     if len(name) > MAX_NAME:
         raise VoiceError(f"Voice name is {len(name)} characters long (at most {MAX_NAME}).", "Use a shorter name.")
+    hidden = [c for c in name if unicodedata.category(c) in _BAD_CATEGORIES and c not in _JOINERS]
+    if hidden:
+        raise VoiceError(f"Voice name {name!r} has invisible or control characters "
+                         f"({', '.join(sorted({f'U+{ord(c):04X}' for c in hidden}))}), which are not allowed.",
+                         "Type the name again with letters, digits, spaces, '-' or '_'.")
     if len(name.encode("utf-8")) > MAX_NAME_BYTES:  # a file name holds 255 bytes, and CJK takes 3 each
         raise VoiceError(f"Voice name is {len(name.encode('utf-8'))} bytes long as a file name (at most "
                          f"{MAX_NAME_BYTES}: about {MAX_NAME_BYTES // 3} Chinese or Japanese characters).",
                          "Use a shorter name.")
-    bad = [c for c in name if c in '/\\:*?"<>|' or ord(c) < 32 or ord(c) == 127]
+    bad = [c for c in name if c in '/\\:*?"<>|']
     if bad or name.startswith(".") or os.path.isabs(name) or ".." in name:
         raise VoiceError(f"Voice name {name!r} has characters that are not allowed in a file name.",
                          "Use letters, digits, spaces, '-' or '_' (no '/', '\\', '..', or a leading '.').")
@@ -84,149 +86,38 @@ def check_name(name: object) -> str:
 # ---------------------------------------------------------------------------------- npz format
 
 
-def read_npz(path: str | Path) -> tuple[np.ndarray, list[int], str]:
-    """Read and validate a reference prompt file -> (audio_tokens int64 [T, 8], text_ids, language).
-    Raises VoiceError for pickled, damaged, malformed or out-of-range files: each array's header is
-    read first, so a file cut short or one whose header claims a huge array is refused before
-    anything is allocated."""
-    path = Path(path)
-    hint = "Use a .npz voice file saved by this studio or by VALL-E X (make_prompt)."
-    try:
-        with open(path, "rb") as fh:
-            magic = fh.read(4)
-        if magic != b"PK\x03\x04":  # np.load would try to unpickle anything that is not npy/npz
-            raise VoiceError(f"{path.name} is not a readable .npz file (it is not a zip archive).", hint)
-        with zipfile.ZipFile(path) as z:
-            arrays = {key: _read_member(z, key, path.name, hint) for key in NPZ_KEYS}
-    except VoiceError:
-        raise
-    except FileNotFoundError:
-        raise VoiceError(f"Voice file {path} does not exist.", hint) from None
-    except IsADirectoryError:
-        raise VoiceError(f"{path} is a folder, not a voice file.", hint) from None
-    except (OSError, zipfile.BadZipFile, zlib.error, EOFError, ValueError, MemoryError) as e:
-        raise VoiceError(f"{path.name} is damaged ({type(e).__name__}: {e}).", hint) from None
-    return _validate(arrays, path.name, hint)
+def transcript_words(transcript: str) -> tuple[str, str | None]:
+    """A prompt's transcript -> (its English, Chinese and Japanese words, a note of what was left
+    out or None). VoiceError when it has no such words."""
+    from core.text.scripts import screen
+
+    transcript = typed_transcript(transcript)
+    screened = screen(transcript)
+    if not screened.has_words():
+        raise VoiceError(f"The transcript {transcript[:40]!r} has no English, Chinese or Japanese words"
+                         + (f" ({screened.reason()})." if screened.dropped else "."),
+                         "Type what the recording says in English, Chinese or Japanese.")
+    if not screened.dropped:
+        return transcript, None
+    return screened.text.strip(), f"The transcript's {screened.note()}."
 
 
-# An array's bytes, at most: the audio tokens of MAX_FRAMES frames (int64), with room to spare.
-_MAX_ARRAY_BYTES = MAX_FRAMES * N_CODEBOOKS * 8 * 2
+def typed_transcript(transcript) -> str:
+    """A transcript as stripped text ("" for None); VoiceError for anything but text."""
+    if transcript is not None and not isinstance(transcript, str):
+        raise VoiceError(f"The transcript must be text, not {type(transcript).__name__}.",
+                         "Type what the recording says, or leave it empty for Whisper to write it.")
+    return (transcript or "").strip()
 
 
-def _read_member(z: zipfile.ZipFile, key: str, fname: str, hint: str) -> np.ndarray:
-    """One array of the archive, its header checked before its data is read: an object array
-    (pickle) is refused, and so is a size the member cannot hold or no voice needs."""
-    from numpy.lib import format as npy
+def voice_with_transcript(voice, transcript: str):
+    """A Voice with a corrected transcript (or one for a bundled voice, which has none): the
+    phonemes are made again from the new words in the voice's language; its audio codes stay, so
+    no recording (and no codec) is needed."""
+    from core.text import phonemize
 
-    try:
-        info = z.getinfo(f"{key}.npy")
-    except KeyError:
-        raise VoiceError(f"{fname} is missing {key}.", hint) from None
-    with z.open(info) as fh:
-        version = npy.read_magic(fh)
-        shape, fortran, dtype = (npy.read_array_header_1_0(fh) if version == (1, 0)
-                                 else npy.read_array_header_2_0(fh))
-        if dtype.hasobject:
-            raise VoiceError(f"{fname} holds pickled data ({key}), which is refused for safety.", hint)
-        nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
-        if nbytes > _MAX_ARRAY_BYTES:
-            raise VoiceError(f"{fname}: {key} has shape {list(shape)}, far larger than any voice prompt.", hint)
-        data = fh.read(nbytes + 1)
-    if len(data) != nbytes:
-        raise VoiceError(f"{fname} is damaged: {key} holds {len(data)} bytes of its {nbytes}.", hint)
-    array = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
-    return array.copy()  # writable and owning its memory, as np.load's would be
-
-
-def _validate(a: dict[str, np.ndarray], fname: str, hint: str) -> tuple[np.ndarray, list[int], str]:
-    for key in NPZ_KEYS:
-        if not np.issubdtype(a[key].dtype, np.integer):
-            raise VoiceError(f"{fname}: {key} has dtype {a[key].dtype}, expected integers.", hint)
-    audio, text, code = a["audio_tokens"], a["text_tokens"], a["lang_code"]
-    if audio.ndim != 3 or audio.shape[0] != 1 or audio.shape[2] != N_CODEBOOKS or not 0 < audio.shape[1] <= MAX_FRAMES:
-        raise VoiceError(f"{fname}: audio_tokens has shape {list(audio.shape)}, expected [1, T, 8] "
-                         f"with 1 <= T <= {MAX_FRAMES}.", hint)
-    if audio.min() < 0 or audio.max() >= CODEBOOK_SIZE:
-        raise VoiceError(f"{fname}: audio_tokens values must be 0..{CODEBOOK_SIZE - 1}.", hint)
-    if text.ndim != 2 or text.shape[0] != 1 or text.shape[1] == 0:
-        raise VoiceError(f"{fname}: text_tokens has shape {list(text.shape)}, expected [1, L] with L >= 1.", hint)
-    if text.min() < 0 or text.max() >= N_PHONEME_IDS:
-        raise VoiceError(f"{fname}: text_tokens values must be 0..{N_PHONEME_IDS - 1}.", hint)
-    if code.size != 1 or int(code.reshape(-1)[0]) not in CODE_TO_LANG:
-        raise VoiceError(f"{fname}: lang_code must be one of 0 (zh), 1 (ja), 2 (en).", hint)
-    language = CODE_TO_LANG[int(code.reshape(-1)[0])]
-    return audio[0].astype(np.int64), [int(t) for t in text[0]], language
-
-
-def _check_voice(voice: Voice) -> None:
-    tokens = np.asarray(voice.audio_tokens)
-    if voice.language not in PROMPT_LANG_CODE:
-        raise VoiceError(f"Voice language {voice.language!r} is not en, zh or ja.", "Pick en, zh or ja.")
-    arrays = {"audio_tokens": tokens[None] if tokens.ndim == 2 else tokens,
-              "text_tokens": np.asarray(voice.text_ids, dtype=np.int64)[None],
-              "lang_code": np.asarray(PROMPT_LANG_CODE[voice.language], dtype=np.int64)}
-    _validate(arrays, f"voice {voice.name!r}", "Make the voice again from a recording and its transcript.")
-
-
-def _put_new(src: str | Path, dst: Path) -> None:
-    """Give `dst` the contents of `src`, failing with FileExistsError when `dst` exists, even if
-    another process creates it at the same moment (a check-then-write would let both succeed).
-    A hard link does that in one step, and `src` stays; on a file system without hard links (FAT,
-    some network shares) `dst` is claimed as an empty file first, then `src` is moved over it."""
-    try:
-        os.link(src, dst)
-        return
-    except FileExistsError:
-        raise
-    except OSError:  # EPERM / ENOTSUP / ...: no hard links here
-        pass
-    os.close(os.open(dst, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-    os.replace(src, dst)
-
-
-def _remove(path: str | Path) -> None:
-    Path(path).unlink(missing_ok=True)
-
-
-def _atomic_write(path: Path, write, overwrite: bool = True) -> None:
-    """write(fileobj) into a temp file beside `path`, fsync, then rename over `path`. Without
-    `overwrite`, the temp file is hard-linked to `path` instead, which fails (FileExistsError) when
-    `path` exists: a check-then-write would let two savers of one name both succeed."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            _put_new(tmp, path)
-            _remove(tmp)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-
-
-def write_npz(path: Path, voice: Voice, overwrite: bool = True) -> None:
-    """Write `voice` in the reference prompt format, atomically (FileExistsError: `path` exists and
-    not `overwrite`)."""
-    tokens = np.asarray(voice.audio_tokens, dtype=np.int64)
-    arrays = {"audio_tokens": tokens[None] if tokens.ndim == 2 else tokens,
-              "text_tokens": np.asarray(voice.text_ids, dtype=np.int64)[None],
-              "lang_code": np.asarray(PROMPT_LANG_CODE[voice.language], dtype=np.int64)}
-    _atomic_write(path, lambda fh: np.savez(fh, **arrays), overwrite)
+    transcript, _ = transcript_words(transcript)
+    return replace(voice, transcript=transcript, text_ids=list(phonemize(transcript, language=voice.language).ids))
 
 
 # ---------------------------------------------------------------------------------- library
@@ -283,10 +174,15 @@ class VoiceLibrary:
                 meta = json.loads(meta_path.read_text(encoding="utf-8"))
             except (OSError, ValueError) as e:
                 log.warning("ignoring unreadable voice metadata %s: %s", meta_path, e)
-        created = meta.get("created") or datetime.fromtimestamp(npz.stat().st_mtime, timezone.utc).isoformat(
-            timespec="seconds")
+            if not isinstance(meta, dict):  # [], "text", null: the voice itself is fine
+                log.warning("ignoring voice metadata %s: not a JSON object", meta_path)
+                meta = {}
+        created = meta.get("created")
+        if not isinstance(created, str) or not created:
+            created = datetime.fromtimestamp(npz.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
+        transcript = meta.get("transcript")  # null is no transcript, not the words "None"
         return Voice(name=name, audio_tokens=audio, text_ids=text_ids, language=language,
-                     transcript=str(meta.get("transcript", "")), created=str(created), preset=preset)
+                     transcript=transcript if isinstance(transcript, str) else "", created=created, preset=preset)
 
     def load(self, name: str) -> Voice:
         """The voice called `name` (user voices first, then presets). Raises VoiceError."""
@@ -324,15 +220,18 @@ class VoiceLibrary:
     # -- write
     def save(self, voice: Voice, overwrite: bool = True) -> Voice:
         """Write `voice` into the user folder (atomically). Returns the saved Voice."""
+        if not isinstance(voice, Voice):
+            raise VoiceError(f"Only a Voice can be saved, not {type(voice).__name__}.",
+                             "Pass the Voice from studio.make_voice (or voices.load).")
         name = check_name(voice.name)
-        _check_voice(voice)
+        check_voice(voice)
         npz = self._npz(name)
         self._not_a_preset(name)
         saved = Voice(name=name, audio_tokens=np.asarray(voice.audio_tokens, dtype=np.int64),
                       text_ids=[int(t) for t in voice.text_ids], language=voice.language,
                       transcript=voice.transcript or "", created=voice.created, preset=False)
         try:
-            with self._folder(f"save the voice {name!r}"):
+            with self._folder(f"save the voice {name!r}"), _WRITE_LOCK:
                 self.root.mkdir(parents=True, exist_ok=True)
                 write_npz(npz, saved, overwrite)
                 self._write_meta(saved)
@@ -355,7 +254,7 @@ class VoiceLibrary:
         meta = {"name": voice.name, "transcript": voice.transcript, "language": voice.language,
                 "created": voice.created, "format": 1}
         data = json.dumps(meta, ensure_ascii=False, indent=1).encode("utf-8")
-        _atomic_write(self._meta(voice.name), lambda fh: fh.write(data))
+        atomic_write(self._meta(voice.name), lambda fh: fh.write(data))
 
     def _require_user(self, name: str) -> Path:
         npz = self._npz(name)
@@ -381,28 +280,28 @@ class VoiceLibrary:
         self._not_a_preset(new)
         voice = self.load(old)
         voice.name = new
-        with self._folder(f"rename the voice {old!r}"):
+        with self._folder(f"rename the voice {old!r}"), _WRITE_LOCK:
             try:  # claim the new name (fails if taken), then describe it, and only then let go of the old
-                _put_new(npz, self._npz(new))
+                put_new(npz, self._npz(new))
             except FileExistsError:
                 raise self._taken(new) from None
             try:
                 self._write_meta(voice)
             except BaseException:  # undo: the old name keeps its voice
                 if npz.exists():
-                    _remove(self._npz(new))
+                    remove_file(self._npz(new))
                 else:
                     os.replace(self._npz(new), npz)
                 raise
-            _remove(npz)
-            _remove(self._meta(old))
+            remove_file(npz)
+            remove_file(self._meta(old))
         return voice
 
     def delete(self, name: str) -> None:
         npz = self._require_user(name)
-        with self._folder(f"delete the voice {name!r}"):
+        with self._folder(f"delete the voice {name!r}"), _WRITE_LOCK:
             npz.unlink()
-            _remove(self._meta(name))
+            remove_file(self._meta(name))
 
     def import_npz(self, path: str | Path, name: str | None = None, transcript: str = "") -> Voice:
         """Copy a reference `.npz` prompt into the library (validated; pickles refused)."""

@@ -762,3 +762,89 @@ def test_a_saved_voice_takes_a_corrected_transcript_without_its_recording(studio
     assert np.array_equal(fixed.audio_tokens, en_voice.audio_tokens)  # the same recording's codes
     with pytest.raises(VoiceError, match="no English, Chinese or Japanese words"):
         studio.with_transcript(en_voice, "안녕하세요")
+
+
+# ---------------------------------------------------------------- hostile input
+
+def test_reroll_and_assemble_refuse_what_they_cannot_use(studio):
+    """Each was an AttributeError / TypeError (or, for True, sentence 1 re-rolled) before."""
+    from core.synth import SentenceResult
+
+    result = studio.synthesize("Hi. Bye.", None, replace(GREEDY, max_chars=4))
+    for index in (1.5, "1", None, True):
+        with pytest.raises(StudioError, match="must be a whole number") as e:
+            studio.reroll(result, index)
+        assert "from 0 to 1" in e.value.user_message()
+    for bad in ("x", None, result.sentences):
+        with pytest.raises(StudioError, match="reroll takes the SynthResult"):
+            studio.reroll(bad, 0)
+    with pytest.raises(StudioError, match="no sentences") as e:
+        studio.reroll(SynthResult(np.zeros(0, np.float32), SR, []), 0)
+    assert "0--1" not in e.value.user_message()
+    foreign = SentenceResult(0, "hand made", np.zeros(320, np.float32), np.zeros((1, 8), np.int64), 1, "eos")
+    for bad, match in ((result, "already a whole take"), ("abc", "not str"), ([None], "Item 0 .* NoneType"),
+                       ([foreign], "not made by a Studio"), (result.sentences + [foreign], "Sentence 2 .*not made")):
+        with pytest.raises(StudioError, match=match):
+            studio.assemble(bad)
+    with pytest.raises(StudioError, match="options must be a SynthOptions"):
+        studio.assemble(result.sentences, "fast")
+    with pytest.raises(StudioError, match="reroll takes|not made by a Studio"):
+        studio.reroll(SynthResult(np.zeros(0, np.float32), SR, [foreign]), 0)
+    # what stream() yields may be passed on as it comes (a generator), not only as a list
+    assert np.array_equal(studio.assemble(s for s in result.sentences).audio, result.audio)
+
+
+def test_reroll_keeps_the_options_the_take_was_assembled_with(studio):
+    streamed = list(studio.stream("Hi. Bye.", None, replace(GREEDY, max_chars=4)))
+    fast = studio.assemble(streamed, replace(GREEDY, max_chars=4, speed=2.0))
+    again = studio.reroll(fast, 1, seed=streamed[1].seed)  # same seed: same codes, so the same take
+    assert again.options.speed == 2.0  # was 1.0: the take came back at twice the length
+    assert np.array_equal(again.audio, fast.audio)
+
+
+def test_reroll_of_a_take_spliced_from_two_takes_remakes_that_sentence(studio, spy):
+    """The sentence was looked up by its number in the first sentence's take: another text (or a
+    StopIteration) was made instead of the spliced sentence."""
+    a = list(studio.stream("Hi. Bye.", None, replace(GREEDY, max_chars=4)))
+    b = list(studio.stream("One. Two.", None, replace(GREEDY, max_chars=4)))
+    spliced = studio.assemble([a[0], b[1]])
+    spy.calls.clear()
+    new = studio.reroll(spliced, 1, seed=b[1].seed)
+    assert spy.calls[0]["text_ids"].tolist() == b[1].context.requests[1].ids
+    assert new.sentences[1].text == b[1].text and np.array_equal(new.sentences[1].codes, b[1].codes)
+
+
+def test_text_transcript_progress_and_hand_made_voices_are_checked_first(studio, spy, en_voice):
+    voice, _ = en_voice
+    for text in (b"Hi.", 5):
+        with pytest.raises(TextError, match="must be a str"):
+            studio.synthesize(text, None, GREEDY)
+        with pytest.raises(TextError, match="must be a str"):
+            list(studio.stream(text, None, GREEDY))
+    # a progress that is not a callable was called (and failed) only after the first sentence was made
+    for call in (lambda: studio.synthesize("Hi.", None, GREEDY, progress=5),
+                 lambda: list(studio.stream("Hi.", None, GREEDY, progress="bar"))):
+        with pytest.raises(StudioError, match="progress must be a callable"):
+            call()
+    assert spy.calls == []
+    with pytest.raises(VoiceError, match="no voice to give a transcript to"):
+        studio.with_transcript(None, "hello")
+    for bad in (5, ["hello"]):
+        with pytest.raises(VoiceError, match="transcript must be text"):
+            studio.with_transcript(voice, bad)
+    with pytest.raises(VoiceError, match="transcript must be text"):
+        studio.make_voice(np.zeros(2400, np.float32), SR, transcript=5)
+    # a Voice changed by hand is checked as a saved one is (KeyError / ValueError / TypeError before)
+    for change, match in ((dict(language="fr"), "not en, zh or ja"), (dict(language=None), "not en, zh or ja"),
+                          (dict(audio_tokens=np.zeros((5, 7), np.int64)), "shape"),
+                          (dict(text_ids=None), "expected integers"), (dict(text_ids=[500]), "values must be")):
+        with pytest.raises(VoiceError, match=match):
+            studio.synthesize("Hi.", replace(voice, **change), GREEDY)
+    assert spy.calls == []
+
+
+def test_a_truthy_word_or_a_bool_is_not_a_switch_or_a_number():
+    for bad in ({"batch": "no"}, {"batch": None}, {"top_k": True}, {"best_of": False}, {"top_p": np.True_}):
+        with pytest.raises(StudioError, match=f"out-of-range {next(iter(bad))}"):
+            SynthOptions(**bad)
+    assert SynthOptions(batch=np.bool_(False)).batch is False

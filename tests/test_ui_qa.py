@@ -10,9 +10,8 @@ from app.gate import Gate
 from app.handlers import Handlers, Prompt
 from app.voice_handlers import VoiceHandlers
 from core.errors import AudioError, TextError
-from core.synth import voice_with_transcript
 from core.synth_types import SentenceResult, SynthResult
-from core.voices import Voice, VoiceLibrary
+from core.voices import Voice, VoiceLibrary, voice_with_transcript
 
 SR = 24000
 

@@ -326,3 +326,84 @@ def test_a_rename_that_fails_midway_leaves_the_old_voice(lib, monkeypatch):
         lib.rename("alice", "zoe")
     assert sorted(p.name for p in lib.root.iterdir()) == before
     assert lib.load("alice").transcript == "hello there"
+
+
+@pytest.mark.parametrize("name", ["a\u200bb", "\u202e", "\ufeff", "a\u2028b", "a\x85b", "a\ud800", "\u00ad"])
+def test_invisible_control_and_unwritable_characters_in_names_are_voice_errors(lib, tmp_path, name):
+    # zero-width and bidi marks make names that look like others (or like nothing); a lone surrogate
+    # cannot be a file name at all (it was a UnicodeEncodeError)
+    for call in (lambda: lib.save(_voice(name)), lambda: lib.load(name), lambda: lib.rename("x", name)):
+        with pytest.raises(VoiceError, match="invisible or control characters"):
+            call()
+        lib.save(_voice("x"))
+    assert sorted(p.name for p in tmp_path.rglob("*.npz")) == ["x.npz"]
+
+
+def test_emoji_with_joiners_is_still_a_name(lib):
+    family = "\U0001F468\u200d\U0001F469\u200d\U0001F467 voices"
+    assert lib.save(_voice(family)).name == family and lib.load(family).name == family
+
+
+@pytest.mark.parametrize("meta", ["[1, 2]", '"text"', "5", "null"])
+def test_metadata_that_is_not_an_object_is_ignored_not_fatal(lib, meta):
+    """A .json beside a good .npz that is valid JSON but not an object took load() and the whole
+    list() down with an AttributeError."""
+    lib.save(_voice("alice"))
+    lib.save(_voice("bob"))
+    (lib.root / "alice.json").write_text(meta)
+    voice = lib.load("alice")
+    assert voice.transcript == "" and voice.created  # the file's time
+    assert sorted(v.name for v in lib.list()) == ["alice", "bob"]
+
+
+def test_null_metadata_fields_are_empty_not_the_word_none(lib):
+    lib.save(_voice("alice"))
+    (lib.root / "alice.json").write_text('{"transcript": null, "created": null}')
+    voice = lib.load("alice")
+    assert voice.transcript == "" and voice.created.startswith("20")
+
+
+@pytest.mark.parametrize("bad", [None, "alice", 42])
+def test_saving_what_is_not_a_voice_is_a_voice_error(lib, bad):
+    with pytest.raises(VoiceError, match="Only a Voice can be saved"):
+        lib.save(bad)
+
+
+@pytest.mark.parametrize("text_ids,match", [(None, "dtype object"), (["a", "b"], "expected integers"),
+                                            ([1.5, 2.7], "expected integers"), ([[1, 2], [3]], "unreadable")])
+def test_unreadable_phoneme_ids_are_refused_not_crashed_or_rounded(lib, text_ids, match):
+    # None / strings were a TypeError / ValueError; [1.5, 2.7] was saved silently as [1, 2]
+    with pytest.raises(VoiceError, match=match):
+        lib.save(Voice("odd", np.zeros((10, 8), np.int64), text_ids, "en"))
+    assert not lib.root.exists() or not any(lib.root.iterdir())
+
+
+def test_two_threads_saving_one_name_never_leave_a_mixed_voice(lib, monkeypatch):
+    """A save writes the .npz, then the .json: a second save of the name in between left the first
+    one's transcript beside the second one's codes."""
+    import threading
+
+    import core.voices as voices
+
+    first_npz_written, second_done = threading.Event(), threading.Event()
+    write_npz = voices.write_npz
+
+    def slow_first(path, voice, overwrite=True):
+        write_npz(path, voice, overwrite)
+        if voice.transcript == "first":  # let the other save run to the end before this one's .json
+            first_npz_written.set()
+            second_done.wait(1.0)
+
+    monkeypatch.setattr(voices, "write_npz", slow_first)
+    first = Voice("same", np.full((20, 8), 1, np.int64), [1, 2, 3], "en", transcript="first")
+    second = Voice("same", np.full((20, 8), 2, np.int64), [4, 5, 6], "en", transcript="second")
+    t = threading.Thread(target=lib.save, args=(first,))
+    t.start()
+    assert first_npz_written.wait(10)
+    saver = threading.Thread(target=lambda: (lib.save(second), second_done.set()))
+    saver.start()
+    t.join(10)
+    saver.join(10)
+    voice = lib.load("same")
+    kept = {1: ("first", [1, 2, 3]), 2: ("second", [4, 5, 6])}[int(voice.audio_tokens[0, 0])]
+    assert (voice.transcript, voice.text_ids) == kept
