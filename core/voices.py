@@ -60,14 +60,17 @@ class Voice:
         return len(self.audio_tokens) / 75.0
 
 
-def check_name(name: object) -> str:
-    """A voice name that stays inside its folder: 1-100 chars, no path parts, NUL or control chars."""
+def check_name(name: object, new: bool = False) -> str:
+    """A voice name that stays inside its folder: 1-100 chars, no path parts, NUL or control chars.
+    `new` (a name being given: save, rename, import): no invisible marks either, which would make
+    a voice look like another; a voice saved under such a name before still loads and deletes."""
     if not isinstance(name, str) or not name.strip():
         raise VoiceError("A voice needs a name.", "Type a name such as 'alice' or 'narrator-2'.")
     name = name.strip()
     if len(name) > MAX_NAME:
         raise VoiceError(f"Voice name is {len(name)} characters long (at most {MAX_NAME}).", "Use a shorter name.")
-    hidden = [c for c in name if unicodedata.category(c) in _BAD_CATEGORIES and c not in _JOINERS]
+    hidden = [c for c in name if unicodedata.category(c) in (_BAD_CATEGORIES if new else ("Cc", "Cs"))
+              and c not in _JOINERS]
     if hidden:
         raise VoiceError(f"Voice name {name!r} has invisible or control characters "
                          f"({', '.join(sorted({f'U+{ord(c):04X}' for c in hidden}))}), which are not allowed.",
@@ -83,7 +86,7 @@ def check_name(name: object) -> str:
     return name
 
 
-# ---------------------------------------------------------------------------------- npz format
+# ---------------------------------------------------------------------------------- transcripts
 
 
 def transcript_words(transcript: str) -> tuple[str, str | None]:
@@ -223,7 +226,7 @@ class VoiceLibrary:
         if not isinstance(voice, Voice):
             raise VoiceError(f"Only a Voice can be saved, not {type(voice).__name__}.",
                              "Pass the Voice from studio.make_voice (or voices.load).")
-        name = check_name(voice.name)
+        name = check_name(voice.name, new=True)
         check_voice(voice)
         npz = self._npz(name)
         self._not_a_preset(name)
@@ -274,7 +277,7 @@ class VoiceLibrary:
 
     def rename(self, old: str, new: str) -> Voice:
         npz = self._require_user(old)
-        new = check_name(new)
+        new = check_name(new, new=True)
         if new == check_name(old):
             return self.load(new)
         self._not_a_preset(new)
@@ -307,7 +310,7 @@ class VoiceLibrary:
         """Copy a reference `.npz` prompt into the library (validated; pickles refused)."""
         path = Path(path)
         audio, text_ids, language = read_npz(path)
-        voice = Voice(name=check_name(name or path.stem), audio_tokens=audio, text_ids=text_ids,
+        voice = Voice(name=check_name(name or path.stem, new=True), audio_tokens=audio, text_ids=text_ids,
                       language=language, transcript=transcript)
         return self.save(voice, overwrite=False)
 

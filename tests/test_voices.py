@@ -332,11 +332,24 @@ def test_a_rename_that_fails_midway_leaves_the_old_voice(lib, monkeypatch):
 def test_invisible_control_and_unwritable_characters_in_names_are_voice_errors(lib, tmp_path, name):
     # zero-width and bidi marks make names that look like others (or like nothing); a lone surrogate
     # cannot be a file name at all (it was a UnicodeEncodeError)
-    for call in (lambda: lib.save(_voice(name)), lambda: lib.load(name), lambda: lib.rename("x", name)):
+    for call in (lambda: lib.save(_voice(name)), lambda: lib.rename("x", name)):
         with pytest.raises(VoiceError, match="invisible or control characters"):
             call()
         lib.save(_voice("x"))
+    with pytest.raises(VoiceError):  # no such voice (or, for a control character, no such name)
+        lib.load(name)
     assert sorted(p.name for p in tmp_path.rglob("*.npz")) == ["x.npz"]
+
+
+def test_a_voice_saved_before_under_an_invisible_mark_still_loads_and_deletes(lib):
+    from core.voices import write_npz
+
+    lib.root.mkdir(parents=True, exist_ok=True)
+    write_npz(lib.root / "a\u200bb.npz", _voice("a\u200bb"))
+    assert [v.name for v in lib.list()] == ["a\u200bb"] and lib.load("a\u200bb").language == "en"
+    assert lib.rename("a\u200bb", "ab").name == "ab"  # and it can be given a visible name
+    lib.delete("ab")
+    assert lib.list() == []
 
 
 def test_emoji_with_joiners_is_still_a_name(lib):
