@@ -2,10 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import codecs
 import logging
-import os
-import re
 import signal
 import sys
 import tempfile
@@ -15,7 +12,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.errors import AudioError, StudioError, TextError, VoiceError
+from app.batch import Job, batch_jobs, remove_stale_parts, write_atomic
+from core.errors import AudioError, StudioError, VoiceError
 
 log = logging.getLogger("vallex.cli")
 
@@ -26,24 +24,6 @@ def run(args: argparse.Namespace) -> int:
 
 # --- synth -------------------------------------------------------------------------------------
 @dataclass
-class Job:
-    """One utterance of a batch: its text and where its audio goes."""
-
-    text: str
-    out: Path
-
-
-@dataclass
-class Batch:
-    """What a batch's inputs hold: the jobs, and the inputs left out (with why), so the summary can
-    name them instead of one bad file stopping the rest or an empty one vanishing."""
-
-    jobs: list[Job]
-    unreadable: list[tuple[Path, str]] = field(default_factory=list)  # (input, the user message)
-    empty: list[Path] = field(default_factory=list)
-
-
-@dataclass
 class Summary:
     done: int = 0
     skipped: int = 0
@@ -51,126 +31,29 @@ class Summary:
     seconds: float = 0.0
 
 
-def batch_jobs(args: argparse.Namespace) -> Batch:
-    """--text-file: line N -> NNNN.<fmt>; --in-dir: name.txt (any case) -> name.<fmt>."""
-    out_dir = Path(args.out_dir)
-    if args.text_file:
-        path = Path(args.text_file)
-        if not path.is_file():
-            raise StudioError(f"No text file at {path}.", "Give --text-file an existing file.")
-        lines = [ln.strip() for ln in read_text(path).splitlines()]
-        width = max(4, len(str(len(lines))))
-        jobs = [Job(t, out_dir / f"{i:0{width}d}.{args.format}") for i, t in enumerate(lines, 1) if t]
-        if not jobs:
-            raise StudioError(f"{path} has no text.", "Put one utterance per line.")
-        return Batch(jobs)
-    folder = Path(args.in_dir)
-    if not folder.is_dir():
-        raise StudioError(f"No folder at {folder}.", "Give --in-dir a folder of .txt files.")
-    # Hidden files are left out: "._a.txt" is macOS's binary sidecar on USB drives, ".~a.txt" an
-    # editor's lock file; neither is an utterance.
-    inputs = sorted(p for p in folder.iterdir()
-                    if p.suffix.lower() == ".txt" and not p.name.startswith(".") and p.is_file())
-    batch = Batch([])
-    owner: dict[str, Path] = {}
-    for p in inputs:
-        out = out_dir / f"{p.stem}.{args.format}"
-        if out.name in owner:  # a.txt and a.TXT on a case-sensitive disk: one would overwrite the other
-            raise StudioError(f"{owner[out.name].name} and {p.name} would both be saved as {out.name}.",
-                              "Rename one of them.")
-        owner[out.name] = p
-        try:
-            text = read_text(p).strip()
-        except StudioError as e:
-            batch.unreadable.append((p, e.user_message()))
-            continue
-        if text:
-            batch.jobs.append(Job(text, out))
-        else:
-            batch.empty.append(p)
-    if not batch.jobs:
-        why = "; ".join(msg for _, msg in batch.unreadable[:3])
-        raise StudioError(f"No .txt file in {folder} has text to speak" + (f" ({why})." if why else "."),
-                          "Put one utterance per UTF-8 .txt file.")
-    return batch
-
-
-_BOMS = [(codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),  # before UTF-16: FF FE 00 00
-         (codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")]
-
-
-def read_text(path: Path) -> str:
-    """A text input as str: UTF-8, or any UTF with a byte-order mark (Windows' Notepad saves
-    "Unicode" as UTF-16 with one). Anything else is refused with the reason, never guessed: a wrong
-    guess (GBK read as Latin-1, say) would be spoken as gibberish."""
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise StudioError(f"Cannot read {path}: {e.strerror or e}.", "Check the path and its permissions.") from None
-    encoding = next((enc for bom, enc in _BOMS if data.startswith(bom)), "utf-8")
-    if encoding == "utf-8" and b"\0" in data[:8192]:
-        raise TextError(f"{path} is not a text file (it holds binary data).",
-                        "Give plain text files saved as UTF-8.")
-    try:
-        return data.decode(encoding)
-    except UnicodeDecodeError as e:
-        raise TextError(f"{path} is not {encoding.upper().removesuffix('-SIG')} text (byte {e.start}: {e.reason}).",
-                        "Save it as UTF-8 plain text (most editors: Save as, Encoding: UTF-8).") from None
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp file beside `path` (named with this process's id), then rename: a killed
-    batch never leaves half a file, and the next run removes the temp file it left."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".part", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it private (0600); an output is an ordinary file
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
-    os.umask(mask)
-    return mask
-
-
-_PART = re.compile(r"\.(.+)\.(\d+)\.[A-Za-z0-9_]+\.part")  # write_atomic's: .NAME.PID.RANDOM.part
-
-
-def remove_stale_parts(folder: Path, names: set[str]) -> int:
-    """Remove write_atomic's temp files in `folder` for the outputs `names` whose process is gone
-    (a batch killed between writing and renaming). A live run's, and anything not named after one
-    of `names`, are left alone. Returns how many went."""
-    gone = 0
-    for p in folder.glob(".*.part"):
-        m = _PART.fullmatch(p.name)
-        if not m or m.group(1) not in names:
-            continue
-        try:
-            os.kill(int(m.group(2)), 0)
-            continue  # still running (ours, or another batch writing here)
-        except ProcessLookupError:
-            pass
-        except (PermissionError, OverflowError, ValueError):
-            continue  # another user's process, or not a pid: not ours to judge
-        try:
-            p.unlink()
-            gone += 1
-        except OSError:
-            pass
-    return gone
-
-
 def options_from(args: argparse.Namespace):
+    from core.convert import parse_instruction
     from core.synth import SynthOptions
 
-    return SynthOptions(language=args.language, accent=args.accent, preset=args.preset,
-                        seed=args.seed, speed=args.speed, instruction=args.instruction)
+    options = SynthOptions(language=args.language, accent=args.accent, preset=args.preset,
+                           seed=args.seed, speed=args.speed, instruction=args.instruction)
+    parse_instruction(options.instruction)  # one that is too long: said once now, not for every file
+    return options
+
+
+_WHAT = {"text_file": "the text file to read", "in_dir": "the folder of .txt files to read",
+         "out_dir": "the folder the audio files go to", "out": "the file to save the take in (or leave it out "
+         "to only play it)", "prompt": "the recording to clone (or leave it out for a voice the model makes up)"}
+
+
+def check_not_empty(args: argparse.Namespace, *names: str) -> None:
+    """An option given as "" (`--out-dir "$DIR"` with DIR unset) is refused: read as a path it is
+    ".", the current folder (written into, or read from), and --prompt "" would make up a voice."""
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and not value.strip():
+            option = "--" + name.replace("_", "-")
+            raise StudioError(f"{option} is empty.", f"Give {option} {_WHAT[name]}.")
 
 
 def voice_from(args: argparse.Namespace, studio):
@@ -182,6 +65,12 @@ def voice_from(args: argparse.Namespace, studio):
         raise StudioError("--voice is empty.", "Name a saved voice (the page's Voices tab lists them), or "
                           "leave --voice out for a voice the model makes up.")
     if args.voice:
+        if not studio.voices.exists(args.voice):  # (a name with '/' or '..' is refused here too)
+            names = [v.name for v in studio.voices.list()]
+            listed = ", ".join(names[:30]) + (f" and {len(names) - 30} more" if len(names) > 30 else "")
+            raise VoiceError(f"No saved voice called {args.voice!r}.",
+                             (f"The voices are: {listed}. " if names else "There are no voices yet. ")
+                             + "Or clone a recording with --prompt AUDIO, or leave --voice out.")
         return studio.voices.load(args.voice)
     if args.prompt:
         from core.audio import load_audio
@@ -197,6 +86,7 @@ def voice_from(args: argparse.Namespace, studio):
 def synth(args: argparse.Namespace) -> int:
     from app.cli import make_studio
 
+    check_not_empty(args, "text_file", "in_dir", "out_dir", "prompt")
     batch = batch_jobs(args)
     jobs = batch.jobs
     out_dir = Path(args.out_dir)
@@ -221,10 +111,10 @@ def synth(args: argparse.Namespace) -> int:
     voice = voice_from(args, studio) if todo else None
     start = time.perf_counter()
     try:
-        _synth_jobs(studio, todo, voice, options, args.format, summary)
+        _synth_jobs(studio, todo, voice, options, args.format, summary, _again(args))
     except KeyboardInterrupt:  # the files made are complete (written atomically): say how to go on
         print(f"\nsynth: interrupted after {summary.done} made ({summary.seconds:.1f} s of audio) -> "
-              f"{args.out_dir}; run the same command again to make the rest.", file=sys.stderr)
+              f"{args.out_dir}; {_again(args)} to make the rest.", file=sys.stderr)
         return 130
     took = time.perf_counter() - start
     print(f"synth: {summary.done} made ({summary.seconds:.1f} s of audio in {took:.1f} s), "
@@ -237,7 +127,14 @@ def synth(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
-def _synth_jobs(studio, todo: list[Job], voice, options, fmt: str, summary: Summary) -> None:
+def _again(args: argparse.Namespace) -> str:
+    """How to finish an interrupted batch: the same command, less --overwrite (which would redo
+    the files already made)."""
+    return ("run the same command again without --overwrite" if args.overwrite
+            else "run the same command again")
+
+
+def _synth_jobs(studio, todo: list[Job], voice, options, fmt: str, summary: Summary, again: str) -> None:
     """Make `todo` in order, counting into `summary`; a failed text is noted and skipped."""
     from tqdm import tqdm
 
@@ -258,8 +155,8 @@ def _synth_jobs(studio, todo: list[Job], voice, options, fmt: str, summary: Summ
             write_atomic(job.out, encode_audio(result.audio, result.sample_rate, fmt))
         except OSError as e:  # a full disk: every later file would fail the same way
             raise StudioError(f"Cannot write {job.out}: {e.strerror or e}.",
-                              "Free some space (or pick another --out-dir) and run the same command "
-                              "again: the files already made are kept.") from None
+                              f"Free some space (or pick another --out-dir) and {again}: "
+                              "the files already made are kept.") from None
         summary.done += 1
         summary.seconds += len(result.audio) / result.sample_rate
 
@@ -286,14 +183,14 @@ def record(args: argparse.Namespace) -> int:
     if not 1 <= args.seconds <= 60:
         raise AudioError(f"Cannot record {args.seconds} s.", "Use --seconds between 1 and 60.")
     check_output_path(args.out)  # before the user speaks for nothing
-    if args.transcript and not args.save_voice:  # else it would be dropped without a word
+    if args.transcript and args.save_voice is None:  # else it would be dropped without a word
         raise StudioError("--transcript goes with the voice that --save-voice makes, and no --save-voice was given.",
                           "Add --save-voice NAME, or leave --transcript out (the recording alone is just a file).")
-    if args.save_voice:  # the name too: a voice is never saved over
+    if args.save_voice is not None:  # the name too (an empty one is refused): never saved over a voice
         from core.voices import VoiceLibrary, check_name
 
         library = VoiceLibrary(args.voices)
-        if library.exists(check_name(args.save_voice)):
+        if library.exists(check_name(args.save_voice, new=True)):
             raise VoiceError(f"A voice called {args.save_voice.strip()!r} already exists.",
                              "Pick another --save-voice name, or delete the old voice first (the page's Voices tab).")
     sd = _sounddevice("input")
@@ -354,6 +251,7 @@ def say(args: argparse.Namespace) -> int:
 
     from core.audio import check_output_path, save_audio
 
+    check_not_empty(args, "out", "prompt")
     if args.out:
         check_output_path(args.out)  # a bad --out is said now, not after the take is made
     sd = None if args.out else _sounddevice("output")
@@ -421,7 +319,13 @@ def download(args: argparse.Namespace) -> int:
                 bar.n = round(100 * fraction, 1)
                 bar.set_postfix_str(desc[-40:], refresh=True)
 
-            download_model(name, models_dir=args.models, progress=progress, force=args.force)
+            try:
+                download_model(name, models_dir=args.models, progress=progress, force=args.force)
+            except KeyboardInterrupt:  # the bytes fetched are kept (a .part file) and a new run goes on
+                bar.close()
+                print(f"\ndownload: interrupted in {name}; what was fetched is kept: run the same command "
+                      "again to go on from there.", file=sys.stderr)
+                return 130
     # Done when what was asked for is there (all the required models when nothing was named); the
     # optional ones still missing are mentioned, not a failure
     left = missing_models(args.models)

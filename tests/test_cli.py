@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 import requests
 import soundfile as sf
 
-from app import cli, commands
+from app import batch, cli, commands
 from core.errors import StudioError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -200,9 +201,9 @@ def test_stale_temp_files_of_a_killed_run_are_removed_and_live_ones_kept(tmp_pat
         fd, path = real(**kw)
         seen.append(Path(path).name)
         return fd, path
-    monkeypatch.setattr(commands.tempfile, "mkstemp", spy)
+    monkeypatch.setattr(tempfile, "mkstemp", spy)
     commands.write_atomic(tmp_path / "0006.wav", b"abc")
-    m = commands._PART.fullmatch(seen[0])
+    m = batch._PART.fullmatch(seen[0])
     assert m and m.group(1) == "0006.wav" and int(m.group(2)) == os.getpid()
 
 
@@ -602,3 +603,156 @@ def test_bad_options_are_said_before_any_model_is_needed(tmp_path, capsys, comma
                      "--models", str(tmp_path / "no-models"), "--offline"])
     err = capsys.readouterr().err
     assert code != 0 and "speed 0.0" in err and "model" not in err.lower(), err
+
+
+def _synth_args(tmp_path, *argv):
+    return cli.build_parser().parse_args(["synth", *argv, "--out-dir", str(tmp_path / "o")])
+
+
+def test_text_file_lines_are_numbered_as_an_editor_numbers_them(tmp_path):
+    """Only \\n, \\r\\n and \\r end a line: a form feed (pdftotext's page break) or U+2028 inside a
+    line must not shift every later line's output number."""
+    f = tmp_path / "book.txt"
+    f.write_text("Page one.\x0cPage two.\r\nLine two\u2028goes on.\rLine three.\n\nLine five.\n", newline="")
+    jobs = commands.batch_jobs(_synth_args(tmp_path, "--text-file", str(f))).jobs
+    assert [j.out.name for j in jobs] == ["0001.wav", "0002.wav", "0003.wav", "0005.wav"]
+    assert jobs[1].text == "Line two\u2028goes on."
+    f.write_text("\n".join(f"Line {i}." for i in range(1, 10000)) + "\n")  # 9999 lines: still 4 digits
+    assert commands.batch_jobs(_synth_args(tmp_path, "--text-file", str(f))).jobs[-1].out.name == "9999.wav"
+
+
+def test_text_inputs_of_the_wrong_kind_say_what_they_are(tmp_path):
+    folder, lines = tmp_path / "texts", tmp_path / "lines.txt"
+    folder.mkdir()
+    lines.write_text("Hello.\n")
+    (folder / "notes.md").write_text("Hello.")
+    (folder / ".hidden.txt").write_text("Hello.")
+    u16 = tmp_path / "u16.txt"
+    u16.write_bytes("Hello there.\r\nSecond line.\r\n".encode("utf-16-le"))  # "Unicode" with no BOM
+    for argv, want in [(["--text-file", str(folder)], "is a folder. .*use --in-dir"),
+                       (["--in-dir", str(lines)], "is not a folder. .*--text-file"),
+                       (["--in-dir", str(folder)], "There is no .txt file in"),
+                       (["--text-file", str(u16)], "u16.txt looks like UTF-16 text without a byte-order")]:
+        with pytest.raises(StudioError) as e:
+            commands.batch_jobs(_synth_args(tmp_path, *argv))
+        assert re.search(want, e.value.user_message()), e.value.user_message()
+    # a pipe (/dev/stdin, <(...)) is a text file too, not "no text file"
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=fifo.write_text, args=("From a pipe.\n",), daemon=True)
+    writer.start()
+    jobs = commands.batch_jobs(_synth_args(tmp_path, "--text-file", str(fifo))).jobs
+    writer.join(10)
+    assert [(j.text, j.out.name) for j in jobs] == [("From a pipe.", "0001.wav")]
+
+
+@pytest.mark.parametrize("command", ["say", "synth"])
+def test_an_unknown_voice_lists_the_voices_there_are(tmp_path, capsys, command):
+    """The CLI has no "list": the message names the voices (the bundled ones here), not "pick one
+    from the list"; said before any model is needed."""
+    lines = tmp_path / "lines.txt"
+    lines.write_text("Hello.\n")
+    where = ["Hello.", "--out", str(tmp_path / "x.wav")] if command == "say" else \
+        ["--text-file", str(lines), "--out-dir", str(tmp_path / "out")]
+    assert cli.main([command, *where, "--voice", "Paimon", "--models", str(tmp_path / "no-models"),
+                     "--voices", str(tmp_path / "v"), "--offline"]) == 2
+    err = capsys.readouterr().err
+    assert "No saved voice called 'Paimon'. The voices are: " in err and "paimon" in err, err
+    assert "from the list" not in err and "--prompt" in err
+
+
+def test_a_too_long_instruction_is_said_once_before_any_model_is_needed(tmp_path, capsys):
+    lines = tmp_path / "lines.txt"
+    lines.write_text("One.\nTwo.\nThree.\n")
+    code = cli.main(["synth", "--text-file", str(lines), "--out-dir", str(tmp_path / "out"),
+                     "--instruction", "slower " * 100, "--models", str(tmp_path / "no-models"), "--offline"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("the most is 500") == 1 and "weights" not in err.lower(), err
+    assert not list((tmp_path / "out").iterdir())
+
+
+class _FakeStudio:
+    """Stands in for Studio where only the batch's bookkeeping is under test: every text 0.1 s."""
+
+    def synthesize(self, text, voice=None, options=None):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(audio=np.zeros(2400, np.float32), sample_rate=24000, warnings=[])
+
+
+def test_an_interrupted_overwrite_batch_says_to_go_on_without_overwrite(tmp_path, capsys, monkeypatch):
+    """Run again *with* --overwrite, the batch would make every finished file again."""
+    lines = tmp_path / "lines.txt"
+    lines.write_text("One.\nTwo.\nThree.\n")
+    out = tmp_path / "out"
+    argv = ["synth", "--text-file", str(lines), "--out-dir", str(out), "--offline"]
+    monkeypatch.setattr(cli, "make_studio", lambda args: _FakeStudio())
+    real = commands.write_atomic
+
+    def interrupted(path, data):
+        if path.name == "0002.wav":
+            raise KeyboardInterrupt
+        real(path, data)
+
+    monkeypatch.setattr(commands, "write_atomic", interrupted)
+    assert cli.main(argv + ["--overwrite"]) == 130
+    assert "run the same command again without --overwrite to make the rest" in capsys.readouterr().err
+    assert cli.main(argv) == 130
+    assert "run the same command again to make the rest" in capsys.readouterr().err
+
+    def disk_full(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(commands, "write_atomic", disk_full)
+    assert cli.main(argv + ["--overwrite"]) == 2
+    assert "run the same command again without --overwrite: the files already made are kept" in \
+        capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["0001.wav"]
+
+
+@pytest.mark.parametrize("argv, empty", [
+    (["say", "Hello.", "--out", " "], "--out"),  # not "just play it" (or "no audio device")
+    (["say", "Hello.", "--out", "x.wav", "--prompt", ""], "--prompt"),  # not a voice made up
+    (["synth", "--text-file", "LINES", "--out-dir", ""], "--out-dir"),  # not the current folder
+    (["synth", "--in-dir", "", "--out-dir", "o"], "--in-dir"),  # not the current folder's .txt files
+    (["synth", "--text-file", "", "--out-dir", "o"], "--text-file"),
+    (["synth", "--text-file", "LINES", "--out-dir", "o", "--prompt", ""], "--prompt"),
+])
+def test_an_empty_path_option_is_refused_not_taken_as_here_or_as_left_out(tmp_path, capsys, monkeypatch,
+                                                                         argv, empty):
+    """`--out-dir "$DIR"` with DIR unset: "" is "." to a path (the current folder, written into or read
+    from), and an empty --prompt was taken as no --prompt."""
+    (tmp_path / "lines.txt").write_text("Hello.\n")
+    (tmp_path / "here.txt").write_text("Hello.\n")
+    monkeypatch.chdir(tmp_path)
+    argv = [str(tmp_path / "lines.txt") if a == "LINES" else a for a in argv]
+    assert cli.main([*argv, "--models", str(tmp_path / "no-models"), "--offline"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {empty} is empty. Give {empty} " in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here.txt", "lines.txt"]  # nothing made here
+
+
+def test_record_with_an_empty_voice_name_is_refused_before_recording(tmp_path, capsys):
+    # --save-voice "$NAME" with NAME unset: not "record, and save no voice"
+    for extra, says in [(["--save-voice", ""], "A voice needs a name"),
+                        (["--save-voice", "", "--transcript", "hi"], "A voice needs a name")]:
+        argv = ["record", "--out", str(tmp_path / "p.wav"), *extra, "--voices", str(tmp_path / "v")]
+        assert cli.main(argv) == 2
+        printed = capsys.readouterr()
+        assert says in printed.err and "Recording" not in printed.out, printed.err
+
+
+def test_ctrl_c_in_a_download_says_how_to_go_on(tmp_path, capsys, monkeypatch):
+    import core.store
+
+    def interrupted(name, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(core.store, "download_model", interrupted)
+    assert cli.main(["download", "vocos", "--models", str(tmp_path / "m")]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted in vocos" in err and "run the same command again" in err
