@@ -261,8 +261,9 @@ def test_stop_ends_a_long_take_and_keeps_its_sentences(tab, artifacts):
 
 
 def test_stop_while_waiting_for_a_turn_cancels_that_take(chrome, app, tab, artifacts):
-    first = tab  # a long take holds the studio...
-    first.locator("#text textarea").fill(" ".join(f"Sentence {i} holds the studio for a while." for i in range(150)))
+    first = tab  # a long take holds the studio (near the page's 20,000 characters: the tiny models make
+    # 150 such sentences in ~6 s on a fast CPU, sooner than the second visitor below gets in line)...
+    first.locator("#text textarea").fill(" ".join(f"Sentence {i} holds the studio for a while." for i in range(440)))
     first.click("#speak_btn")
     expect(first.locator("#stream_out audio[src]").first).to_be_attached(timeout=90_000)
     with studio_page(chrome, app) as second:  # ...so a second visitor's take waits for its turn
