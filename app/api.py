@@ -222,8 +222,8 @@ def make_router(studio, gate: Gate, keys: set[str] | None = None) -> APIRouter:
                 watcher.cancel()
             if body.stream:  # from here Starlette notices a hang-up and stops sending
                 chunks, headers = made
-                return StreamingResponse(_until_gone(chunks, gone, gate.threads), media_type=MEDIA_TYPES[body.response_format],
-                                         headers=headers)
+                return StreamingResponse(_until_gone(chunks, gone, gate.threads),
+                                         media_type=MEDIA_TYPES[body.response_format], headers=headers)
             audio, headers = made
         except StudioError as e:
             return studio_error(e)
@@ -371,7 +371,8 @@ def streaming_wav_header(sample_rate: int) -> bytes:
 
 def stream_request(studio, gate: Gate, body: SpeechRequest, options, stop=None):
     """Runs in a worker thread: make sentences up to the first with audio (so bad input, and a take
-    with no audio, are still JSON errors), then return an iterator of int16 bytes, one chunk per sentence. The Studio is held per sentence.
+    with no audio, are still JSON errors), then return an iterator of int16 bytes, one chunk per
+    sentence. The Studio is held per sentence.
     stop(): the client is gone (the take ends at once, or leaves the line)."""
     from app.format import to_int16
 

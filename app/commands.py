@@ -32,13 +32,11 @@ class Summary:
 
 
 def options_from(args: argparse.Namespace):
-    from core.convert import parse_instruction
     from core.synth import SynthOptions
 
-    options = SynthOptions(language=args.language, accent=args.accent, preset=args.preset,
-                           seed=args.seed, speed=args.speed, instruction=args.instruction)
-    parse_instruction(options.instruction)  # one that is too long: said once now, not for every file
-    return options
+    # checked now (a too-long instruction too): said once, before any model loads, not for every file
+    return SynthOptions(language=args.language, accent=args.accent, preset=args.preset,
+                        seed=args.seed, speed=args.speed, instruction=args.instruction)
 
 
 _WHAT = {"text_file": "the text file to read", "in_dir": "the folder of .txt files to read",
@@ -106,7 +104,7 @@ def synth(args: argparse.Namespace) -> int:
     if summary.skipped:
         log.info("resuming: %d of %d outputs already exist (use --overwrite to redo them)",
                  summary.skipped, len(jobs))
-    options = options_from(args)  # a bad --speed or --seed is said before any model loads
+    options = options_from(args)  # a bad --speed, --seed or --instruction is said before any model loads
     studio = make_studio(args)
     voice = voice_from(args, studio) if todo else None
     start = time.perf_counter()
@@ -255,7 +253,7 @@ def say(args: argparse.Namespace) -> int:
     if args.out:
         check_output_path(args.out)  # a bad --out is said now, not after the take is made
     sd = None if args.out else _sounddevice("output")
-    options = options_from(args)  # a bad --speed or --seed is said before any model loads
+    options = options_from(args)  # a bad --speed, --seed or --instruction is said before any model loads
     studio = make_studio(args)
     with ctrl_c_finishes() as stop:
         result = studio.synthesize(args.text, voice=voice_from(args, studio), options=options,

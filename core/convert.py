@@ -32,7 +32,7 @@ from core.instruction_words import CLAUSE_SPLIT, MAX_INSTRUCTION_CHARS, Hit, clo
 log = logging.getLogger(__name__)
 
 __all__ = ["EditPlan", "parse_instruction", "apply_plan", "transform_prompt", "change_speed",
-           "EFFECT_KINDS", "PROMPT_EFFECT_KINDS", "MAX_INSTRUCTION_CHARS"]
+           "EFFECT_KINDS", "PROMPT_EFFECT_KINDS", "MAX_INSTRUCTION_CHARS", "check_instruction"]
 
 SEMITONE_RANGE = (-12.0, 12.0)
 GAIN_RANGE = (-30.0, 20.0)
@@ -315,15 +315,12 @@ def _amount_for(t: Hit, n: Hit, value: float, percent: bool, signed: bool, by_di
     return True
 
 
-def parse_instruction(text: str | None) -> EditPlan:
-    """Parse an English / Chinese / Japanese instruction into an EditPlan.
-
-    None or "" is no instruction. What is not understood lands in `plan.unknown_words` and values
-    brought into range in `plan.limits`. Raises StudioError for a non-str or an instruction longer
-    than MAX_INSTRUCTION_CHARS (an instruction is a short phrase).
-    """
+def check_instruction(text: str | None) -> str:
+    """An instruction stripped ("" for None); StudioError for a non-str or one longer than
+    MAX_INSTRUCTION_CHARS (an instruction is a short phrase). SynthOptions checks it with this, so a
+    long one is said before any work, not when the first sentence is made."""
     if text is None:
-        text = ""
+        return ""
     if not isinstance(text, str):
         raise StudioError(f"The instruction must be text, not {type(text).__name__}.",
                           'Type a short phrase, e.g. "slower, with a deeper tone".')
@@ -332,6 +329,17 @@ def parse_instruction(text: str | None) -> EditPlan:
         raise StudioError(f"The instruction is {len(text)} characters long; "
                           f"the most is {MAX_INSTRUCTION_CHARS}.",
                           'Describe the change in a short phrase, e.g. "slower, with a deeper tone".')
+    return text
+
+
+def parse_instruction(text: str | None) -> EditPlan:
+    """Parse an English / Chinese / Japanese instruction into an EditPlan.
+
+    None or "" is no instruction. What is not understood lands in `plan.unknown_words` and values
+    brought into range in `plan.limits`. Raises StudioError for a non-str or an instruction longer
+    than MAX_INSTRUCTION_CHARS (an instruction is a short phrase).
+    """
+    text = check_instruction(text)
     acc, unknown = _Acc(), []
     for clause in CLAUSE_SPLIT.split(text):
         if clause and clause.strip():

@@ -207,7 +207,8 @@ class Studio:
         """The whole take from streamed sentences (codes concatenated, one Vocos decode)."""
         sentences = take_sentences(sentences)
         if options is not None and not isinstance(options, SynthOptions):
-            raise StudioError("options must be a SynthOptions (or None: the take's own).", "Build one with SynthOptions(...).")
+            raise StudioError("options must be a SynthOptions (or None: the take's own).",
+                              "Build one with SynthOptions(...).")
         job = sentences[0].context
         if options is not None and options != job.options:
             job = replace(job, options=options)

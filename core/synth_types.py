@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from core.audio import encode_audio
-from core.convert import EditPlan
+from core.convert import EditPlan, check_instruction
 from core.errors import StudioError
 from core.longform import Prompt, Request
 from core.presets import PRESETS_FILE, RESTORE_HINT, read_presets
@@ -115,6 +115,7 @@ class SynthOptions:
         for ok, what, allowed in checks:
             if not ok:
                 raise StudioError(f"Unknown or out-of-range {what}.", f"Use {allowed}.")
+        check_instruction(self.instruction)  # too long: said now, not when the first sentence is made
         check_seed(self.seed)
         # plain Python values from here on (numpy's int64 seed, float32 speed, a None instruction)
         object.__setattr__(self, "speed", float(self.speed))

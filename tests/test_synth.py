@@ -848,3 +848,12 @@ def test_a_truthy_word_or_a_bool_is_not_a_switch_or_a_number():
         with pytest.raises(StudioError, match=f"out-of-range {next(iter(bad))}"):
             SynthOptions(**bad)
     assert SynthOptions(batch=np.bool_(False)).batch is False
+
+
+def test_a_too_long_instruction_is_refused_when_the_options_are_made():
+    # not when the first sentence is made (the CLI said it once a file, the page after loading)
+    with pytest.raises(StudioError, match="501 characters long; the most is 500"):
+        SynthOptions(instruction="a" * 501)
+    with pytest.raises(StudioError, match="out-of-range instruction 5"):
+        SynthOptions(instruction=5)
+    assert SynthOptions(instruction="  slower " + " " * 600).instruction.strip() == "slower"
